@@ -1,0 +1,118 @@
+//! The 8250 UART on COM1 (vm-superio), raising IRQ 4 through an irqfd.
+
+use std::io::Write;
+
+use vm_superio::{serial::NoEvents, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+
+pub const COM1_PORT: u64 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+pub const SERIAL_PORT_COUNT: u64 = 8;
+
+/// An interrupt line backed by an `EventFd` that KVM watches as an irqfd.
+pub struct EventFdTrigger(pub EventFd);
+
+impl Trigger for EventFdTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// COM1. Output goes to `out`; input comes from [`Serial::enqueue_input`].
+pub struct Serial {
+    uart: vm_superio::Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+}
+
+impl Serial {
+    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
+        Serial {
+            uart: vm_superio::Serial::new(EventFdTrigger(irq), out),
+        }
+    }
+
+    /// Room left in the receive FIFO.
+    pub fn input_capacity(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+
+    /// Queues host input for the guest; returns how many bytes fitted.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        // A full FIFO is the only error; report it as nothing taken.
+        self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (u8::try_from(offset), &mut *data) {
+            (Ok(off), [byte]) => *byte = self.uart.read(off),
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Ok(off), [byte]) = (u8::try_from(offset), data) {
+            if let Err(e) = self.uart.write(off, *byte) {
+                log::debug!("serial: write at offset {off}: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn transmit_reaches_output_and_input_is_readable() {
+        let sink = Sink::default();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(irq.try_clone().unwrap(), Box::new(sink.clone()));
+        s.write(0, b"h");
+        s.write(0, b"i");
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi");
+
+        // Enable the received-data interrupt, then feed input.
+        s.write(1, &[0x01]);
+        assert_eq!(s.enqueue_input(b"ok"), 2);
+        assert!(irq.read().unwrap() >= 1);
+        let mut b = [0u8];
+        s.read(0, &mut b);
+        assert_eq!(b[0], b'o');
+    }
+
+    #[test]
+    fn wide_accesses_are_ignored() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(irq, Box::new(std::io::sink()));
+        let mut b = [0u8; 2];
+        s.read(0, &mut b);
+        assert_eq!(b, [0xff, 0xff]);
+        s.write(0, &[1, 2]);
+    }
+
+    #[test]
+    fn full_fifo_takes_nothing() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(irq, Box::new(std::io::sink()));
+        let cap = s.input_capacity();
+        assert_eq!(s.enqueue_input(&vec![b'x'; cap + 10]), cap);
+        assert_eq!(s.enqueue_input(b"y"), 0);
+    }
+}

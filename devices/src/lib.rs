@@ -1,0 +1,8 @@
+//! Everything a Ferry guest can touch: the I/O and MMIO buses and the
+//! devices on them. Devices get narrow handles from `vmm` (an `EventFd` to
+//! raise an interrupt, a callback to end the VM) and never see KVM itself.
+
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice, BusError};

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds the guest initramfs: busybox-static, Ferry's /init and the exit-port
+# helper, as a newc cpio archive at target/guest/initramfs.cpio.
+# Prints the archive's path on its last line.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+out="$repo/target/guest"
+log() { printf '[initramfs] %s\n' "$*" >&2; }
+
+busybox=/bin/busybox
+if ! file -L "$busybox" 2>/dev/null | grep -q 'statically linked'; then
+    log "error: $busybox is missing or not static (apt-get install busybox-static)"
+    exit 1
+fi
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,mnt,etc,root}
+cp "$busybox" "$root/bin/busybox"
+install -m 0755 "$here/guest/init" "$root/init"
+mkdir -p "$out"
+gcc -static -Os -s -o "$out/ferry-exit" "$here/guest/ferry-exit.c"
+cp "$out/ferry-exit" "$root/bin/ferry-exit"
+
+mkdir -p "$out"
+# Fixed owners and times: the same inputs give the same archive.
+find "$root" -exec touch -h -d @0 {} +
+(cd "$root" && find . -print0 | LC_ALL=C sort -z |
+    cpio --null -o -H newc -R 0:0 --quiet) > "$out/initramfs.cpio.tmp"
+mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
+log "built $out/initramfs.cpio ($(stat -c %s "$out/initramfs.cpio") bytes)"
+echo "$out/initramfs.cpio"

@@ -1,0 +1,27 @@
+#!/bin/bash
+# PID 1 of the emulated KVM host (see emulated-host.sh): mount what a Linux
+# userland needs on top of the read-only host root, run the job, record its
+# status and power off through QEMU's isa-debug-exit port.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm 2>/dev/null
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs "$d"; done
+mkdir -p /run/job
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 ferryjob /run/job
+
+if [ ! -c /dev/kvm ]; then
+    echo "emulated-host: no /dev/kvm inside the emulated host (does QEMU's -cpu max offer SVM here?)"
+    status=1
+else
+    bash /run/job/job.sh
+    status=$?
+fi
+echo "$status" > /run/job/status
+sync
+"$ferry_exit" "$status"
+# Should not get here: QEMU leaves on the write above.
+echo b > /proc/sysrq-trigger 2>/dev/null
+sleep 1000000

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs a command inside an *emulated KVM host*: QEMU TCG with `-cpu max`
+# (AMD SVM with nested paging) booting Ferry's own kernel, with this host's
+# `/` shared read-only over virtio-9p as its root. There /dev/kvm is a real
+# kvm_amd, so Ferry can boot guests even where this CPU has no vmx/svm.
+#
+#   resources/emulated-host.sh CMD [ARGS...]
+#
+# The command runs in the same directory with the same environment; /tmp,
+# /run and /var/tmp are fresh tmpfs inside. Its output streams to the
+# console (stdout and stderr merged) and its exit status becomes this
+# script's. Environment: FERRY_EMU_MEMORY (default 6G), FERRY_EMU_CPUS
+# (default: this host's CPU count), FERRY_EMU_KERNEL (default: the project kernel).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+[ $# -ge 1 ] || { echo "usage: $0 CMD [ARGS...]" >&2; exit 2; }
+
+qemu=$(command -v qemu-system-x86_64 || true)
+if [ -z "$qemu" ]; then
+    echo "emulated-host: qemu-system-x86_64 not found (apt-get install qemu-system-x86, or run resources/install-deps.sh)" >&2
+    exit 1
+fi
+kernel=${FERRY_EMU_KERNEL:-$repo/target/guest/bzImage}
+if [ ! -r "$kernel" ]; then
+    echo "emulated-host: kernel $kernel not found (run resources/build-kernel.sh)" >&2
+    exit 1
+fi
+exit_helper=$repo/target/guest/ferry-exit
+if [ ! -x "$exit_helper" ]; then
+    echo "emulated-host: $exit_helper not found (run resources/build-initramfs.sh)" >&2
+    exit 1
+fi
+
+job=$(mktemp -d "${TMPDIR:-/tmp}/ferry-emu.XXXXXX")
+trap 'rm -rf "$job"' EXIT
+{
+    echo "cd $(printf %q "$PWD")"
+    # The caller's environment, less what only describes this host session.
+    export -p | grep -v -E '^declare -x (OLDPWD|PWD|SHLVL|_|TMPDIR)='
+    printf 'exec'
+    printf ' %q' "$@"
+    echo
+} > "$job/job.sh"
+
+cmdline="console=ttyS0 quiet loglevel=0 panic=-1 root=hostroot rootfstype=9p"
+cmdline+=" rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose ro"
+cmdline+=" init=$here/emulated-host-init.sh ferry_exit=$exit_helper"
+
+set +e
+"$qemu" -accel tcg,thread=multi -M pc -cpu max \
+    -m "${FERRY_EMU_MEMORY:-6G}" -smp "${FERRY_EMU_CPUS:-$(nproc)}" \
+    -nographic -no-reboot -nic none -monitor none -serial stdio \
+    -device isa-debug-exit,iobase=0xf4,iosize=1 \
+    -kernel "$kernel" -append "$cmdline" \
+    -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
+    -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
+    -fsdev local,id=job,path="$job",security_model=none \
+    -device virtio-9p-pci,fsdev=job,mount_tag=ferryjob \
+    </dev/null
+qemu_status=$?
+set -e
+
+if [ ! -s "$job/status" ]; then
+    echo "emulated-host: the emulated KVM host stopped before the command finished (QEMU exit $qemu_status)" >&2
+    exit 1
+fi
+exit "$(cat "$job/status")"

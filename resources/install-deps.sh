@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing Ferry needs on Debian bookworm: the
+# guest kernel's source and build tools, busybox-static and a static libc for
+# the initramfs, and QEMU for the emulated KVM host. Idempotent: does nothing
+# when everything is there.
+set -euo pipefail
+
+packages=(
+    linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev
+    xz-utils cpio file busybox-static qemu-system-x86
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+sudo=""
+[ "$(id -u)" = 0 ] || sudo=sudo
+echo "[deps] installing: ${missing[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

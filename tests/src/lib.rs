@@ -1,0 +1,346 @@
+//! Support for Ferry's integration tests: find the binaries and the guest,
+//! pick where KVM guests can run, boot them with a deadline and collect what
+//! they printed.
+//!
+//! KVM modes (`FERRY_KVM_MODE`):
+//! - `direct`: run the tests on this host (needs a `/dev/kvm` with hardware
+//!   virtualization to boot a stock kernel);
+//! - `emulated`: re-run this test binary inside the emulated KVM host
+//!   (`resources/emulated-host.sh`: QEMU TCG, `-cpu max`, nested SVM);
+//! - `auto` (default): `direct` where `/proc/cpuinfo` shows vmx or svm,
+//!   `emulated` otherwise.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub mod elf;
+
+/// Set inside the emulated host so the harness does not recurse.
+const INSIDE_ENV: &str = "FERRY_INSIDE_EMULATED_HOST";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmMode {
+    Direct,
+    Emulated,
+}
+
+pub fn host_has_hardware_virtualization() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
+        .unwrap_or(false)
+}
+
+/// The mode chosen by `FERRY_KVM_MODE` or by the CPU flags.
+pub fn kvm_mode() -> Result<KvmMode, String> {
+    match std::env::var("FERRY_KVM_MODE").as_deref() {
+        Ok("direct") => Ok(KvmMode::Direct),
+        Ok("emulated") => Ok(KvmMode::Emulated),
+        Ok("auto") | Ok("") | Err(_) => Ok(if host_has_hardware_virtualization() {
+            KvmMode::Direct
+        } else {
+            KvmMode::Emulated
+        }),
+        Ok(other) => Err(format!(
+            "FERRY_KVM_MODE={other}: expected direct, emulated or auto"
+        )),
+    }
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+/// Where KVM tests run. Called first thing by each test binary's `main`: in
+/// emulated mode (and not yet inside) this re-runs the binary in the
+/// emulated host, passes its exit status on and never returns.
+pub fn enter_kvm_host() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if std::env::var_os(INSIDE_ENV).is_some() || args.iter().any(|a| a == "--list") {
+        return;
+    }
+    let mode = match kvm_mode() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if mode == KvmMode::Direct {
+        eprintln!("ferry-tests: KVM mode direct (this host's /dev/kvm)");
+        return;
+    }
+    eprintln!(
+        "ferry-tests: KVM mode emulated: re-running the tests inside the emulated KVM host \
+         (set FERRY_KVM_MODE=direct to use this host's /dev/kvm)"
+    );
+    let exe = std::env::current_exe().expect("current test binary path");
+    let script = repo_root().join("resources/emulated-host.sh");
+    let status = Command::new(&script)
+        .arg(&exe)
+        .args(&args)
+        .env(INSIDE_ENV, "1")
+        .env("FERRY_KVM_MODE", "direct")
+        .status();
+    match status {
+        Ok(s) => std::process::exit(s.code().unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: cannot run {}: {e}", script.display());
+            std::process::exit(1);
+        }
+    }
+}
+
+fn existing(path: PathBuf, what: &str, hint: &str) -> Result<PathBuf, String> {
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("{what} not found at {} ({hint})", path.display()))
+    }
+}
+
+/// The `ferry` binary: `FERRY_BIN`, or the one cargo built next to this test.
+pub fn ferry_bin() -> Result<PathBuf, String> {
+    let path = match std::env::var_os("FERRY_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            // target/<profile>/deps/<test> -> target/<profile>/ferry
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or("unexpected test binary location")?;
+            profile_dir.join("ferry")
+        }
+    };
+    existing(path, "ferry binary", "run `cargo build` first, or set FERRY_BIN")
+}
+
+fn guest_file(env: &str, name: &str, hint: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/guest").join(name));
+    existing(path, name, hint)
+}
+
+/// The project's guest kernel (bzImage), or `FERRY_KERNEL`.
+pub fn kernel() -> Result<PathBuf, String> {
+    guest_file("FERRY_KERNEL", "bzImage", "run resources/build-kernel.sh")
+}
+
+/// The same kernel as an ELF vmlinux (PVH entry).
+pub fn vmlinux() -> Result<PathBuf, String> {
+    guest_file("FERRY_VMLINUX", "vmlinux", "run resources/build-kernel.sh")
+}
+
+/// The busybox initramfs, or `FERRY_INITRAMFS`.
+pub fn initramfs() -> Result<PathBuf, String> {
+    guest_file("FERRY_INITRAMFS", "initramfs.cpio", "run resources/build-initramfs.sh")
+}
+
+/// Fails loudly when KVM cannot be used here.
+pub fn require_kvm() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(|_| ())
+        .map_err(|e| format!("/dev/kvm cannot be opened ({e}): KVM tests need it"))
+}
+
+/// What a finished `ferry` run left behind.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// A readable dump for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "exit: {:?} after {:.1?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `ferry` with `args`, feeding `stdin`, killing it after `deadline`.
+pub fn run_ferry(args: &[String], stdin: Option<&[u8]>, deadline: Duration) -> Result<Outcome, String> {
+    let bin = ferry_bin()?;
+    let start = Instant::now();
+    let mut child = Command::new(&bin)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(&input);
+            // Keep the pipe open a while so the guest reads input before EOF.
+            std::thread::sleep(Duration::from_secs(30));
+        });
+    }
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+            return Err(format!(
+                "ferry did not finish within {deadline:?}; output so far:\n{stdout}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    Ok(Outcome {
+        status,
+        stdout,
+        stderr,
+        elapsed,
+    })
+}
+
+/// A guest boot of the project kernel + initramfs running `cmd` in the
+/// guest's shell.
+pub struct Guest {
+    kernel: Option<PathBuf>,
+    args: Vec<String>,
+    cmdline: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    deadline: Duration,
+}
+
+impl Default for Guest {
+    fn default() -> Self {
+        Guest {
+            kernel: None,
+            args: Vec::new(),
+            cmdline: vec!["quiet".into()],
+            stdin: None,
+            deadline: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Guest {
+    /// A guest whose init runs `cmd` with `sh -c` and exits with its status.
+    pub fn command(cmd: &str) -> Self {
+        let mut g = Guest::default();
+        g.cmdline.push(format!("cmd64={}", base64(cmd.as_bytes())));
+        g
+    }
+
+    /// A guest with no command: init starts a shell on the console.
+    pub fn shell(stdin: &[u8]) -> Self {
+        Guest {
+            stdin: Some(stdin.to_vec()),
+            ..Guest::default()
+        }
+    }
+
+    pub fn kernel(mut self, path: PathBuf) -> Self {
+        self.kernel = Some(path);
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn run(self) -> Result<Outcome, String> {
+        require_kvm()?;
+        let kernel = match self.kernel {
+            Some(k) => k,
+            None => kernel()?,
+        };
+        let mut args = vec![
+            "--kernel".to_string(),
+            kernel.display().to_string(),
+            "--initramfs".into(),
+            initramfs()?.display().to_string(),
+            "--cmdline".into(),
+            self.cmdline.join(" "),
+        ];
+        args.extend(self.args);
+        run_ferry(&args, self.stdin.as_deref(), self.deadline)
+    }
+}
+
+/// Standard base64 (busybox `base64 -d` reads it in the guest).
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// Writes `bytes` to a fresh file in a per-process temp dir.
+pub fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("temp file");
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+}

@@ -1,0 +1,81 @@
+//! Main-loop events that end the VM: the exit event, the i8042 reset line
+//! and SIGINT/SIGTERM/SIGHUP (taken through a signalfd).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::exit::{ExitReason, VmExit};
+
+const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Blocks the stop signals in the calling thread (and every thread it
+/// starts afterwards) and returns a signalfd that receives them.
+pub fn take_stop_signals() -> io::Result<OwnedFd> {
+    // SAFETY: plain libc signal-set manipulation on local structs.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in STOP_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+pub struct Control {
+    exit: Arc<VmExit>,
+    reset: EventFd,
+    signals: OwnedFd,
+}
+
+impl Control {
+    pub fn new(exit: Arc<VmExit>, reset: EventFd, signals: OwnedFd) -> Self {
+        Control { exit, reset, signals }
+    }
+
+    fn read_signal(&self) -> Option<i32> {
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads one siginfo into a local struct of that size.
+        let n = unsafe {
+            libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size)
+        };
+        (n as usize == size).then_some(info.ssi_signo as i32)
+    }
+}
+
+impl MutEventSubscriber for Control {
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [self.exit.event().as_raw_fd(), self.reset.as_raw_fd(), self.signals.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::error!("cannot watch control event {fd}: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.reset.as_raw_fd() {
+            let _ = self.reset.read();
+            self.exit.request(ExitReason::Reset);
+        } else if fd == self.signals.as_raw_fd() {
+            if let Some(sig) = self.read_signal() {
+                self.exit.request(ExitReason::Signal(sig));
+            }
+        } else if fd == self.exit.event().as_raw_fd() {
+            // The main loop reads the reason after `run_with_timeout`.
+            let _ = self.exit.event().read();
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! vCPU threads: each runs `KVM_RUN` and dispatches port I/O and MMIO exits
+//! to the buses.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use ferry_devices::Bus;
+
+use crate::exit::{ExitReason, VmExit};
+use crate::watchdog::{is_stuck, Epoch, VcpuProgress};
+
+/// Signal used to kick a vCPU out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler: its only job is to make `KVM_RUN`
+/// return `EINTR`.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop_handler)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+pub struct Vcpu {
+    pub id: u8,
+    pub fd: VcpuFd,
+    pub io_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub exit: Arc<VmExit>,
+    pub epoch: Epoch,
+    pub progress: Arc<VcpuProgress>,
+}
+
+enum Step {
+    Continue,
+    Interrupted,
+    Stop(ExitReason),
+    InternalError,
+}
+
+impl Vcpu {
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.id))
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        loop {
+            let step = self.step();
+            let reason = match step {
+                Step::Continue => continue,
+                Step::Interrupted => {
+                    self.sample_progress();
+                    if self.exit.reason().is_some() {
+                        return;
+                    }
+                    continue;
+                }
+                Step::Stop(reason) => reason,
+                Step::InternalError => ExitReason::KvmError(self.describe_internal_error()),
+            };
+            self.exit.request(reason);
+            return;
+        }
+    }
+
+    fn step(&mut self) -> Step {
+        let id = self.id;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !self.io_bus.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+                Step::Continue
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if !self.io_bus.write(u64::from(port), data) {
+                    log::trace!("vcpu{id}: write to unclaimed port {port:#x}");
+                }
+                Step::Continue
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !self.mmio_bus.read(addr, data) {
+                    data.fill(0xff);
+                }
+                Step::Continue
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if !self.mmio_bus.write(addr, data) {
+                    log::trace!("vcpu{id}: write to unclaimed MMIO {addr:#x}");
+                }
+                Step::Continue
+            }
+            Ok(VcpuExit::Shutdown) => Step::Stop(ExitReason::TripleFault),
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_RESET => Step::Stop(ExitReason::Reset),
+                KVM_SYSTEM_EVENT_SHUTDOWN => Step::Stop(ExitReason::TripleFault),
+                other => Step::Stop(ExitReason::KvmError(format!(
+                    "vCPU {id}: unexpected KVM system event {other}"
+                ))),
+            },
+            Ok(VcpuExit::Hlt) => Step::Stop(ExitReason::Stalled(format!(
+                "vCPU {id} halted outside the in-kernel irqchip"
+            ))),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Step::Stop(ExitReason::KvmError(format!(
+                "vCPU {id}: KVM could not enter the guest on host CPU {cpu} \
+                 (hardware entry failure reason {reason:#x})"
+            ))),
+            Ok(VcpuExit::InternalError) => Step::InternalError,
+            Ok(other) => Step::Stop(ExitReason::KvmError(format!(
+                "vCPU {id}: unexpected KVM exit {other:?}"
+            ))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Interrupted,
+            Err(e) => Step::Stop(ExitReason::KvmError(format!("vCPU {id}: KVM_RUN failed: {e}"))),
+        }
+    }
+
+    fn sample_progress(&mut self) {
+        let stuck = match (self.fd.get_mp_state(), self.fd.get_regs()) {
+            (Ok(mp), Ok(regs)) => is_stuck(mp.mp_state, regs.rflags),
+            _ => false,
+        };
+        self.epoch.record(&self.progress, stuck);
+    }
+
+    fn describe_internal_error(&mut self) -> String {
+        // SAFETY: KVM filled the `internal` member for this exit reason.
+        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        let what = match suberror {
+            kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "it could not emulate an instruction",
+            kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "an exception hit during exception delivery",
+            kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "an event could not be delivered",
+            _ => "internal error",
+        };
+        let rip = self
+            .fd
+            .get_regs()
+            .map(|r| format!("{:#x}", r.rip))
+            .unwrap_or_else(|_| "unknown".into());
+        let mut msg = format!(
+            "vCPU {}: KVM internal error {suberror} ({what}) at RIP {rip}",
+            self.id
+        );
+        if !host_has_hardware_virtualization() {
+            msg.push_str(
+                "; this host's CPU shows no vmx/svm, so /dev/kvm is a software KVM that cannot run \
+                 a stock Linux guest: run Ferry inside a KVM-capable (nested) host, as the test \
+                 harness does",
+            );
+        }
+        msg
+    }
+}
+
+/// Whether `/proc/cpuinfo` lists Intel VT-x or AMD-V.
+pub fn host_has_hardware_virtualization() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
+        .unwrap_or(false)
+}

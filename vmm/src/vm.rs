@@ -1,0 +1,203 @@
+//! Builds the VM from the command line and runs it until something ends it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use ferry_arch::{cpuid, lapic, mptable, msr, regs};
+use ferry_devices::legacy::{
+    ExitPort, I8042, Serial, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_PORT, I8042_PORT_COUNT,
+    SERIAL_PORT_COUNT,
+};
+use ferry_devices::Bus;
+
+use crate::cli::Cli;
+use crate::console::{RawStdout, StdinToSerial};
+use crate::control::{take_stop_signals, Control};
+use crate::exit::{ExitReason, VmExit};
+use crate::loader::{build_cmdline, load_kernel, KernelEntry};
+use crate::memory::{create_guest_memory, register_guest_memory, GuestMemoryFerry};
+use crate::terminal::RawTerminal;
+use crate::vcpu::{install_kick_handler, kick_signal, Vcpu};
+use crate::watchdog::{Epoch, VcpuProgress, Watchdog};
+
+/// KVM needs three pages for the TSS inside the 32-bit hole, clear of BARs.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
+const INPUT_RETRY_MS: i32 = 10;
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+fn open_kvm() -> Result<Kvm> {
+    let kvm = Kvm::new().context("cannot open /dev/kvm (is KVM available and accessible to you?)")?;
+    for (cap, name) in [
+        (Cap::Irqchip, "in-kernel irqchip"),
+        (Cap::Irqfd, "irqfd"),
+        (Cap::Ioeventfd, "ioeventfd"),
+        (Cap::UserMemory, "user memory"),
+        (Cap::Pit2, "PIT2"),
+        (Cap::ExtCpuid, "CPUID2"),
+    ] {
+        if !kvm.check_extension(cap) {
+            bail!("this KVM lacks {name} support, which Ferry needs");
+        }
+    }
+    Ok(kvm)
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd> {
+    let vm = kvm.create_vm().context("KVM could not create a VM")?;
+    vm.set_tss_address(KVM_TSS_ADDRESS).context("KVM_SET_TSS_ADDR")?;
+    vm.create_irq_chip().context("KVM could not create the in-kernel irqchip")?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).context("KVM could not create the in-kernel PIT")?;
+    Ok(vm)
+}
+
+struct LegacyDevices {
+    serial: Arc<Mutex<Serial>>,
+    reset: EventFd,
+}
+
+fn add_legacy_devices(vm: &VmFd, io_bus: &Bus, exit: &Arc<VmExit>) -> Result<LegacyDevices> {
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ).context("irqfd for COM1")?;
+    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, Box::new(RawStdout))));
+    io_bus.insert(serial.clone(), COM1_PORT, SERIAL_PORT_COUNT)?;
+
+    let reset = EventFd::new(libc::EFD_NONBLOCK)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(reset.try_clone()?)));
+    io_bus.insert(i8042, I8042_PORT, I8042_PORT_COUNT)?;
+
+    let exit_port = Arc::new(Mutex::new(ExitPort::new(exit.clone())));
+    io_bus.insert(exit_port, EXIT_PORT, 1)?;
+    Ok(LegacyDevices { serial, reset })
+}
+
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemoryFerry,
+    cpus: u8,
+    entry: KernelEntry,
+) -> Result<Vec<kvm_ioctls::VcpuFd>> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .context("KVM_GET_SUPPORTED_CPUID")?;
+    (0..cpus)
+        .map(|id| {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .with_context(|| format!("KVM could not create vCPU {id}"))?;
+            let mut cpuid = supported.clone();
+            cpuid::filter_cpuid(&mut cpuid, id, cpus);
+            fd.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
+            msr::setup_msrs(&fd)?;
+            lapic::setup_lint(&fd)?;
+            if id == 0 {
+                regs::setup_boot_vcpu(&fd, mem, entry.protocol, entry.entry, entry.boot_info)?;
+            }
+            Ok(fd)
+        })
+        .collect()
+}
+
+/// Boots the guest described by `cli` and returns Ferry's exit code.
+pub fn run(cli: &Cli) -> Result<i32> {
+    let kvm = open_kvm()?;
+    let vm = create_vm(&kvm)?;
+
+    let mem = create_guest_memory(cli.memory)?;
+    register_guest_memory(&vm, &mem)?;
+    let cmdline = build_cmdline(&cli.cmdline)?;
+    let entry = load_kernel(&mem, cli.memory, &cli.kernel, cli.initramfs.as_deref(), &cmdline)?;
+    mptable::setup_mptable(&mem, cli.cpus)?;
+
+    let exit = Arc::new(VmExit::new()?);
+    let io_bus = Arc::new(Bus::new());
+    let mmio_bus = Arc::new(Bus::new());
+    let legacy = add_legacy_devices(&vm, &io_bus, &exit)?;
+    let vcpu_fds = create_vcpus(&kvm, &vm, &mem, cli.cpus, entry)?;
+
+    // Blocked before any thread starts, so only the signalfd sees them.
+    let signals = take_stop_signals().context("signalfd")?;
+    install_kick_handler().context("vCPU kick signal handler")?;
+
+    let mut event_manager = EventManager::<Subscriber>::new().context("event loop")?;
+    let console = Arc::new(Mutex::new(StdinToSerial::new(legacy.serial.clone())?));
+    event_manager.add_subscriber(console.clone());
+    event_manager.add_subscriber(Arc::new(Mutex::new(Control::new(
+        exit.clone(),
+        legacy.reset,
+        signals,
+    ))));
+
+    let epoch = Epoch::default();
+    let mut progress = Vec::new();
+    let mut threads = Vec::new();
+    let terminal = RawTerminal::enter(0);
+    for (id, fd) in vcpu_fds.into_iter().enumerate() {
+        let p = Arc::new(VcpuProgress::default());
+        progress.push(p.clone());
+        let vcpu = Vcpu {
+            id: id as u8,
+            fd,
+            io_bus: io_bus.clone(),
+            mmio_bus: mmio_bus.clone(),
+            exit: exit.clone(),
+            epoch: epoch.clone(),
+            progress: p,
+        };
+        threads.push(vcpu.spawn().context("cannot start a vCPU thread")?);
+    }
+    log::info!("guest started: {} vCPU(s), {} MiB", cli.cpus, cli.memory >> 20);
+
+    let limit = cli.stall_timeout.div_ceil(WATCHDOG_PERIOD.as_secs()) as u32;
+    let mut watchdog = Watchdog::new(epoch, progress, limit);
+    let mut next_tick = Instant::now() + WATCHDOG_PERIOD;
+    let reason = loop {
+        let pending = console.lock().unwrap_or_else(|e| e.into_inner()).has_pending();
+        let until_tick = next_tick.saturating_duration_since(Instant::now()).as_millis() as i32;
+        let timeout = if pending { INPUT_RETRY_MS.min(until_tick) } else { until_tick };
+        event_manager
+            .run_with_timeout(timeout.max(1))
+            .context("event loop")?;
+        if let Some(reason) = exit.reason() {
+            break reason;
+        }
+        console.lock().unwrap_or_else(|e| e.into_inner()).flush_pending();
+        if Instant::now() >= next_tick {
+            next_tick += WATCHDOG_PERIOD;
+            if watchdog.tick() {
+                exit.request(ExitReason::Stalled(format!(
+                    "the guest stopped making progress: every vCPU has been halted with \
+                     interrupts disabled (or never started) for {} s",
+                    cli.stall_timeout
+                )));
+                continue;
+            }
+            for t in &threads {
+                let _ = t.kill(kick_signal());
+            }
+        }
+    };
+    drop(terminal);
+
+    match &reason {
+        ExitReason::GuestStatus(s) => log::info!("guest exited with status {s}"),
+        ExitReason::Reset => log::info!("guest reset the machine; VM stopped"),
+        ExitReason::TripleFault => log::info!("guest triple-faulted (KVM shutdown); VM stopped"),
+        ExitReason::Signal(sig) => log::info!("stopped by signal {sig}"),
+        ExitReason::Stalled(msg) | ExitReason::KvmError(msg) => eprintln!("ferry: {msg}"),
+    }
+    Ok(reason.exit_code())
+}
