@@ -51,7 +51,7 @@ cmdline+=" init=$here/emulated-host-init.sh ferry_exit=$exit_helper"
 set +e
 "$qemu" -accel tcg,thread=multi -M pc -cpu max \
     -m "${FERRY_EMU_MEMORY:-6G}" -smp "${FERRY_EMU_CPUS:-$(nproc)}" \
-    -nographic -no-reboot -nic none -monitor none -serial stdio \
+    -display none -vga none -no-reboot -nic none -monitor none -serial stdio \
     -device isa-debug-exit,iobase=0xf4,iosize=1 \
     -kernel "$kernel" -append "$cmdline" \
     -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \

@@ -3,9 +3,7 @@
 //! command line and the initramfs location.
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::start_info::{
-    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
-};
+use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
 
 use crate::layout::*;
@@ -180,7 +178,10 @@ mod tests {
     #[test]
     fn zero_page_fields() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let rd = Initrd { addr: 0x80_0000, size: 1234 };
+        let rd = Initrd {
+            addr: 0x80_0000,
+            size: 1234,
+        };
         write_zero_page(&mem, None, 42, Some(rd), 512 << 20).unwrap();
         let p: BootParams = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         let hdr = p.0.hdr;
@@ -194,7 +195,15 @@ mod tests {
     #[test]
     fn pvh_start_info_fields() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        write_pvh_start_info(&mem, Some(Initrd { addr: 0x100_0000, size: 99 }), 5 << 30).unwrap();
+        write_pvh_start_info(
+            &mem,
+            Some(Initrd {
+                addr: 0x100_0000,
+                size: 99,
+            }),
+            5 << 30,
+        )
+        .unwrap();
         let info: StartInfo = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!(info.0.magic, XEN_HVM_START_MAGIC);
         assert_eq!(info.0.memmap_entries, 3);

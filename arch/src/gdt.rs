@@ -18,7 +18,11 @@ pub fn kvm_segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     // With 4 KiB granularity the limit counts pages: KVM wants bytes.
-    let limit = if g == 1 { (limit_raw << 12) | 0xfff } else { limit_raw };
+    let limit = if g == 1 {
+        (limit_raw << 12) | 0xfff
+    } else {
+        limit_raw
+    };
     kvm_segment {
         base,
         limit,

@@ -29,7 +29,7 @@ fn with_delivery_mode(reg: u32, mode: u32) -> u32 {
 
 /// Programs LINT0 as ExtINT and LINT1 as NMI on `vcpu`'s in-kernel LAPIC.
 pub fn setup_lint(vcpu: &VcpuFd) -> Result<()> {
-    let err = |source| Error::Kvm { what: "LAPIC", source };
+    let err = |err| Error::Kvm { what: "LAPIC", err };
     let mut lapic = vcpu.get_lapic().map_err(err)?;
     program_lint(&mut lapic);
     vcpu.set_lapic(&lapic).map_err(err)

@@ -62,6 +62,16 @@ pub fn mmio64_start(mem_size: u64) -> u64 {
     end.next_multiple_of(1 << 30)
 }
 
+// The low boot structures must not overlap: checked when compiling.
+const _: () = {
+    assert!(IDT_START >= GDT_START + 4 * 8);
+    assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
+    assert!(PVH_MODLIST_START + 4096 <= ZERO_PAGE_START);
+    assert!(PD_START + 4096 <= PVH_MEMMAP_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(EBDA_START + EBDA_SIZE <= HIMEM_START);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,18 +85,12 @@ mod tests {
     #[test]
     fn ram_past_the_hole_moves_above_4g() {
         let r = ram_ranges(5 << 30);
-        assert_eq!(r, vec![(0, MMIO32_START), (1 << 32, (5 << 30) - MMIO32_START)]);
+        assert_eq!(
+            r,
+            vec![(0, MMIO32_START), (1 << 32, (5 << 30) - MMIO32_START)]
+        );
         let total: u64 = r.iter().map(|(_, s)| s).sum();
         assert_eq!(total, 5 << 30);
         assert_eq!(mmio64_start(5 << 30), 6 << 30);
-    }
-
-    #[test]
-    fn low_structures_do_not_overlap() {
-        assert!(IDT_START >= GDT_START + 4 * 8);
-        assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
-        assert!(PD_START + 4096 <= PVH_MEMMAP_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(EBDA_START + EBDA_SIZE <= HIMEM_START);
     }
 }

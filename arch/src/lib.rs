@@ -21,11 +21,10 @@ pub enum Error {
     GuestMemory(&'static str),
     #[error("the MP table for {0} vCPUs does not fit below 640 KiB")]
     MpTableTooLarge(u8),
-    #[error("KVM ioctl failed while setting up the vCPU {what}: {source}")]
+    #[error("KVM ioctl failed while setting up the vCPU {what}: {err}")]
     Kvm {
         what: &'static str,
-        #[source]
-        source: kvm_ioctls::Error,
+        err: kvm_ioctls::Error,
     },
     #[error("the KVM MSR list could not be built")]
     MsrList,

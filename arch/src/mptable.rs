@@ -8,7 +8,7 @@ use crate::{Error, Result};
 
 /// Highest vCPU count Ferry supports; the table must fit in the EBDA.
 pub const MAX_CPUS: u8 = 32;
-/// IOAPIC pins; Linux routes ISA IRQ n to pin n (identity).
+/// IOAPIC pins.
 const IOAPIC_PINS: u8 = 24;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
@@ -63,13 +63,41 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>> {
     let mut e = vec![ENTRY_IOAPIC, ioapic, IOAPIC_VERSION, 1];
     e.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
     push(&e);
+    // ISA IRQ n on IOAPIC pin n, as KVM's default GSI routing has it (the
+    // in-kernel PIT raises GSI 0, so IRQ 0 is an ordinary INT too).
     for irq in 0..IOAPIC_PINS {
-        let kind = if irq == 0 { INT_TYPE_EXTINT } else { INT_TYPE_INT };
-        push(&[ENTRY_IO_INTERRUPT, kind, 0, 0, BUS_ID_ISA, irq, ioapic, irq]);
+        push(&[
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            BUS_ID_ISA,
+            irq,
+            ioapic,
+            irq,
+        ]);
     }
     // LINT0 = ExtINT, LINT1 = NMI, on every local APIC (0xff).
-    push(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, 0, 0, BUS_ID_ISA, 0, 0xff, 0]);
-    push(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_NMI, 0, 0, BUS_ID_ISA, 0, 0xff, 1]);
+    push(&[
+        ENTRY_LOCAL_INTERRUPT,
+        INT_TYPE_EXTINT,
+        0,
+        0,
+        BUS_ID_ISA,
+        0,
+        0xff,
+        0,
+    ]);
+    push(&[
+        ENTRY_LOCAL_INTERRUPT,
+        INT_TYPE_NMI,
+        0,
+        0,
+        BUS_ID_ISA,
+        0,
+        0xff,
+        1,
+    ]);
 
     let table_len = HEADER_SIZE + entries.len();
     if FLOATING_POINTER_SIZE + table_len > EBDA_SIZE as usize {

@@ -50,7 +50,7 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<()> {
     let msrs = Msrs::from_entries(&entries).map_err(|_| Error::MsrList)?;
     let written = vcpu
         .set_msrs(&msrs)
-        .map_err(|source| Error::Kvm { what: "MSRs", source })?;
+        .map_err(|err| Error::Kvm { what: "MSRs", err })?;
     if written != entries.len() {
         // KVM stops at the first MSR it rejects; name it.
         return Err(Error::MsrRejected(entries[written].index));

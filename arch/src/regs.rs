@@ -25,7 +25,7 @@ pub enum BootProtocol {
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
-    move |source| Error::Kvm { what, source }
+    move |err| Error::Kvm { what, err }
 }
 
 /// Sets every register the kernel entry expects. The boot CPU gets the
@@ -65,7 +65,8 @@ pub fn setup_boot_vcpu<M: GuestMemory>(
             regs.rbx = boot_info.raw_value();
         }
     }
-    vcpu.set_sregs(&sregs).map_err(kvm_err("segment registers"))?;
+    vcpu.set_sregs(&sregs)
+        .map_err(kvm_err("segment registers"))?;
     vcpu.set_regs(&regs).map_err(kvm_err("general registers"))
 }
 

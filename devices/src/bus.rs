@@ -60,7 +60,10 @@ impl Bus {
     /// Removes the range that starts at `base` (a BAR being moved, say).
     pub fn remove(&self, base: u64) -> Result<(), BusError> {
         let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
-        ranges.remove(&base).map(|_| ()).ok_or(BusError::NotFound(base))
+        ranges
+            .remove(&base)
+            .map(|_| ())
+            .ok_or(BusError::NotFound(base))
     }
 
     fn find(&self, addr: u64, size: usize) -> Option<(u64, SharedDevice)> {
@@ -75,7 +78,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => false,
@@ -86,7 +91,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -130,7 +137,8 @@ mod tests {
     #[test]
     fn access_straddling_the_end_is_not_dispatched() {
         let bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x1000, 4).unwrap();
+        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x1000, 4)
+            .unwrap();
         let mut b = [0u8; 4];
         assert!(bus.read(0x1000, &mut b));
         assert!(!bus.read(0x1002, &mut b));
@@ -141,19 +149,35 @@ mod tests {
         let bus = Bus::new();
         let dev = || Arc::new(Mutex::new(Probe::default()));
         bus.insert(dev(), 0x100, 0x10).unwrap();
-        assert!(matches!(bus.insert(dev(), 0x108, 0x10), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(dev(), 0xf8, 0x10), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(dev(), 0xf0, 0x20), Err(BusError::Overlap { .. })));
+        assert!(matches!(
+            bus.insert(dev(), 0x108, 0x10),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev(), 0xf8, 0x10),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev(), 0xf0, 0x20),
+            Err(BusError::Overlap { .. })
+        ));
         assert!(bus.insert(dev(), 0x110, 0x10).is_ok());
         assert!(bus.insert(dev(), 0xf0, 0x10).is_ok());
-        assert!(matches!(bus.insert(dev(), 0x0, 0), Err(BusError::InvalidRange { .. })));
-        assert!(matches!(bus.insert(dev(), u64::MAX, 2), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(dev(), 0x0, 0),
+            Err(BusError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev(), u64::MAX, 2),
+            Err(BusError::InvalidRange { .. })
+        ));
     }
 
     #[test]
     fn remove_frees_the_range() {
         let bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x100, 0x10).unwrap();
+        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x100, 0x10)
+            .unwrap();
         bus.remove(0x100).unwrap();
         assert!(!bus.write(0x100, &[1]));
         assert_eq!(bus.remove(0x100), Err(BusError::NotFound(0x100)));

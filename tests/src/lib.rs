@@ -122,7 +122,11 @@ pub fn ferry_bin() -> Result<PathBuf, String> {
             profile_dir.join("ferry")
         }
     };
-    existing(path, "ferry binary", "run `cargo build` first, or set FERRY_BIN")
+    existing(
+        path,
+        "ferry binary",
+        "run `cargo build` first, or set FERRY_BIN",
+    )
 }
 
 fn guest_file(env: &str, name: &str, hint: &str) -> Result<PathBuf, String> {
@@ -144,7 +148,11 @@ pub fn vmlinux() -> Result<PathBuf, String> {
 
 /// The busybox initramfs, or `FERRY_INITRAMFS`.
 pub fn initramfs() -> Result<PathBuf, String> {
-    guest_file("FERRY_INITRAMFS", "initramfs.cpio", "run resources/build-initramfs.sh")
+    guest_file(
+        "FERRY_INITRAMFS",
+        "initramfs.cpio",
+        "run resources/build-initramfs.sh",
+    )
 }
 
 /// Fails loudly when KVM cannot be used here.
@@ -181,12 +189,20 @@ impl Outcome {
 }
 
 /// Runs `ferry` with `args`, feeding `stdin`, killing it after `deadline`.
-pub fn run_ferry(args: &[String], stdin: Option<&[u8]>, deadline: Duration) -> Result<Outcome, String> {
+pub fn run_ferry(
+    args: &[String],
+    stdin: Option<&[u8]>,
+    deadline: Duration,
+) -> Result<Outcome, String> {
     let bin = ferry_bin()?;
     let start = Instant::now();
     let mut child = Command::new(&bin)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -219,7 +235,8 @@ pub fn run_ferry(args: &[String], stdin: Option<&[u8]>, deadline: Duration) -> R
         if start.elapsed() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+            let stdout =
+                String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
             return Err(format!(
                 "ferry did not finish within {deadline:?}; output so far:\n{stdout}"
             ));
@@ -309,7 +326,11 @@ pub fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

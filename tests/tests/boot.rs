@@ -20,9 +20,14 @@ fn check(cond: bool, what: &str, out: &Outcome) -> TestResult {
 
 /// Kernel messages are quiet; the init prints its own status line.
 fn guest_ok(out: &Outcome, status: i32) -> TestResult {
-    check(out.code() == Some(status), &format!("expected exit status {status}"), out)?;
     check(
-        out.stdout.contains(&format!("ferry-init: exit status {status}")),
+        out.code() == Some(status),
+        &format!("expected exit status {status}"),
+        out,
+    )?;
+    check(
+        out.stdout
+            .contains(&format!("ferry-init: exit status {status}")),
         "the guest init did not report the status",
         out,
     )
@@ -31,7 +36,11 @@ fn guest_ok(out: &Outcome, status: i32) -> TestResult {
 fn boots_and_runs_a_command() -> TestResult {
     let out = Guest::command("echo hello from the $(uname -s) guest").run()?;
     guest_ok(&out, 0)?;
-    check(out.stdout.contains("hello from the Linux guest"), "greeting missing", &out)
+    check(
+        out.stdout.contains("hello from the Linux guest"),
+        "greeting missing",
+        &out,
+    )
 }
 
 fn exit_status_passes_through() -> TestResult {
@@ -46,8 +55,16 @@ fn elf_vmlinux_boots_through_pvh() -> TestResult {
         .arg("info")
         .run()?;
     guest_ok(&out, 0)?;
-    check(out.stdout.contains("pvh-ok"), "command output missing", &out)?;
-    check(out.stderr.contains("PVH entry"), "Ferry did not use the PVH entry", &out)
+    check(
+        out.stdout.contains("pvh-ok"),
+        "command output missing",
+        &out,
+    )?;
+    check(
+        out.stderr.contains("PVH entry"),
+        "Ferry did not use the PVH entry",
+        &out,
+    )
 }
 
 fn four_cpus_are_online() -> TestResult {
@@ -56,7 +73,11 @@ fn four_cpus_are_online() -> TestResult {
         .arg("4")
         .run()?;
     guest_ok(&out, 0)?;
-    check(out.stdout.contains("cpus=4 online=0-3"), "expected 4 online CPUs", &out)
+    check(
+        out.stdout.contains("cpus=4 online=0-3"),
+        "expected 4 online CPUs",
+        &out,
+    )
 }
 
 fn mem_total_kib(out: &Outcome) -> Option<u64> {
@@ -86,15 +107,35 @@ fn reboot_ends_ferry_cleanly() -> TestResult {
         .arg("--log-level")
         .arg("info")
         .run()?;
-    check(out.code() == Some(0), "reboot should end Ferry with status 0", &out)?;
-    check(out.stdout.contains("rebooting"), "command did not run", &out)?;
-    check(!out.stdout.contains("ferry-init: exit status"), "guest left through the exit port, not reboot", &out)?;
-    check(out.stderr.contains("guest reset"), "Ferry did not report the reset", &out)
+    check(
+        out.code() == Some(0),
+        "reboot should end Ferry with status 0",
+        &out,
+    )?;
+    check(
+        out.stdout.contains("rebooting"),
+        "command did not run",
+        &out,
+    )?;
+    check(
+        !out.stdout.contains("ferry-init: exit status"),
+        "guest left through the exit port, not reboot",
+        &out,
+    )?;
+    check(
+        out.stderr.contains("guest reset"),
+        "Ferry did not report the reset",
+        &out,
+    )
 }
 
 fn console_input_reaches_the_guest_shell() -> TestResult {
     let out = Guest::shell(b"echo typed-$((6 * 7))\nexit 5\n").run()?;
-    check(out.stdout.contains("typed-42"), "shell did not run the typed line", &out)?;
+    check(
+        out.stdout.contains("typed-42"),
+        "shell did not run the typed line",
+        &out,
+    )?;
     guest_ok(&out, 5)
 }
 
@@ -108,25 +149,53 @@ fn tiny_kernel(name: &str, code: &[u8], extra: &[&str], deadline: u64) -> Result
 
 fn exit_port_sets_the_status() -> TestResult {
     let out = tiny_kernel("exit42.elf", EXIT_42, &[], 30)?;
-    check(out.code() == Some(42), "exit port value should be the status", &out)
+    check(
+        out.code() == Some(42),
+        "exit port value should be the status",
+        &out,
+    )
 }
 
 fn triple_fault_stops_the_vm() -> TestResult {
     let out = tiny_kernel("triple.elf", TRIPLE_FAULT, &["--log-level", "info"], 30)?;
-    check(out.code() == Some(0), "a triple fault is a clean stop", &out)?;
-    check(out.stderr.contains("triple-faulted"), "Ferry did not say why it stopped", &out)
+    check(
+        out.code() == Some(0),
+        "a triple fault is a clean stop",
+        &out,
+    )?;
+    check(
+        out.stderr.contains("triple-faulted"),
+        "Ferry did not say why it stopped",
+        &out,
+    )
 }
 
 fn stalled_guest_is_detected() -> TestResult {
     let out = tiny_kernel("halt.elf", HALT_FOREVER, &["--stall-timeout", "2"], 30)?;
-    check(out.code() == Some(1), "a dead guest must end Ferry with status 1", &out)?;
-    check(out.stderr.contains("stopped making progress"), "no stall message", &out)?;
-    check(out.elapsed < Duration::from_secs(15), "stall detection took too long", &out)
+    check(
+        out.code() == Some(1),
+        "a dead guest must end Ferry with status 1",
+        &out,
+    )?;
+    check(
+        out.stderr.contains("stopped making progress"),
+        "no stall message",
+        &out,
+    )?;
+    check(
+        out.elapsed < Duration::from_secs(15),
+        "stall detection took too long",
+        &out,
+    )
 }
 
 fn kvm_internal_error_is_reported() -> TestResult {
     let out = tiny_kernel("nothing.elf", JUMP_INTO_NOTHING, &[], 30)?;
-    check(out.code() == Some(1), "a KVM failure must end Ferry with status 1", &out)?;
+    check(
+        out.code() == Some(1),
+        "a KVM failure must end Ferry with status 1",
+        &out,
+    )?;
     check(
         out.stderr.contains("RIP 0x30000000") || out.stderr.contains("KVM"),
         "the error should name KVM and the RIP",
@@ -139,7 +208,11 @@ fn kvm_internal_error_is_reported() -> TestResult {
 fn rejects(args: &[&str], expect: &str) -> TestResult {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let out = run_ferry(&args, None, Duration::from_secs(30))?;
-    check(out.code().is_some_and(|c| c != 0), "bad input must fail", &out)?;
+    check(
+        out.code().is_some_and(|c| c != 0),
+        "bad input must fail",
+        &out,
+    )?;
     check(!out.stderr.contains("panicked"), "Ferry panicked", &out)?;
     check(
         out.stderr.to_lowercase().contains(&expect.to_lowercase()),
@@ -149,7 +222,11 @@ fn rejects(args: &[&str], expect: &str) -> TestResult {
 }
 
 fn bad_input_trials() -> Vec<Trial> {
-    let garbage = || temp_file("garbage.bin", &[0x5a; 64 * 1024]).display().to_string();
+    let garbage = || {
+        temp_file("garbage.bin", &[0x5a; 64 * 1024])
+            .display()
+            .to_string()
+    };
     let kernel = || ferry_tests::kernel().map(|k| k.display().to_string());
     vec![
         Trial::test("bad_input::missing_kernel", || {
@@ -169,7 +246,10 @@ fn bad_input_trials() -> Vec<Trial> {
             rejects(&["--kernel", &kernel()?, "--memory", "1T"], "host")
         }),
         Trial::test("bad_input::memory_banana", move || {
-            rejects(&["--kernel", &kernel()?, "--memory", "banana"], "not a size")
+            rejects(
+                &["--kernel", &kernel()?, "--memory", "banana"],
+                "not a size",
+            )
         }),
         Trial::test("bad_input::cpus_zero", move || {
             rejects(&["--kernel", &kernel()?, "--cpus", "0"], "must be 1 to 32")
@@ -178,11 +258,17 @@ fn bad_input_trials() -> Vec<Trial> {
             rejects(&["--kernel", &kernel()?, "--cpus", "33"], "must be 1 to 32")
         }),
         Trial::test("bad_input::unknown_flag", move || {
-            rejects(&["--kernel", &kernel()?, "--frobnicate"], "unexpected argument")
+            rejects(
+                &["--kernel", &kernel()?, "--frobnicate"],
+                "unexpected argument",
+            )
         }),
         Trial::test("bad_input::missing_initramfs", move || {
             ferry_tests::require_kvm()?;
-            rejects(&["--kernel", &kernel()?, "--initramfs", "/nonexistent.cpio"], "initramfs")
+            rejects(
+                &["--kernel", &kernel()?, "--initramfs", "/nonexistent.cpio"],
+                "initramfs",
+            )
         }),
     ]
 }
@@ -192,7 +278,10 @@ fn main() {
     let args = Arguments::from_args();
     let mut trials = vec![
         Trial::test("boot::runs_a_command", boots_and_runs_a_command),
-        Trial::test("boot::exit_status_passes_through", exit_status_passes_through),
+        Trial::test(
+            "boot::exit_status_passes_through",
+            exit_status_passes_through,
+        ),
         Trial::test("boot::elf_vmlinux_pvh", elf_vmlinux_boots_through_pvh),
         Trial::test("boot::four_cpus_online", four_cpus_are_online),
         Trial::test("boot::memory_256m", || memory_matches("256M", 256 << 20)),

@@ -29,7 +29,7 @@ pub struct Cli {
     pub initramfs: Option<PathBuf>,
 
     /// Extra kernel command line, appended to Ferry's base
-    /// "console=ttyS0 reboot=k panic=-1" (later words win).
+    /// "console=ttyS0 reboot=k panic=-1 acpi=off" (later words win).
     #[arg(long, value_name = "STR", default_value = "")]
     pub cmdline: String,
 
@@ -75,7 +75,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        _ => return Err(format!("'{s}': unknown size suffix '{suffix}' (use K, M, G or T)")),
+        _ => {
+            return Err(format!(
+                "'{s}': unknown size suffix '{suffix}' (use K, M, G or T)"
+            ))
+        }
     };
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("'{s}' is too large"))
@@ -84,7 +88,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 fn parse_memory(s: &str) -> Result<u64, String> {
     let bytes = parse_size(s)?;
     if bytes < MIN_MEMORY {
-        return Err(format!("{s}: guest memory must be at least {}M", MIN_MEMORY >> 20));
+        return Err(format!(
+            "{s}: guest memory must be at least {}M",
+            MIN_MEMORY >> 20
+        ));
     }
     if bytes % 4096 != 0 {
         return Err(format!("{s}: guest memory must be a multiple of 4K"));

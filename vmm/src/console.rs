@@ -65,7 +65,11 @@ impl StdinToSerial {
     /// guest drains it.
     pub fn flush_pending(&mut self) {
         if !self.pending.is_empty() {
-            let taken = self.serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(&self.pending);
+            let taken = self
+                .serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_input(&self.pending);
             self.pending.drain(..taken);
         }
         if self.pending.is_empty() && !self.watching && !self.closed {
@@ -78,7 +82,11 @@ impl StdinToSerial {
     }
 
     fn read_stdin(&mut self, ops: &mut EventOps) {
-        let room = self.serial.lock().unwrap_or_else(|e| e.into_inner()).input_capacity();
+        let room = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .input_capacity();
         let mut buf = [0u8; 64];
         let want = room.clamp(1, buf.len());
         // SAFETY: reads into a valid local buffer.
@@ -86,7 +94,11 @@ impl StdinToSerial {
         match n {
             n if n > 0 => {
                 let n = n as usize;
-                let taken = self.serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(&buf[..n]);
+                let taken = self
+                    .serial
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .enqueue_input(&buf[..n]);
                 self.pending.extend_from_slice(&buf[taken..n]);
                 if !self.pending.is_empty() {
                     self.unwatch(ops);
@@ -99,7 +111,9 @@ impl StdinToSerial {
             }
             _ => {
                 let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted && err.kind() != io::ErrorKind::WouldBlock {
+                if err.kind() != io::ErrorKind::Interrupted
+                    && err.kind() != io::ErrorKind::WouldBlock
+                {
                     log::warn!("stdin: {err}; no more console input");
                     self.closed = true;
                     self.unwatch(ops);
@@ -145,7 +159,10 @@ impl MutEventSubscriber for StdinToSerial {
             }
         } else if events.event_set().intersects(EventSet::IN) {
             self.read_stdin(ops);
-        } else if events.event_set().intersects(EventSet::HANG_UP | EventSet::ERROR) {
+        } else if events
+            .event_set()
+            .intersects(EventSet::HANG_UP | EventSet::ERROR)
+        {
             self.closed = true;
             self.unwatch(ops);
         }

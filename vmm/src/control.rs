@@ -41,7 +41,11 @@ pub struct Control {
 
 impl Control {
     pub fn new(exit: Arc<VmExit>, reset: EventFd, signals: OwnedFd) -> Self {
-        Control { exit, reset, signals }
+        Control {
+            exit,
+            reset,
+            signals,
+        }
     }
 
     fn read_signal(&self) -> Option<i32> {
@@ -49,7 +53,11 @@ impl Control {
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: reads one siginfo into a local struct of that size.
         let n = unsafe {
-            libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size)
+            libc::read(
+                self.signals.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
         };
         (n as usize == size).then_some(info.ssi_signo as i32)
     }
@@ -57,7 +65,11 @@ impl Control {
 
 impl MutEventSubscriber for Control {
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [self.exit.event().as_raw_fd(), self.reset.as_raw_fd(), self.signals.as_raw_fd()] {
+        for fd in [
+            self.exit.event().as_raw_fd(),
+            self.reset.as_raw_fd(),
+            self.signals.as_raw_fd(),
+        ] {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 log::error!("cannot watch control event {fd}: {e:?}");
             }

@@ -16,8 +16,9 @@ use ferry_arch::regs::BootProtocol;
 use crate::memory::GuestMemoryFerry;
 
 /// Ferry's part of every command line: serial console, reboot through the
-/// i8042 (which ends the VM), and reboot at once on panic.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// i8042 (which ends the VM), reboot at once on panic, and no ACPI probing
+/// (Ferry gives its guests none: they use the MP table).
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 acpi=off";
 
 /// Entry offset of the 64-bit boot protocol in a loaded bzImage.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
@@ -27,19 +28,19 @@ const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot open kernel {0}: {1}")]
-    OpenKernel(PathBuf, #[source] std::io::Error),
+    OpenKernel(PathBuf, std::io::Error),
     #[error("{0} is not a kernel Ferry can boot (neither a bzImage nor an ELF vmlinux): {1}")]
-    NotAKernel(PathBuf, #[source] loader::Error),
+    NotAKernel(PathBuf, loader::Error),
     #[error("cannot read initramfs {0}: {1}")]
-    OpenInitramfs(PathBuf, #[source] std::io::Error),
+    OpenInitramfs(PathBuf, std::io::Error),
     #[error("initramfs {path} ({size} bytes) does not fit in guest memory below {max:#x}; give the guest more memory")]
     InitramfsTooLarge { path: PathBuf, size: u64, max: u64 },
     #[error("cannot copy initramfs into guest memory: {0}")]
-    CopyInitramfs(#[source] vm_memory::GuestMemoryError),
+    CopyInitramfs(vm_memory::GuestMemoryError),
     #[error("kernel command line: {0} (at most {max} bytes)", max = CMDLINE_MAX_SIZE - 1)]
-    Cmdline(#[source] linux_loader::cmdline::Error),
+    Cmdline(linux_loader::cmdline::Error),
     #[error("cannot write the kernel command line: {0}")]
-    WriteCmdline(#[source] loader::Error),
+    WriteCmdline(loader::Error),
     #[error(transparent)]
     Boot(#[from] ferry_arch::Error),
 }
@@ -55,7 +56,9 @@ pub struct KernelEntry {
 
 pub fn build_cmdline(extra: &str) -> Result<Cmdline, LoadError> {
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(LoadError::Cmdline)?;
-    cmdline.insert_str(BASE_CMDLINE).map_err(LoadError::Cmdline)?;
+    cmdline
+        .insert_str(BASE_CMDLINE)
+        .map_err(LoadError::Cmdline)?;
     let extra = extra.trim();
     if !extra.is_empty() {
         cmdline.insert_str(extra).map_err(LoadError::Cmdline)?;
@@ -75,7 +78,11 @@ pub fn load_kernel(
     initramfs: Option<&Path>,
     cmdline: &Cmdline,
 ) -> Result<KernelEntry, LoadError> {
-    let mut file = File::open(kernel).map_err(|e| LoadError::OpenKernel(kernel.into(), e))?;
+    let open_err = |e| LoadError::OpenKernel(kernel.into(), e);
+    let mut file = File::open(kernel).map_err(open_err)?;
+    if !file.metadata().map_err(open_err)?.is_file() {
+        return Err(open_err(std::io::Error::other("not a regular file")));
+    }
     let highmem = Some(GuestAddress(HIMEM_START));
     let elf = is_elf(&mut file);
     let not_a_kernel = |e| LoadError::NotAKernel(kernel.into(), e);
@@ -96,7 +103,11 @@ pub fn load_kernel(
     log::info!(
         "kernel {}: {} entry at {:#x}",
         kernel.display(),
-        if protocol == BootProtocol::Pvh { "PVH" } else { "64-bit" },
+        if protocol == BootProtocol::Pvh {
+            "PVH"
+        } else {
+            "64-bit"
+        },
         entry.raw_value()
     );
 
@@ -114,7 +125,13 @@ pub fn load_kernel(
         .filter(|m| *m != 0)
         .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
     let initrd = match initramfs {
-        Some(path) => Some(load_initramfs(mem, mem_size, path, loaded.kernel_end, addr_max)?),
+        Some(path) => Some(load_initramfs(
+            mem,
+            mem_size,
+            path,
+            loaded.kernel_end,
+            addr_max,
+        )?),
         None => None,
     };
 

@@ -11,18 +11,13 @@ pub type GuestMemoryFerry = GuestMemoryMmap<()>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    #[error("cannot map {size} MiB of guest memory: {source}")]
+    #[error("cannot map {size} MiB of guest memory: {err}")]
     Map {
         size: u64,
-        #[source]
-        source: vm_memory::mmap::FromRangesError,
+        err: vm_memory::mmap::FromRangesError,
     },
-    #[error("KVM refused guest memory slot {slot}: {source}")]
-    Register {
-        slot: u32,
-        #[source]
-        source: kvm_ioctls::Error,
-    },
+    #[error("KVM refused guest memory slot {slot}: {err}")]
+    Register { slot: u32, err: kvm_ioctls::Error },
 }
 
 /// Maps `size` bytes of guest RAM (lazily: nothing is touched until used).
@@ -31,9 +26,9 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryFerry, MemoryError> {
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map {
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|err| MemoryError::Map {
         size: size >> 20,
-        source,
+        err,
     })
 }
 
@@ -54,7 +49,7 @@ pub fn register_guest_memory(vm: &VmFd, mem: &GuestMemoryFerry) -> Result<u32, M
         // SAFETY: the mapping lives in `mem`, which the VM keeps for its whole
         // life, and does not overlap another slot.
         unsafe { vm.set_user_memory_region(region) }
-            .map_err(|source| MemoryError::Register { slot, source })?;
+            .map_err(|err| MemoryError::Register { slot, err })?;
         slot += 1;
     }
     Ok(slot)

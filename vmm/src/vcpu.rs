@@ -117,7 +117,9 @@ impl Vcpu {
                 "vCPU {id}: unexpected KVM exit {other:?}"
             ))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Interrupted,
-            Err(e) => Step::Stop(ExitReason::KvmError(format!("vCPU {id}: KVM_RUN failed: {e}"))),
+            Err(e) => Step::Stop(ExitReason::KvmError(format!(
+                "vCPU {id}: KVM_RUN failed: {e}"
+            ))),
         }
     }
 
@@ -134,7 +136,9 @@ impl Vcpu {
         let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
         let what = match suberror {
             kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "it could not emulate an instruction",
-            kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "an exception hit during exception delivery",
+            kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => {
+                "an exception hit during exception delivery"
+            }
             kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "an event could not be delivered",
             _ => "internal error",
         };

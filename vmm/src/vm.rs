@@ -12,7 +12,7 @@ use vmm_sys_util::signal::Killable;
 
 use ferry_arch::{cpuid, lapic, mptable, msr, regs};
 use ferry_devices::legacy::{
-    ExitPort, I8042, Serial, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_PORT, I8042_PORT_COUNT,
+    ExitPort, Serial, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042, I8042_PORT, I8042_PORT_COUNT,
     SERIAL_PORT_COUNT,
 };
 use ferry_devices::Bus;
@@ -35,7 +35,8 @@ const INPUT_RETRY_MS: i32 = 10;
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 fn open_kvm() -> Result<Kvm> {
-    let kvm = Kvm::new().context("cannot open /dev/kvm (is KVM available and accessible to you?)")?;
+    let kvm =
+        Kvm::new().context("cannot open /dev/kvm (is KVM available and accessible to you?)")?;
     for (cap, name) in [
         (Cap::Irqchip, "in-kernel irqchip"),
         (Cap::Irqfd, "irqfd"),
@@ -53,13 +54,16 @@ fn open_kvm() -> Result<Kvm> {
 
 fn create_vm(kvm: &Kvm) -> Result<VmFd> {
     let vm = kvm.create_vm().context("KVM could not create a VM")?;
-    vm.set_tss_address(KVM_TSS_ADDRESS).context("KVM_SET_TSS_ADDR")?;
-    vm.create_irq_chip().context("KVM could not create the in-kernel irqchip")?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .context("KVM_SET_TSS_ADDR")?;
+    vm.create_irq_chip()
+        .context("KVM could not create the in-kernel irqchip")?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    vm.create_pit2(pit).context("KVM could not create the in-kernel PIT")?;
+    vm.create_pit2(pit)
+        .context("KVM could not create the in-kernel PIT")?;
     Ok(vm)
 }
 
@@ -70,7 +74,8 @@ struct LegacyDevices {
 
 fn add_legacy_devices(vm: &VmFd, io_bus: &Bus, exit: &Arc<VmExit>) -> Result<LegacyDevices> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK)?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ).context("irqfd for COM1")?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .context("irqfd for COM1")?;
     let serial = Arc::new(Mutex::new(Serial::new(serial_irq, Box::new(RawStdout))));
     io_bus.insert(serial.clone(), COM1_PORT, SERIAL_PORT_COUNT)?;
 
@@ -119,7 +124,13 @@ pub fn run(cli: &Cli) -> Result<i32> {
     let mem = create_guest_memory(cli.memory)?;
     register_guest_memory(&vm, &mem)?;
     let cmdline = build_cmdline(&cli.cmdline)?;
-    let entry = load_kernel(&mem, cli.memory, &cli.kernel, cli.initramfs.as_deref(), &cmdline)?;
+    let entry = load_kernel(
+        &mem,
+        cli.memory,
+        &cli.kernel,
+        cli.initramfs.as_deref(),
+        &cmdline,
+    )?;
     mptable::setup_mptable(&mem, cli.cpus)?;
 
     let exit = Arc::new(VmExit::new()?);
@@ -159,22 +170,38 @@ pub fn run(cli: &Cli) -> Result<i32> {
         };
         threads.push(vcpu.spawn().context("cannot start a vCPU thread")?);
     }
-    log::info!("guest started: {} vCPU(s), {} MiB", cli.cpus, cli.memory >> 20);
+    log::info!(
+        "guest started: {} vCPU(s), {} MiB",
+        cli.cpus,
+        cli.memory >> 20
+    );
 
     let limit = cli.stall_timeout.div_ceil(WATCHDOG_PERIOD.as_secs()) as u32;
     let mut watchdog = Watchdog::new(epoch, progress, limit);
     let mut next_tick = Instant::now() + WATCHDOG_PERIOD;
     let reason = loop {
-        let pending = console.lock().unwrap_or_else(|e| e.into_inner()).has_pending();
-        let until_tick = next_tick.saturating_duration_since(Instant::now()).as_millis() as i32;
-        let timeout = if pending { INPUT_RETRY_MS.min(until_tick) } else { until_tick };
+        let pending = console
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .has_pending();
+        let until_tick = next_tick
+            .saturating_duration_since(Instant::now())
+            .as_millis() as i32;
+        let timeout = if pending {
+            INPUT_RETRY_MS.min(until_tick)
+        } else {
+            until_tick
+        };
         event_manager
             .run_with_timeout(timeout.max(1))
             .context("event loop")?;
         if let Some(reason) = exit.reason() {
             break reason;
         }
-        console.lock().unwrap_or_else(|e| e.into_inner()).flush_pending();
+        console
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush_pending();
         if Instant::now() >= next_tick {
             next_tick += WATCHDOG_PERIOD;
             if watchdog.tick() {
