@@ -9,6 +9,7 @@ mkdir -p /dev/pts /dev/shm 2>/dev/null
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs "$d"; done
+[ "${ferry_plain_console:-0}" = 1 ] && stty -onlcr
 mkdir -p /run/job
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 ferryjob /run/job
 

@@ -47,6 +47,8 @@ trap 'rm -rf "$job"' EXIT
 cmdline="console=ttyS0 quiet loglevel=0 panic=-1 root=hostroot rootfstype=9p"
 cmdline+=" rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose ro"
 cmdline+=" init=$here/emulated-host-init.sh ferry_exit=$exit_helper"
+# Output to a pipe or file: plain "\n" line ends, as the command wrote them.
+[ -t 1 ] || cmdline+=" ferry_plain_console=1"
 
 set +e
 "$qemu" -accel tcg,thread=multi -M pc -cpu max \

@@ -11,4 +11,14 @@ echo "[check] cargo fmt, clippy" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "[test] unit and integration tests" >&2
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run, summed over every test binary.
+sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '
+    /^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+    END { printf "tests: %d passed, %d failed\n", p, f }'
+exit "$status"

@@ -83,6 +83,13 @@ pub fn enter_kvm_host() {
         "ferry-tests: KVM mode emulated: re-running the tests inside the emulated KVM host \
          (set FERRY_KVM_MODE=direct to use this host's /dev/kvm)"
     );
+    let mut args = args;
+    // Inside, stdout is the emulated host's console (a tty): ask for plain
+    // output when ours is not a terminal, so summaries parse as usual.
+    // SAFETY: isatty only inspects fd 1.
+    if unsafe { libc::isatty(1) } != 1 && !args.iter().any(|a| a.starts_with("--color")) {
+        args.push("--color=never".into());
+    }
     let exe = std::env::current_exe().expect("current test binary path");
     let script = repo_root().join("resources/emulated-host.sh");
     let status = Command::new(&script)

@@ -10,6 +10,8 @@ use crate::bus::BusDevice;
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 pub const SERIAL_PORT_COUNT: u64 = 8;
+/// IER bit: interrupt when received data is available.
+const IER_RECEIVED_DATA: u8 = 0x01;
 
 /// An interrupt line backed by an `EventFd` that KVM watches as an irqfd.
 pub struct EventFdTrigger(pub EventFd);
@@ -33,13 +35,27 @@ impl Serial {
         }
     }
 
-    /// Room left in the receive FIFO.
-    pub fn input_capacity(&self) -> usize {
-        self.uart.fifo_capacity()
+    /// Whether the guest's driver listens for input: the received-data
+    /// interrupt is enabled. Until then input waits on the host side, since a
+    /// driver starting up clears the FIFO and would lose it.
+    fn guest_listens(&self) -> bool {
+        self.uart.state().interrupt_enable & IER_RECEIVED_DATA != 0
     }
 
-    /// Queues host input for the guest; returns how many bytes fitted.
+    /// Room for input the guest will see now (0 while it is not listening).
+    pub fn input_capacity(&self) -> usize {
+        if self.guest_listens() {
+            self.uart.fifo_capacity()
+        } else {
+            0
+        }
+    }
+
+    /// Queues host input for the guest; returns how many bytes it took.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        if !self.guest_listens() {
+            return 0;
+        }
         // A full FIFO is the only error; report it as nothing taken.
         self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
     }
@@ -98,6 +114,17 @@ mod tests {
     }
 
     #[test]
+    fn input_waits_until_the_guest_listens() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(irq, Box::new(std::io::sink()));
+        assert_eq!(s.input_capacity(), 0);
+        assert_eq!(s.enqueue_input(b"early"), 0);
+        s.write(1, &[0x01]);
+        assert!(s.input_capacity() > 0);
+        assert_eq!(s.enqueue_input(b"late"), 4);
+    }
+
+    #[test]
     fn wide_accesses_are_ignored() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut s = Serial::new(irq, Box::new(std::io::sink()));
@@ -111,6 +138,7 @@ mod tests {
     fn full_fifo_takes_nothing() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut s = Serial::new(irq, Box::new(std::io::sink()));
+        s.write(1, &[0x01]);
         let cap = s.input_capacity();
         assert_eq!(s.enqueue_input(&vec![b'x'; cap + 10]), cap);
         assert_eq!(s.enqueue_input(b"y"), 0);
