@@ -4,5 +4,8 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod pci;
+pub mod virtio;
+pub mod vm_ops;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -41,6 +41,12 @@ pub struct Cli {
     #[arg(long, default_value = "512M", value_parser = parse_memory)]
     pub memory: u64,
 
+    /// Share a host directory over virtio-fs (repeatable):
+    /// tag=NAME,path=DIR[,queues=N][,readonly=on][,cache=auto|always|never].
+    /// In the guest: mount -t virtiofs NAME /mnt.
+    #[arg(long = "fs", value_name = "OPTIONS", value_parser = crate::fs_option::parse_fs)]
+    pub fs: Vec<ferry_devices::virtio::fs::FsShare>,
+
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "warn", value_name = "LEVEL")]
     pub log_level: log::LevelFilter,

@@ -1,14 +1,17 @@
 //! `ferry`: boot a Linux guest under KVM.
 
+mod allocator;
 mod cli;
 mod console;
 mod control;
 mod exit;
+mod fs_option;
 mod loader;
 mod memory;
 mod terminal;
 mod vcpu;
 mod vm;
+mod vm_ops;
 mod watchdog;
 
 use clap::Parser;

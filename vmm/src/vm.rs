@@ -15,7 +15,17 @@ use ferry_devices::legacy::{
     ExitPort, Serial, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042, I8042_PORT, I8042_PORT_COUNT,
     SERIAL_PORT_COUNT,
 };
+use ferry_devices::pci::{PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT};
+use ferry_devices::virtio::fs::{FsStats, VirtioFs};
+use ferry_devices::virtio::{VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
+use ferry_devices::vm_ops::VmOps;
 use ferry_devices::Bus;
+use ferry_arch::layout::{MMIO32_BARS_SIZE, MMIO32_START};
+use vm_memory::GuestMemoryAtomic;
+
+use crate::allocator::AddressAllocator;
+use crate::fs_option::check_unique_tags;
+use crate::vm_ops::KvmVmOps;
 
 use crate::cli::Cli;
 use crate::console::{RawStdout, StdinToSerial};
@@ -52,7 +62,7 @@ fn open_kvm() -> Result<Kvm> {
     Ok(kvm)
 }
 
-fn create_vm(kvm: &Kvm) -> Result<VmFd> {
+fn create_vm(kvm: &Kvm) -> Result<Arc<VmFd>> {
     let vm = kvm.create_vm().context("KVM could not create a VM")?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .context("KVM_SET_TSS_ADDR")?;
@@ -64,7 +74,7 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd> {
     };
     vm.create_pit2(pit)
         .context("KVM could not create the in-kernel PIT")?;
-    Ok(vm)
+    Ok(Arc::new(vm))
 }
 
 struct LegacyDevices {
@@ -86,6 +96,41 @@ fn add_legacy_devices(vm: &VmFd, io_bus: &Bus, exit: &Arc<VmExit>) -> Result<Leg
     let exit_port = Arc::new(Mutex::new(ExitPort::new(exit.clone())));
     io_bus.insert(exit_port, EXIT_PORT, 1)?;
     Ok(LegacyDevices { serial, reset })
+}
+
+/// The PCI root bus with one virtio-fs device per share. Returns the
+/// shares' request counters.
+fn add_pci_devices(
+    cli: &Cli,
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryFerry,
+    io_bus: &Bus,
+    mmio_bus: &Arc<Bus>,
+) -> Result<Vec<(String, Arc<FsStats>)>> {
+    check_unique_tags(&cli.fs).map_err(anyhow::Error::msg)?;
+    let vm_ops: Arc<dyn VmOps> = Arc::new(KvmVmOps::new(vm.clone()));
+    let shared_mem = GuestMemoryAtomic::new(mem.clone());
+    let mut bars = AddressAllocator::new(MMIO32_START, MMIO32_BARS_SIZE);
+    let mut root = PciRoot::new(mmio_bus.clone());
+    let mut stats = Vec::new();
+    for share in &cli.fs {
+        let fs = VirtioFs::new(share.clone());
+        stats.push((share.tag.clone(), fs.stats()));
+        let bar = bars.allocate(VIRTIO_PCI_BAR_SIZE)?;
+        let device = VirtioPciDevice::new(Box::new(fs), vm_ops.clone(), shared_mem.clone(), bar)
+            .with_context(|| format!("virtio-fs '{}'", share.tag))?;
+        let slot = root
+            .add_device(Arc::new(Mutex::new(device)))
+            .with_context(|| format!("virtio-fs '{}'", share.tag))?;
+        log::info!(
+            "virtio-fs '{}' -> {} at PCI 00:{slot:02x}.0, BAR0 {bar:#x}{}",
+            share.tag,
+            share.path.display(),
+            if share.readonly { " (read-only)" } else { "" }
+        );
+    }
+    io_bus.insert(Arc::new(Mutex::new(root)), PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT)?;
+    Ok(stats)
 }
 
 fn create_vcpus(
@@ -137,6 +182,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
     let io_bus = Arc::new(Bus::new());
     let mmio_bus = Arc::new(Bus::new());
     let legacy = add_legacy_devices(&vm, &io_bus, &exit)?;
+    let fs_stats = add_pci_devices(cli, &vm, &mem, &io_bus, &mmio_bus)?;
     let vcpu_fds = create_vcpus(&kvm, &vm, &mem, cli.cpus, entry)?;
 
     // Blocked before any thread starts, so only the signalfd sees them.
@@ -218,6 +264,9 @@ pub fn run(cli: &Cli) -> Result<i32> {
         }
     };
     drop(terminal);
+    for (tag, stats) in &fs_stats {
+        log::debug!("virtio-fs '{tag}' requests: {}", stats.summary());
+    }
 
     match &reason {
         ExitReason::GuestStatus(s) => log::info!("guest exited with status {s}"),

@@ -1,0 +1,64 @@
+//! virtio 1.x devices and their PCI transport.
+
+pub mod fs;
+mod pci;
+mod queue_config;
+
+pub use pci::{VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+pub const VIRTIO_F_RING_INDIRECT_DESC: u64 = 1 << 28;
+pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Guest memory as the device's workers see it. Atomic so a region (the
+/// DAX window) can be added while workers run.
+pub type GuestMemoryShared = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// Raises a virtio interrupt: an MSI-X vector of the transport.
+pub trait VirtioInterrupt: Send + Sync {
+    fn notify(&self, vector: u16);
+}
+
+/// A queue the driver set up, handed to the device on activation.
+pub struct ActiveQueue {
+    pub index: usize,
+    pub queue: Queue,
+    /// Signalled (by KVM, through an ioeventfd) when the driver kicks.
+    pub kick: EventFd,
+    pub vector: u16,
+}
+
+pub struct Activation {
+    pub mem: GuestMemoryShared,
+    pub queues: Vec<ActiveQueue>,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    pub features: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("queue {0} is not ready; the device needs all of its queues")]
+    QueueNotReady(usize),
+    #[error("cannot start the device: {0}")]
+    Start(String),
+}
+
+/// A virtio device behind some transport.
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u32;
+    /// Features the device offers, `VIRTIO_F_VERSION_1` included.
+    fn features(&self) -> u64;
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver set DRIVER_OK: start serving the queues.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// The driver reset the device: stop serving and forget the queues.
+    fn reset(&mut self);
+}

@@ -1,0 +1,480 @@
+//! virtio-pci, modern (1.x) only: common, notify, ISR and device
+//! configuration in BAR 0, plus the MSI-X table and PBA there too. Each
+//! queue's notify address is an ioeventfd, so a guest kick wakes the queue's
+//! worker inside KVM without a vCPU exit to user space.
+
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::queue_config::{set_half, QueueConfig, NO_VECTOR};
+use super::{Activation, ActiveQueue, GuestMemoryShared, VirtioDevice, VirtioInterrupt};
+use super::{VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
+use crate::pci::{BarKind, MsixChange, MsixState, PciConfig, PciDevice, MSIX_ENTRY_SIZE};
+use crate::vm_ops::{MsiMessage, VmOps};
+
+pub const VIRTIO_PCI_BAR_SIZE: u64 = 0x8000;
+const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
+const VIRTIO_PCI_DEVICE_BASE: u16 = 0x1040;
+
+const COMMON_OFFSET: u64 = 0x0000;
+const COMMON_SIZE: u64 = 0x38;
+const ISR_OFFSET: u64 = 0x1000;
+const ISR_SIZE: u64 = 4;
+const DEVICE_OFFSET: u64 = 0x2000;
+const DEVICE_SIZE: u64 = 0x1000;
+const NOTIFY_OFFSET: u64 = 0x3000;
+const NOTIFY_SIZE: u64 = 0x1000;
+const NOTIFY_MULTIPLIER: u32 = 4;
+const MSIX_TABLE_OFFSET: u64 = 0x4000;
+const MSIX_PBA_OFFSET: u64 = 0x6000;
+const MSIX_PBA_SIZE: u64 = 0x2000;
+
+const CAP_VENDOR: u8 = 0x09;
+const CAP_MSIX: u8 = 0x11;
+const CFG_COMMON: u8 = 1;
+const CFG_NOTIFY: u8 = 2;
+const CFG_ISR: u8 = 3;
+const CFG_DEVICE: u8 = 4;
+
+const STATUS_FEATURES_OK: u8 = 0x08;
+const STATUS_DRIVER_OK: u8 = 0x04;
+const STATUS_NEEDS_RESET: u8 = 0x40;
+
+/// Delivers queue and config interrupts through MSI-X irqfds, or records
+/// them as pending while masked.
+pub struct MsixInterrupt {
+    msix: Arc<Mutex<MsixState>>,
+    irqfds: Vec<EventFd>,
+}
+
+impl MsixInterrupt {
+    fn fire(&self, vector: u16) {
+        if let Some(fd) = self.irqfds.get(usize::from(vector)) {
+            if let Err(e) = fd.write(1) {
+                log::warn!("virtio-pci: irqfd for vector {vector}: {e}");
+            }
+        }
+    }
+
+    fn deliver_pending(&self) {
+        let ready = self.msix.lock().unwrap_or_else(|e| e.into_inner()).take_deliverable();
+        for v in ready {
+            self.fire(v);
+        }
+    }
+}
+
+impl VirtioInterrupt for MsixInterrupt {
+    fn notify(&self, vector: u16) {
+        if vector == NO_VECTOR {
+            return;
+        }
+        let mut msix = self.msix.lock().unwrap_or_else(|e| e.into_inner());
+        if usize::from(vector) >= msix.table.len() {
+            return;
+        }
+        if msix.can_deliver(vector) {
+            drop(msix);
+            self.fire(vector);
+        } else {
+            msix.set_pending(vector, true);
+        }
+    }
+}
+
+pub struct VirtioPciDevice {
+    config: PciConfig,
+    device: Box<dyn VirtioDevice>,
+    vm: Arc<dyn VmOps>,
+    mem: GuestMemoryShared,
+    bar_addr: u64,
+    msix_cap: usize,
+    interrupt: Arc<MsixInterrupt>,
+    gsis: Vec<u32>,
+    kicks: Vec<EventFd>,
+    queues: Vec<QueueConfig>,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    config_generation: u8,
+    config_vector: u16,
+    queue_select: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioPciError {
+    #[error("virtio-pci: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("virtio-pci: {0} queues need more MSI-X vectors than one BAR holds")]
+    TooManyQueues(usize),
+}
+
+impl VirtioPciDevice {
+    /// Wraps `device` at BAR 0 address `bar_addr` (aligned to
+    /// [`VIRTIO_PCI_BAR_SIZE`]), registering ioeventfds and MSI vectors.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        vm: Arc<dyn VmOps>,
+        mem: GuestMemoryShared,
+        bar_addr: u64,
+    ) -> Result<Self, VirtioPciError> {
+        let max_sizes = device.queue_max_sizes();
+        let vectors = max_sizes.len() + 1;
+        if vectors as u64 * MSIX_ENTRY_SIZE > MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET {
+            return Err(VirtioPciError::TooManyQueues(max_sizes.len()));
+        }
+        let device_id = VIRTIO_PCI_DEVICE_BASE + device.device_type() as u16;
+        let mut config = PciConfig::new(VIRTIO_PCI_VENDOR, device_id, 0x01, 0x80, 1);
+        config.set_subsystem(VIRTIO_PCI_VENDOR, 0x40);
+        config.add_bar(0, bar_addr, VIRTIO_PCI_BAR_SIZE, BarKind::Mmio32);
+        for (cfg_type, offset, len) in [
+            (CFG_COMMON, COMMON_OFFSET, COMMON_SIZE),
+            (CFG_ISR, ISR_OFFSET, ISR_SIZE),
+            (CFG_DEVICE, DEVICE_OFFSET, DEVICE_SIZE),
+        ] {
+            config.add_capability(CAP_VENDOR, &virtio_cap(cfg_type, offset, len, 16), &[]);
+        }
+        let mut notify = virtio_cap(CFG_NOTIFY, NOTIFY_OFFSET, NOTIFY_SIZE, 20);
+        notify.extend_from_slice(&NOTIFY_MULTIPLIER.to_le_bytes());
+        config.add_capability(CAP_VENDOR, &notify, &[]);
+        let mut msix = Vec::new();
+        msix.extend_from_slice(&((vectors - 1) as u16).to_le_bytes());
+        msix.extend_from_slice(&(MSIX_TABLE_OFFSET as u32).to_le_bytes());
+        msix.extend_from_slice(&(MSIX_PBA_OFFSET as u32).to_le_bytes());
+        let msix_cap = config.add_capability(CAP_MSIX, &msix, &[0, 0xc0]);
+
+        let mut irqfds = Vec::new();
+        let mut gsis = Vec::new();
+        for _ in 0..vectors {
+            let fd = EventFd::new(libc::EFD_NONBLOCK)?;
+            gsis.push(vm.add_msi_vector(&fd)?);
+            irqfds.push(fd);
+        }
+        let kicks = (0..max_sizes.len())
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, kick) in kicks.iter().enumerate() {
+            vm.register_ioevent(kick, notify_addr(bar_addr, i))?;
+        }
+        Ok(VirtioPciDevice {
+            config,
+            device,
+            vm,
+            mem,
+            bar_addr,
+            msix_cap,
+            interrupt: Arc::new(MsixInterrupt {
+                msix: Arc::new(Mutex::new(MsixState::new(vectors as u16))),
+                irqfds,
+            }),
+            gsis,
+            kicks,
+            queues: max_sizes.into_iter().map(QueueConfig::new).collect(),
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+            config_vector: NO_VECTOR,
+            queue_select: 0,
+        })
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut QueueConfig> {
+        self.queues.get_mut(usize::from(self.queue_select))
+    }
+
+    fn read_common(&mut self, offset: u64, data: &mut [u8]) {
+        let features = self.device.features();
+        let value: u64 = match offset {
+            0x00 => u64::from(self.device_feature_select),
+            0x04 => match self.device_feature_select {
+                0 => features & 0xffff_ffff,
+                1 => features >> 32,
+                _ => 0,
+            },
+            0x08 => u64::from(self.driver_feature_select),
+            0x0c => match self.driver_feature_select {
+                0 => self.driver_features & 0xffff_ffff,
+                1 => self.driver_features >> 32,
+                _ => 0,
+            },
+            0x10 => u64::from(self.config_vector),
+            0x12 => self.queues.len() as u64,
+            0x14 => u64::from(self.status),
+            0x15 => u64::from(self.config_generation),
+            0x16 => u64::from(self.queue_select),
+            _ => match self.selected_queue() {
+                None => 0,
+                Some(q) => match offset {
+                    0x18 => u64::from(q.size),
+                    0x1a => u64::from(q.vector),
+                    0x1c => u64::from(q.ready),
+                    0x1e => 0, // queue_notify_off: queue i at i * multiplier
+                    0x20 => q.desc & 0xffff_ffff,
+                    0x24 => q.desc >> 32,
+                    0x28 => q.avail & 0xffff_ffff,
+                    0x2c => q.avail >> 32,
+                    0x30 => q.used & 0xffff_ffff,
+                    0x34 => q.used >> 32,
+                    _ => 0,
+                },
+            },
+        };
+        // 0x1e reads the queue index so each queue gets its own address.
+        let value = if offset == 0x1e { u64::from(self.queue_select) } else { value };
+        put(data, value);
+    }
+
+    fn write_common(&mut self, offset: u64, data: &[u8]) {
+        let value = get(data);
+        let v32 = value as u32;
+        let v16 = value as u16;
+        let configurable = self.status & STATUS_DRIVER_OK == 0;
+        match offset {
+            0x00 => self.device_feature_select = v32,
+            0x08 => self.driver_feature_select = v32,
+            0x0c if self.status & STATUS_FEATURES_OK == 0 => match self.driver_feature_select {
+                0 => set_half(&mut self.driver_features, false, v32),
+                1 => set_half(&mut self.driver_features, true, v32),
+                _ => {}
+            },
+            0x10 => self.config_vector = v16,
+            0x14 => self.write_status(value as u8),
+            0x16 => self.queue_select = v16,
+            _ => {
+                let Some(q) = self.queues.get_mut(usize::from(self.queue_select)) else {
+                    return;
+                };
+                match offset {
+                    0x18 if configurable => q.size = v16,
+                    0x1a => q.vector = v16,
+                    0x1c if configurable => q.ready = v16 == 1,
+                    0x20 if configurable => set_half(&mut q.desc, false, v32),
+                    0x24 if configurable => set_half(&mut q.desc, true, v32),
+                    0x28 if configurable => set_half(&mut q.avail, false, v32),
+                    0x2c if configurable => set_half(&mut q.avail, true, v32),
+                    0x30 if configurable => set_half(&mut q.used, false, v32),
+                    0x34 if configurable => set_half(&mut q.used, true, v32),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn write_status(&mut self, value: u8) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.status;
+        let mut new = value;
+        if new & STATUS_FEATURES_OK != 0 && old & STATUS_FEATURES_OK == 0 {
+            let offered = self.device.features();
+            let unknown = self.driver_features & !offered;
+            if unknown != 0 || self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+                log::warn!(
+                    "virtio-pci: driver features {:#x} not acceptable (offered {offered:#x})",
+                    self.driver_features
+                );
+                new &= !STATUS_FEATURES_OK;
+            } else {
+                log::debug!("virtio-pci: negotiated features {:#x}", self.driver_features);
+            }
+        }
+        self.status = new;
+        if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
+            if let Err(e) = self.activate() {
+                log::error!("virtio-pci: device {} not started: {e}", self.device.device_type());
+                self.status |= STATUS_NEEDS_RESET;
+                self.config_generation = self.config_generation.wrapping_add(1);
+                self.interrupt.notify(self.config_vector);
+            }
+        }
+    }
+
+    fn activate(&mut self) -> Result<(), String> {
+        if self.status & STATUS_FEATURES_OK == 0 {
+            return Err("DRIVER_OK without FEATURES_OK".into());
+        }
+        let event_idx = self.driver_features & VIRTIO_F_RING_EVENT_IDX != 0;
+        let mut queues = Vec::new();
+        for (index, cfg) in self.queues.iter().enumerate() {
+            if !cfg.ready {
+                continue;
+            }
+            let queue = cfg.build(event_idx).map_err(|e| format!("queue {index}: {e}"))?;
+            let kick = self.kicks[index].try_clone().map_err(|e| e.to_string())?;
+            log::debug!("virtio-pci: queue {index}: size {}, vector {}", cfg.size, cfg.vector);
+            queues.push(ActiveQueue {
+                index,
+                queue,
+                kick,
+                vector: cfg.vector,
+            });
+        }
+        let activation = Activation {
+            mem: self.mem.clone(),
+            queues,
+            interrupt: self.interrupt.clone(),
+            features: self.driver_features,
+        };
+        self.device.activate(activation).map_err(|e| e.to_string())
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        // Kicks that raced with the reset must not wake the next activation.
+        for k in &self.kicks {
+            let _ = k.read();
+        }
+        self.driver_features = 0;
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.status = 0;
+        self.config_vector = NO_VECTOR;
+        self.queue_select = 0;
+    }
+
+    fn msix_table_write(&mut self, offset: u64, data: &[u8]) {
+        let change = self
+            .interrupt
+            .msix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .table_write(offset, data);
+        let vector = match change {
+            MsixChange::Message(v) => v,
+            MsixChange::Unmasked(v) => v,
+            MsixChange::None => return,
+        };
+        self.route_vector(vector);
+        self.interrupt.deliver_pending();
+    }
+
+    fn route_vector(&self, vector: u16) {
+        let entry = {
+            let msix = self.interrupt.msix.lock().unwrap_or_else(|e| e.into_inner());
+            msix.table[usize::from(vector)]
+        };
+        let msg = MsiMessage {
+            addr: entry.address(),
+            data: entry.data,
+        };
+        if let Err(e) = self.vm.route_msi(self.gsis[usize::from(vector)], msg) {
+            log::warn!("virtio-pci: cannot route MSI vector {vector}: {e}");
+        }
+    }
+}
+
+impl PciDevice for VirtioPciDevice {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+
+    fn config_written(&mut self, offset: usize, len: usize) {
+        let control = self.msix_cap + 2;
+        if offset < control + 2 && offset + len > control {
+            let value = self.config.read_u16(control);
+            let unblocked = self
+                .interrupt
+                .msix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_control(value);
+            if unblocked {
+                self.interrupt.deliver_pending();
+            }
+        }
+    }
+
+    fn bar_read(&mut self, _bar: usize, offset: u64, data: &mut [u8]) {
+        match offset {
+            o if o < COMMON_OFFSET + COMMON_SIZE => self.read_common(o, data),
+            o if (ISR_OFFSET..ISR_OFFSET + ISR_SIZE).contains(&o) => data.fill(0),
+            o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_SIZE).contains(&o) => {
+                self.device.read_config(o - DEVICE_OFFSET, data)
+            }
+            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => self
+                .interrupt
+                .msix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .table_read(o - MSIX_TABLE_OFFSET, data),
+            o if (MSIX_PBA_OFFSET..MSIX_PBA_OFFSET + MSIX_PBA_SIZE).contains(&o) => self
+                .interrupt
+                .msix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pba_read(o - MSIX_PBA_OFFSET, data),
+            _ => data.fill(0),
+        }
+    }
+
+    fn bar_write(&mut self, _bar: usize, offset: u64, data: &[u8]) {
+        match offset {
+            o if o < COMMON_OFFSET + COMMON_SIZE => self.write_common(o, data),
+            o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_SIZE).contains(&o) => {
+                self.device.write_config(o - DEVICE_OFFSET, data)
+            }
+            o if (NOTIFY_OFFSET..NOTIFY_OFFSET + NOTIFY_SIZE).contains(&o) => {
+                // Reached only when the ioeventfd is not (yet) registered.
+                let queue = ((o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER)) as usize;
+                if let Some(k) = self.kicks.get(queue) {
+                    let _ = k.write(1);
+                }
+            }
+            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
+                self.msix_table_write(o - MSIX_TABLE_OFFSET, data)
+            }
+            _ => {}
+        }
+    }
+
+    fn bar_moved(&mut self, _bar: usize, old: u64, new: u64) {
+        for (i, kick) in self.kicks.iter().enumerate() {
+            if let Err(e) = self.vm.unregister_ioevent(kick, notify_addr(old, i)) {
+                log::debug!("virtio-pci: unregister ioeventfd at {:#x}: {e}", notify_addr(old, i));
+            }
+            if let Err(e) = self.vm.register_ioevent(kick, notify_addr(new, i)) {
+                log::warn!("virtio-pci: register ioeventfd at {:#x}: {e}", notify_addr(new, i));
+            }
+        }
+        self.bar_addr = new;
+    }
+}
+
+fn notify_addr(bar: u64, queue: usize) -> u64 {
+    bar + NOTIFY_OFFSET + queue as u64 * u64::from(NOTIFY_MULTIPLIER)
+}
+
+/// `struct virtio_pci_cap` after its first two bytes.
+fn virtio_cap(cfg_type: u8, offset: u64, len: u64, cap_len: u8) -> Vec<u8> {
+    let mut body = vec![cap_len, cfg_type, 0, 0, 0, 0];
+    body.extend_from_slice(&(offset as u32).to_le_bytes());
+    body.extend_from_slice(&(len as u32).to_le_bytes());
+    body
+}
+
+fn put(data: &mut [u8], value: u64) {
+    let bytes = value.to_le_bytes();
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = bytes.get(i).copied().unwrap_or(0);
+    }
+}
+
+fn get(data: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = data.len().min(8);
+    bytes[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(bytes)
+}
