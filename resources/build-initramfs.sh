@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the guest initramfs: busybox-static, Ferry's /init and the exit-port
-# helper, as a newc cpio archive at target/guest/initramfs.cpio.
+# Builds the guest initramfs: busybox-static, Ferry's /init, the exit-port
+# helper and ferry-fsutil (xattr, flock, fsync, statfs for tests), as a newc cpio archive at target/guest/initramfs.cpio.
 # Prints the archive's path on its last line.
 set -euo pipefail
 
@@ -23,6 +23,7 @@ install -m 0755 "$here/guest/init" "$root/init"
 mkdir -p "$out"
 gcc -static -Os -s -o "$out/ferry-exit" "$here/guest/ferry-exit.c"
 cp "$out/ferry-exit" "$root/bin/ferry-exit"
+gcc -static -Os -s -o "$root/bin/ferry-fsutil" "$here/guest/ferry-fsutil.c"
 
 mkdir -p "$out"
 # Fixed owners and times: the same inputs give the same archive.

@@ -304,6 +304,11 @@ impl Guest {
         self
     }
 
+    /// Adds `--fs SPEC`.
+    pub fn fs(self, spec: &str) -> Self {
+        self.arg("--fs").arg(spec)
+    }
+
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.into());
         self
@@ -348,6 +353,16 @@ pub fn base64(data: &[u8]) -> String {
         }
     }
     s
+}
+
+/// A fresh, empty directory for one test (`name` must be unique per test).
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("ferry-tests-{}", std::process::id()))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("test dir");
+    dir
 }
 
 /// Writes `bytes` to a fresh file in a per-process temp dir.

@@ -1,5 +1,7 @@
 //! What Ferry decides before the FUSE server sees a request: requests that
-//! would change a read-only share get EROFS here.
+//! would change a read-only share get EROFS, and device nodes are never
+//! created on the host (a guest-made block device node in the share would
+//! hand host processes a door to host disks): EPERM.
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, OpenIn};
 use fuse_backend_rs::transport::Reader;
@@ -25,9 +27,26 @@ const SETUPMAPPING: u32 = 48;
 const TMPFILE: u32 = 51;
 const SETUPMAPPING_FLAG_WRITE: u64 = 1 << 1;
 
+/// The errno to answer with instead of serving the request, if any.
+pub fn refuse<S: vm_memory::bitmap::BitmapSlice>(
+    header: &InHeader,
+    body: &mut Reader<'_, S>,
+    readonly: bool,
+) -> Option<i32> {
+    if header.opcode == MKNOD {
+        // struct fuse_mknod_in { u32 mode; u32 rdev; u32 umask; u32 padding; }
+        let mode = body.clone().read_obj::<u32>().unwrap_or(0);
+        let kind = mode & libc::S_IFMT;
+        if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
+            return Some(libc::EPERM);
+        }
+    }
+    (readonly && modifies_share(header, body)).then_some(libc::EROFS)
+}
+
 /// Whether a request would change the share. `body` is positioned just
 /// after the header.
-pub fn modifies_share<S: vm_memory::bitmap::BitmapSlice>(header: &InHeader, body: &mut Reader<'_, S>) -> bool {
+fn modifies_share<S: vm_memory::bitmap::BitmapSlice>(header: &InHeader, body: &mut Reader<'_, S>) -> bool {
     match header.opcode {
         SETATTR | SYMLINK | MKNOD | MKDIR | UNLINK | RMDIR | RENAME | LINK | WRITE | SETXATTR
         | REMOVEXATTR | CREATE | FALLOCATE | RENAME2 | COPY_FILE_RANGE | TMPFILE => true,

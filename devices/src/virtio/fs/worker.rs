@@ -110,10 +110,10 @@ impl QueueWorker {
         let header: InHeader = peek.read_obj().map_err(|e| format!("FUSE header: {e}"))?;
         self.stats.request(self.index, header.opcode);
         let mut writer = VirtioFsWriter::new(mem, chain.clone()).map_err(|e| e.to_string())?;
-        if self.readonly && filter::modifies_share(&header, &mut peek) {
+        if let Some(errno) = filter::refuse(&header, &mut peek, self.readonly) {
             let reply = OutHeader {
                 len: std::mem::size_of::<OutHeader>() as u32,
-                error: -libc::EROFS,
+                error: -errno,
                 unique: header.unique,
             };
             writer.write_all(reply.as_slice()).map_err(|e| e.to_string())?;

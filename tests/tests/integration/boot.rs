@@ -1,37 +1,14 @@
-//! Boots the project's guest kernel under `ferry` and checks what the guest
-//! did. Runs on this host where the CPU has vmx/svm, otherwise inside the
-//! emulated KVM host (see `ferry_tests::enter_kvm_host`).
+//! Booting: the project kernel runs a command, exits with its status, sees
+//! its CPUs and memory; misbehaving tiny kernels end Ferry cleanly; bad
+//! input is rejected.
 
 use std::time::Duration;
 
 use ferry_tests::elf::{tiny_elf, EXIT_42, HALT_FOREVER, JUMP_INTO_NOTHING, TRIPLE_FAULT};
 use ferry_tests::{run_ferry, temp_file, Guest, Outcome};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Failed, Trial};
 
-type TestResult = Result<(), Failed>;
-
-fn check(cond: bool, what: &str, out: &Outcome) -> TestResult {
-    if cond {
-        Ok(())
-    } else {
-        Err(format!("{what}\n{}", out.describe()).into())
-    }
-}
-
-/// Kernel messages are quiet; the init prints its own status line.
-fn guest_ok(out: &Outcome, status: i32) -> TestResult {
-    check(
-        out.code() == Some(status),
-        &format!("expected exit status {status}"),
-        out,
-    )?;
-    check(
-        out.stdout
-            .contains(&format!("ferry-init: exit status {status}")),
-        "the guest init did not report the status",
-        out,
-    )
-}
+use crate::{check, guest_ok, TestResult};
 
 fn boots_and_runs_a_command() -> TestResult {
     let out = Guest::command("echo hello from the $(uname -s) guest").run()?;
@@ -273,15 +250,10 @@ fn bad_input_trials() -> Vec<Trial> {
     ]
 }
 
-fn main() {
-    ferry_tests::enter_kvm_host();
-    let args = Arguments::from_args();
+pub fn trials() -> Vec<Trial> {
     let mut trials = vec![
         Trial::test("boot::runs_a_command", boots_and_runs_a_command),
-        Trial::test(
-            "boot::exit_status_passes_through",
-            exit_status_passes_through,
-        ),
+        Trial::test("boot::exit_status_passes_through", exit_status_passes_through),
         Trial::test("boot::elf_vmlinux_pvh", elf_vmlinux_boots_through_pvh),
         Trial::test("boot::four_cpus_online", four_cpus_are_online),
         Trial::test("boot::memory_256m", || memory_matches("256M", 256 << 20)),
@@ -294,5 +266,5 @@ fn main() {
         Trial::test("exit::kvm_internal_error", kvm_internal_error_is_reported),
     ];
     trials.extend(bad_input_trials());
-    libtest_mimic::run(&args, trials).exit();
+    trials
 }
