@@ -97,7 +97,11 @@ mod tests {
 
     #[test]
     fn full_option() {
-        let s = parse_fs(&format!("tag=myfs,path={},queues=4,readonly=on,cache=never", tmp())).unwrap();
+        let s = parse_fs(&format!(
+            "tag=myfs,path={},queues=4,readonly=on,cache=never",
+            tmp()
+        ))
+        .unwrap();
         assert_eq!(s.tag, "myfs");
         assert_eq!(s.request_queues, 4);
         assert!(s.readonly);
@@ -108,7 +112,10 @@ mod tests {
     #[test]
     fn defaults() {
         let s = parse_fs(&format!("tag=a,path={}", tmp())).unwrap();
-        assert_eq!((s.request_queues, s.readonly, s.cache), (1, false, CacheMode::Auto));
+        assert_eq!(
+            (s.request_queues, s.readonly, s.cache),
+            (1, false, CacheMode::Auto)
+        );
     }
 
     #[test]
@@ -139,6 +146,8 @@ mod tests {
         let a = parse_fs(&format!("tag=a,path={}", tmp())).unwrap();
         let b = parse_fs(&format!("tag=b,path={}", tmp())).unwrap();
         assert!(check_unique_tags(&[a.clone(), b]).is_ok());
-        assert!(check_unique_tags(&[a.clone(), a]).unwrap_err().contains("twice"));
+        assert!(check_unique_tags(&[a.clone(), a])
+            .unwrap_err()
+            .contains("twice"));
     }
 }

@@ -10,6 +10,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
+use ferry_arch::layout::{MMIO32_BARS_SIZE, MMIO32_START};
 use ferry_arch::{cpuid, lapic, mptable, msr, regs};
 use ferry_devices::legacy::{
     ExitPort, Serial, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042, I8042_PORT, I8042_PORT_COUNT,
@@ -20,7 +21,6 @@ use ferry_devices::virtio::fs::{FsStats, VirtioFs};
 use ferry_devices::virtio::{VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
 use ferry_devices::vm_ops::VmOps;
 use ferry_devices::Bus;
-use ferry_arch::layout::{MMIO32_BARS_SIZE, MMIO32_START};
 use vm_memory::GuestMemoryAtomic;
 
 use crate::allocator::AddressAllocator;
@@ -129,7 +129,11 @@ fn add_pci_devices(
             if share.readonly { " (read-only)" } else { "" }
         );
     }
-    io_bus.insert(Arc::new(Mutex::new(root)), PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT)?;
+    io_bus.insert(
+        Arc::new(Mutex::new(root)),
+        PCI_CONFIG_PORT,
+        PCI_CONFIG_PORT_COUNT,
+    )?;
     Ok(stats)
 }
 

@@ -139,6 +139,9 @@ mod tests {
             .filter(|e| e.gsi == 4)
             .map(|e| unsafe { (e.u.irqchip.irqchip, e.u.irqchip.pin) })
             .collect();
-        assert_eq!(uart, vec![(KVM_IRQCHIP_PIC_MASTER, 4), (KVM_IRQCHIP_IOAPIC, 4)]);
+        assert_eq!(
+            uart,
+            vec![(KVM_IRQCHIP_PIC_MASTER, 4), (KVM_IRQCHIP_IOAPIC, 4)]
+        );
     }
 }

@@ -80,7 +80,12 @@ impl PciConfig {
                 self.writable[reg + 1] = !((size - 1) >> 32) as u32;
             }
         }
-        self.bars.push(BarRegion { index, addr, size, kind });
+        self.bars.push(BarRegion {
+            index,
+            addr,
+            size,
+            kind,
+        });
     }
 
     pub fn bars(&self) -> &[BarRegion] {
@@ -93,7 +98,10 @@ impl PciConfig {
     pub fn add_capability(&mut self, id: u8, body: &[u8], writable: &[u8]) -> usize {
         let offset = self.next_cap;
         let len = (2 + body.len()).next_multiple_of(4);
-        assert!(offset + len <= NUM_REGS * 4, "capabilities overflow config space");
+        assert!(
+            offset + len <= NUM_REGS * 4,
+            "capabilities overflow config space"
+        );
         self.set_byte(offset, id);
         self.set_byte(offset + 1, 0);
         for (i, b) in body.iter().enumerate() {
@@ -217,7 +225,10 @@ mod tests {
     #[test]
     fn bar_sizing_returns_size_and_restores() {
         let mut c = dev();
-        assert_eq!(c.write(0x10, &0xffff_ffffu32.to_le_bytes()).map(|m| m.old), Some(0xc000_0000));
+        assert_eq!(
+            c.write(0x10, &0xffff_ffffu32.to_le_bytes()).map(|m| m.old),
+            Some(0xc000_0000)
+        );
         assert_eq!(read32(&c, 0x10), !(0x8000 - 1));
         c.write(0x10, &0xc000_0000u32.to_le_bytes());
         assert_eq!(read32(&c, 0x10), 0xc000_0000);

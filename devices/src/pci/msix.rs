@@ -111,7 +111,9 @@ impl MsixState {
         let after = *e;
         if after.masked() != before.masked() && !after.masked() {
             MsixChange::Unmasked(index as u16)
-        } else if (after.addr_lo, after.addr_hi, after.data) != (before.addr_lo, before.addr_hi, before.data) {
+        } else if (after.addr_lo, after.addr_hi, after.data)
+            != (before.addr_lo, before.addr_hi, before.data)
+        {
             MsixChange::Message(index as u16)
         } else {
             MsixChange::None
@@ -119,7 +121,11 @@ impl MsixState {
     }
 
     pub fn pba_read(&self, offset: u64, data: &mut [u8]) {
-        let value = self.pending.get((offset / 8) as usize).copied().unwrap_or(0);
+        let value = self
+            .pending
+            .get((offset / 8) as usize)
+            .copied()
+            .unwrap_or(0);
         fill(data, offset % 8, value);
     }
 
@@ -127,7 +133,10 @@ impl MsixState {
     pub fn can_deliver(&self, vector: u16) -> bool {
         self.enabled
             && !self.function_masked
-            && self.table.get(usize::from(vector)).is_some_and(|e| !e.masked())
+            && self
+                .table
+                .get(usize::from(vector))
+                .is_some_and(|e| !e.masked())
     }
 
     pub fn set_pending(&mut self, vector: u16, pending: bool) {
@@ -191,9 +200,18 @@ mod tests {
     #[test]
     fn table_writes_report_changes() {
         let mut m = MsixState::new(2);
-        assert_eq!(m.table_write(16, &0xfee0_0000u32.to_le_bytes()), MsixChange::Message(1));
-        assert_eq!(m.table_write(24, &0x41u32.to_le_bytes()), MsixChange::Message(1));
-        assert_eq!(m.table_write(28, &0u32.to_le_bytes()), MsixChange::Unmasked(1));
+        assert_eq!(
+            m.table_write(16, &0xfee0_0000u32.to_le_bytes()),
+            MsixChange::Message(1)
+        );
+        assert_eq!(
+            m.table_write(24, &0x41u32.to_le_bytes()),
+            MsixChange::Message(1)
+        );
+        assert_eq!(
+            m.table_write(28, &0u32.to_le_bytes()),
+            MsixChange::Unmasked(1)
+        );
         assert_eq!(m.table[1].address(), 0xfee0_0000);
         let mut b = [0u8; 4];
         m.table_read(24, &mut b);

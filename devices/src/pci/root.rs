@@ -70,18 +70,30 @@ impl PciRoot {
 
     /// Plugs `device` into the next free slot and maps its BARs on the MMIO
     /// bus. Returns the slot.
-    pub fn add_device<D: PciDevice + 'static>(&mut self, device: Arc<Mutex<D>>) -> Result<usize, PciError> {
+    pub fn add_device<D: PciDevice + 'static>(
+        &mut self,
+        device: Arc<Mutex<D>>,
+    ) -> Result<usize, PciError> {
         let slot = self
             .slots
             .iter()
             .position(Option::is_none)
             .ok_or(PciError::NoFreeSlot)?;
-        let bars = device.lock().unwrap_or_else(|e| e.into_inner()).config().bars().to_vec();
+        let bars = device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config()
+            .bars()
+            .to_vec();
         for bar in bars {
             let router = Arc::new(Mutex::new(BarRouter::new(device.clone(), bar.index)));
             self.mmio_bus
                 .insert(router, bar.addr, bar.size)
-                .map_err(|err| PciError::Bar { slot, index: bar.index, err })?;
+                .map_err(|err| PciError::Bar {
+                    slot,
+                    index: bar.index,
+                    err,
+                })?;
         }
         self.slots[slot] = Some(device as SharedPciDevice);
         Ok(slot)
@@ -111,7 +123,13 @@ impl PciRoot {
     }
 
     fn move_bar(&self, shared: &SharedPciDevice, dev: &mut dyn PciDevice, m: BarMove) {
-        let Some(bar) = dev.config().bars().iter().find(|b| b.index == m.index).copied() else {
+        let Some(bar) = dev
+            .config()
+            .bars()
+            .iter()
+            .find(|b| b.index == m.index)
+            .copied()
+        else {
             return;
         };
         // Sizing writes all-ones and then restores the address: nothing to
@@ -196,7 +214,11 @@ mod tests {
         let mut root = PciRoot::new(bus.clone());
         let mut cfg = PciConfig::new(0x1af4, 0x105a, 1, 0x80, 1);
         cfg.add_bar(0, 0xc000_0000, 0x1000, BarKind::Mmio32);
-        let probe = Arc::new(Mutex::new(Probe { cfg, moves: vec![], last_write: None }));
+        let probe = Arc::new(Mutex::new(Probe {
+            cfg,
+            moves: vec![],
+            last_write: None,
+        }));
         assert_eq!(root.add_device(probe.clone()).unwrap(), 1);
         (root, bus, probe)
     }

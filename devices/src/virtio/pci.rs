@@ -58,7 +58,11 @@ impl MsixInterrupt {
     }
 
     fn deliver_pending(&self) {
-        let ready = self.msix.lock().unwrap_or_else(|e| e.into_inner()).take_deliverable();
+        let ready = self
+            .msix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_deliverable();
         for v in ready {
             self.fire(v);
         }
@@ -224,7 +228,11 @@ impl VirtioPciDevice {
             },
         };
         // 0x1e reads the queue index so each queue gets its own address.
-        let value = if offset == 0x1e { u64::from(self.queue_select) } else { value };
+        let value = if offset == 0x1e {
+            u64::from(self.queue_select)
+        } else {
+            value
+        };
         put(data, value);
     }
 
@@ -281,13 +289,19 @@ impl VirtioPciDevice {
                 );
                 new &= !STATUS_FEATURES_OK;
             } else {
-                log::debug!("virtio-pci: negotiated features {:#x}", self.driver_features);
+                log::debug!(
+                    "virtio-pci: negotiated features {:#x}",
+                    self.driver_features
+                );
             }
         }
         self.status = new;
         if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
             if let Err(e) = self.activate() {
-                log::error!("virtio-pci: device {} not started: {e}", self.device.device_type());
+                log::error!(
+                    "virtio-pci: device {} not started: {e}",
+                    self.device.device_type()
+                );
                 self.status |= STATUS_NEEDS_RESET;
                 self.config_generation = self.config_generation.wrapping_add(1);
                 self.interrupt.notify(self.config_vector);
@@ -305,9 +319,15 @@ impl VirtioPciDevice {
             if !cfg.ready {
                 continue;
             }
-            let queue = cfg.build(event_idx).map_err(|e| format!("queue {index}: {e}"))?;
+            let queue = cfg
+                .build(event_idx)
+                .map_err(|e| format!("queue {index}: {e}"))?;
             let kick = self.kicks[index].try_clone().map_err(|e| e.to_string())?;
-            log::debug!("virtio-pci: queue {index}: size {}, vector {}", cfg.size, cfg.vector);
+            log::debug!(
+                "virtio-pci: queue {index}: size {}, vector {}",
+                cfg.size,
+                cfg.vector
+            );
             queues.push(ActiveQueue {
                 index,
                 queue,
@@ -359,7 +379,11 @@ impl VirtioPciDevice {
 
     fn route_vector(&self, vector: u16) {
         let entry = {
-            let msix = self.interrupt.msix.lock().unwrap_or_else(|e| e.into_inner());
+            let msix = self
+                .interrupt
+                .msix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             msix.table[usize::from(vector)]
         };
         let msg = MsiMessage {
@@ -443,10 +467,16 @@ impl PciDevice for VirtioPciDevice {
     fn bar_moved(&mut self, _bar: usize, old: u64, new: u64) {
         for (i, kick) in self.kicks.iter().enumerate() {
             if let Err(e) = self.vm.unregister_ioevent(kick, notify_addr(old, i)) {
-                log::debug!("virtio-pci: unregister ioeventfd at {:#x}: {e}", notify_addr(old, i));
+                log::debug!(
+                    "virtio-pci: unregister ioeventfd at {:#x}: {e}",
+                    notify_addr(old, i)
+                );
             }
             if let Err(e) = self.vm.register_ioevent(kick, notify_addr(new, i)) {
-                log::warn!("virtio-pci: register ioeventfd at {:#x}: {e}", notify_addr(new, i));
+                log::warn!(
+                    "virtio-pci: register ioeventfd at {:#x}: {e}",
+                    notify_addr(new, i)
+                );
             }
         }
         self.bar_addr = new;

@@ -37,7 +37,8 @@ impl QueueConfig {
     /// the registers describe no valid queue.
     pub fn build(&self, event_idx: bool) -> Result<Queue, String> {
         let mut q = Queue::new(self.max_size).map_err(|e| format!("{e:?}"))?;
-        q.try_set_size(self.size).map_err(|e| format!("size {}: {e:?}", self.size))?;
+        q.try_set_size(self.size)
+            .map_err(|e| format!("size {}: {e:?}", self.size))?;
         q.try_set_desc_table_address(vm_memory::GuestAddress(self.desc))
             .map_err(|e| format!("descriptor table {:#x}: {e:?}", self.desc))?;
         q.try_set_avail_ring_address(vm_memory::GuestAddress(self.avail))

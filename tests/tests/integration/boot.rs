@@ -253,7 +253,10 @@ fn bad_input_trials() -> Vec<Trial> {
 pub fn trials() -> Vec<Trial> {
     let mut trials = vec![
         Trial::test("boot::runs_a_command", boots_and_runs_a_command),
-        Trial::test("boot::exit_status_passes_through", exit_status_passes_through),
+        Trial::test(
+            "boot::exit_status_passes_through",
+            exit_status_passes_through,
+        ),
         Trial::test("boot::elf_vmlinux_pvh", elf_vmlinux_boots_through_pvh),
         Trial::test("boot::four_cpus_online", four_cpus_are_online),
         Trial::test("boot::memory_256m", || memory_matches("256M", 256 << 20)),

@@ -21,9 +21,14 @@ pub fn check(cond: bool, what: &str, out: &Outcome) -> TestResult {
 
 /// Kernel messages are quiet; the init prints its own status line.
 pub fn guest_ok(out: &Outcome, status: i32) -> TestResult {
-    check(out.code() == Some(status), &format!("expected exit status {status}"), out)?;
     check(
-        out.stdout.contains(&format!("ferry-init: exit status {status}")),
+        out.code() == Some(status),
+        &format!("expected exit status {status}"),
+        out,
+    )?;
+    check(
+        out.stdout
+            .contains(&format!("ferry-init: exit status {status}")),
         "the guest init did not report the status",
         out,
     )

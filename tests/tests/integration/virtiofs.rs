@@ -43,10 +43,26 @@ impl Share {
     /// The file outside the share is as the test left it.
     fn outside_untouched(&self, out: &Outcome) -> TestResult {
         let secret = fs::read_to_string(self.outside.join("secret")).unwrap_or_default();
-        check(secret == "host-secret-data\n", "the file outside the share changed", out)?;
-        let names: Vec<_> = fs::read_dir(&self.outside).unwrap().flatten().map(|e| e.file_name()).collect();
-        check(names.len() == 1, &format!("files appeared outside the share: {names:?}"), out)?;
-        check(!out.stdout.contains("host-secret-data"), "the guest read the file outside the share", out)
+        check(
+            secret == "host-secret-data\n",
+            "the file outside the share changed",
+            out,
+        )?;
+        let names: Vec<_> = fs::read_dir(&self.outside)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        check(
+            names.len() == 1,
+            &format!("files appeared outside the share: {names:?}"),
+            out,
+        )?;
+        check(
+            !out.stdout.contains("host-secret-data"),
+            "the guest read the file outside the share",
+            out,
+        )
     }
 }
 
@@ -99,26 +115,70 @@ echo "hoststat:$(stat -c '%s %a' mode.txt)"
     check(o.stdout.contains("read:old"), "read of a host file", o)?;
     check(s.read("existing.txt") == "old\nline2\n", "append", o)?;
     check(s.read("trunc.txt") == "0123", "truncate", o)?;
-    check(!s.path("a.txt").exists() && s.read("b.txt") == "moved\n", "rename", o)?;
-    check(s.read("victim.txt") == "winner\n" && !s.path("c.txt").exists(), "rename over an existing file", o)?;
+    check(
+        !s.path("a.txt").exists() && s.read("b.txt") == "moved\n",
+        "rename",
+        o,
+    )?;
+    check(
+        s.read("victim.txt") == "winner\n" && !s.path("c.txt").exists(),
+        "rename over an existing file",
+        o,
+    )?;
     check(!s.path("del.txt").exists(), "unlink", o)?;
-    check(s.path("newdir").is_dir() && !s.path("dir_to_remove").exists(), "mkdir/rmdir", o)?;
-    check(fs::read_link(s.path("link"))? == Path::new("new.txt"), "symlink", o)?;
+    check(
+        s.path("newdir").is_dir() && !s.path("dir_to_remove").exists(),
+        "mkdir/rmdir",
+        o,
+    )?;
+    check(
+        fs::read_link(s.path("link"))? == Path::new("new.txt"),
+        "symlink",
+        o,
+    )?;
     check(o.stdout.contains("readlink:new.txt"), "readlink", o)?;
     let new = fs::metadata(s.path("new.txt"))?;
     let hard = fs::metadata(s.path("hard.txt"))?;
     check(new.ino() == hard.ino() && new.nlink() == 2, "hard link", o)?;
-    check(new.mode() & 0o7777 == 0o640, &format!("chmod: mode {:o}", new.mode() & 0o7777), o)?;
+    check(
+        new.mode() & 0o7777 == 0o640,
+        &format!("chmod: mode {:o}", new.mode() & 0o7777),
+        o,
+    )?;
     let b = fs::metadata(s.path("b.txt"))?;
     check((b.uid(), b.gid()) == (1234, 5678), "chown", o)?;
     let t = fs::metadata(s.path("trunc.txt"))?;
-    check(t.mtime() == 981_173_106, &format!("utimes: mtime {}", t.mtime()), o)?;
-    check(host_xattr(&s.path("new.txt"), "user.color").as_deref() == Some("blue"), "setxattr on the host", o)?;
-    check(o.stdout.contains("getxattr:blue") && o.stdout.contains("user.color"), "getxattr/listxattr", o)?;
-    check(statfs_matches(&s.root, &o.stdout), "statfs differs from the host's", o)?;
+    check(
+        t.mtime() == 981_173_106,
+        &format!("utimes: mtime {}", t.mtime()),
+        o,
+    )?;
+    check(
+        host_xattr(&s.path("new.txt"), "user.color").as_deref() == Some("blue"),
+        "setxattr on the host",
+        o,
+    )?;
+    check(
+        o.stdout.contains("getxattr:blue") && o.stdout.contains("user.color"),
+        "getxattr/listxattr",
+        o,
+    )?;
+    check(
+        statfs_matches(&s.root, &o.stdout),
+        "statfs differs from the host's",
+        o,
+    )?;
     check(o.stdout.contains("fsync ok"), "fsync", o)?;
-    check(o.stdout.contains("flock exclusive") && o.stdout.contains("flock released"), "flock", o)?;
-    check(o.stdout.contains("hoststat:1 751"), "a host file's size and mode as the guest sees them", o)
+    check(
+        o.stdout.contains("flock exclusive") && o.stdout.contains("flock released"),
+        "flock",
+        o,
+    )?;
+    check(
+        o.stdout.contains("hoststat:1 751"),
+        "a host file's size and mode as the guest sees them",
+        o,
+    )
 }
 
 fn host_xattr(path: &Path, name: &str) -> Option<String> {
@@ -176,7 +236,11 @@ echo "after:$(cat /mnt/data.txt)"
     guest_ok(&out, 0)?;
     check(host_acted, "the guest never signalled ready", &out)?;
     check(out.stdout.contains("before:version-1"), "first read", &out)?;
-    check(out.stdout.contains("after:version-2"), "the host's change is not visible", &out)
+    check(
+        out.stdout.contains("after:version-2"),
+        "the host's change is not visible",
+        &out,
+    )
 }
 
 fn two_shares_and_a_readonly_one() -> TestResult {
@@ -198,18 +262,43 @@ done
         .fs(&ro.spec("ro", ",readonly=on"))
         .run()?;
     guest_ok(&out, 0)?;
-    check(rw.read("w.txt") == "rw-ok\n", "write to the read-write share", &out)?;
-    check(out.stdout.contains("ro-read:original"), "read from the read-only share", &out)?;
-    check(!out.stdout.contains("WRITE-ALLOWED"), "a write to the read-only share succeeded", &out)?;
-    check(out.stdout.matches("Read-only file system").count() >= 8, "writes should fail with EROFS", &out)?;
-    let names: Vec<_> = fs::read_dir(&ro.root)?.flatten().map(|e| e.file_name()).collect();
-    check(names.len() == 1 && ro.read("keep.txt") == "original\n", "the read-only share changed", &out)?;
+    check(
+        rw.read("w.txt") == "rw-ok\n",
+        "write to the read-write share",
+        &out,
+    )?;
+    check(
+        out.stdout.contains("ro-read:original"),
+        "read from the read-only share",
+        &out,
+    )?;
+    check(
+        !out.stdout.contains("WRITE-ALLOWED"),
+        "a write to the read-only share succeeded",
+        &out,
+    )?;
+    check(
+        out.stdout.matches("Read-only file system").count() >= 8,
+        "writes should fail with EROFS",
+        &out,
+    )?;
+    let names: Vec<_> = fs::read_dir(&ro.root)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    check(
+        names.len() == 1 && ro.read("keep.txt") == "original\n",
+        "the read-only share changed",
+        &out,
+    )?;
     let meta = fs::metadata(ro.path("keep.txt"))?;
     check(meta.mode() & 0o777 != 0o777, "chmod went through", &out)
 }
 
 fn many_shares_at_once() -> TestResult {
-    let shares: Vec<Share> = (0..8).map(|i| Share::new(&format!("fs_many_{i}"))).collect();
+    let shares: Vec<Share> = (0..8)
+        .map(|i| Share::new(&format!("fs_many_{i}")))
+        .collect();
     let mut guest = Guest::command(
         r#"for i in 0 1 2 3 4 5 6 7; do mkdir -p /m$i && mount -t virtiofs s$i /m$i && echo "share $i" > /m$i/id || exit 1; done"#,
     );
@@ -219,14 +308,22 @@ fn many_shares_at_once() -> TestResult {
     let out = guest.run()?;
     guest_ok(&out, 0)?;
     for (i, s) in shares.iter().enumerate() {
-        check(s.read("id") == format!("share {i}\n"), &format!("share {i}"), &out)?;
+        check(
+            s.read("id") == format!("share {i}\n"),
+            &format!("share {i}"),
+            &out,
+        )?;
     }
     Ok(())
 }
 
 fn large_file_round_trip() -> TestResult {
     let s = Share::new("fs_large");
-    let size: usize = std::env::var("FERRY_TEST_LARGE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(512) << 20;
+    let size: usize = std::env::var("FERRY_TEST_LARGE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+        << 20;
     let data = pseudo_random(size, 0x5eed);
     fs::write(s.path("from_host.bin"), &data)?;
     let host_sum = sha256_hex(&data);
@@ -242,11 +339,23 @@ fn large_file_round_trip() -> TestResult {
         ),
     )?;
     guest_ok(&out, 0)?;
-    check(out.stdout.contains(&format!("guest-sum:{host_sum}")), "host file read in the guest differs", &out)?;
+    check(
+        out.stdout.contains(&format!("guest-sum:{host_sum}")),
+        "host file read in the guest differs",
+        &out,
+    )?;
     let written = fs::read(s.path("from_guest.bin"))?;
-    check(written.len() == size, "size of the guest-written file", &out)?;
+    check(
+        written.len() == size,
+        "size of the guest-written file",
+        &out,
+    )?;
     let sum = sha256_hex(&written);
-    check(out.stdout.contains(&format!("guest-wrote:{sum}")), "guest file read on the host differs", &out)
+    check(
+        out.stdout.contains(&format!("guest-wrote:{sum}")),
+        "guest file read on the host differs",
+        &out,
+    )
 }
 
 fn four_queues_four_writers() -> TestResult {
@@ -269,19 +378,35 @@ echo writers-done
     guest_ok(&out, 0)?;
     for w in 1..=4u8 {
         let expected: String = (0..200).map(|i| format!("writer {w} line {i}\n")).collect();
-        check(s.read(&format!("w{w}.txt")) == expected, &format!("writer {w} text"), &out)?;
+        check(
+            s.read(&format!("w{w}.txt")) == expected,
+            &format!("writer {w} text"),
+            &out,
+        )?;
         let big = fs::read(s.path(&format!("big{w}.bin")))?;
-        check(big.len() == 64 * 65536 && big.iter().all(|b| *b == b'0' + w), &format!("writer {w} data"), &out)?;
+        check(
+            big.len() == 64 * 65536 && big.iter().all(|b| *b == b'0' + w),
+            &format!("writer {w} data"),
+            &out,
+        )?;
     }
     // More than one request queue served requests.
-    let line = out.stderr.lines().find(|l| l.contains("virtio-fs 'share' requests:")).unwrap_or("");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("virtio-fs 'share' requests:"))
+        .unwrap_or("");
     let busy = (1..=4).filter(|q| {
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(&format!("queue{q}=")))
             .and_then(|n| n.parse::<u64>().ok())
             .is_some_and(|n| n > 0)
     });
-    check(busy.count() >= 2, &format!("requests were not spread over the queues: {line}"), &out)
+    check(
+        busy.count() >= 2,
+        &format!("requests were not spread over the queues: {line}"),
+        &out,
+    )
 }
 
 fn driver_rebind_mounts_again() -> TestResult {
@@ -300,8 +425,16 @@ echo after-rebind > /mnt/g.txt
 "#,
     )?;
     guest_ok(&out, 0)?;
-    check(out.stdout.contains("again:still here"), "share not readable after rebind", &out)?;
-    check(s.read("g.txt") == "after-rebind\n", "share not writable after rebind", &out)
+    check(
+        out.stdout.contains("again:still here"),
+        "share not readable after rebind",
+        &out,
+    )?;
+    check(
+        s.read("g.txt") == "after-rebind\n",
+        "share not writable after rebind",
+        &out,
+    )
 }
 
 /// One escape attempt: `script` runs in the guest; the host then checks the
@@ -311,18 +444,26 @@ fn escape_attempt(test: &str, setup: fn(&Share), script: &str) -> TestResult {
     setup(&s);
     let out = run_with_share(&s, "", script)?;
     guest_ok(&out, 0)?;
-    check(!out.stdout.contains("ESCAPED"), "the guest got out of the share", &out)?;
+    check(
+        !out.stdout.contains("ESCAPED"),
+        "the guest got out of the share",
+        &out,
+    )?;
     s.outside_untouched(&out)
 }
 
 fn escape_trials() -> Vec<Trial> {
     vec![
         Trial::test("fs_escape::dotdot_from_share_root", || {
-            escape_attempt("esc_dotdot", |_| {}, r#"cat /mnt/../outside/secret 2>/dev/null && echo ESCAPED
+            escape_attempt(
+                "esc_dotdot",
+                |_| {},
+                r#"cat /mnt/../outside/secret 2>/dev/null && echo ESCAPED
 cat /mnt/../../outside/secret 2>/dev/null && echo ESCAPED
 cd /mnt && cat ../outside/secret 2>/dev/null && echo ESCAPED
 ls -a /mnt/.. | grep -q '^outside$' && echo ESCAPED
-exit 0"#)
+exit 0"#,
+            )
         }),
         Trial::test("fs_escape::absolute_symlink_made_on_host", || {
             escape_attempt(
@@ -339,33 +480,61 @@ exit 0"#)
             )
         }),
         Trial::test("fs_escape::symlinks_made_in_guest", || {
-            escape_attempt("esc_guest_links", |_| {}, r#"ln -s ../outside/secret /mnt/rel && cat /mnt/rel 2>/dev/null && echo ESCAPED
+            escape_attempt(
+                "esc_guest_links",
+                |_| {},
+                r#"ln -s ../outside/secret /mnt/rel && cat /mnt/rel 2>/dev/null && echo ESCAPED
 ln -s /mnt/../outside/secret /mnt/abs && cat /mnt/abs 2>/dev/null && echo ESCAPED
 echo overwrite > /mnt/rel 2>/dev/null
 mkdir -p /mnt/d && ln -s ../../outside /mnt/d/up && ls /mnt/d/up/ 2>/dev/null | grep -q secret && echo ESCAPED
-exit 0"#)
+exit 0"#,
+            )
         }),
         Trial::test("fs_escape::hard_link_to_outside", || {
-            escape_attempt("esc_hardlink", |_| {}, r#"ln /mnt/../outside/secret /mnt/h 2>/dev/null && cat /mnt/h && echo ESCAPED
+            escape_attempt(
+                "esc_hardlink",
+                |_| {},
+                r#"ln /mnt/../outside/secret /mnt/h 2>/dev/null && cat /mnt/h && echo ESCAPED
 ln /etc/passwd /mnt/p 2>/dev/null && echo ESCAPED
-exit 0"#)
+exit 0"#,
+            )
         }),
         Trial::test("fs_escape::device_node", || {
             let s = Share::new("esc_mknod");
-            let out = run_with_share(&s, "", r#"mknod /mnt/blk b 8 0 2>/dev/null && echo MADE-BLOCK
+            let out = run_with_share(
+                &s,
+                "",
+                r#"mknod /mnt/blk b 8 0 2>/dev/null && echo MADE-BLOCK
 mknod /mnt/chr c 1 1 2>/dev/null && echo MADE-CHAR
 mknod /mnt/fifo p && echo made-fifo
-exit 0"#)?;
+exit 0"#,
+            )?;
             guest_ok(&out, 0)?;
-            check(!out.stdout.contains("MADE-"), "a device node was created", &out)?;
-            check(!s.path("blk").exists() && !s.path("chr").exists(), "device node on the host", &out)?;
-            check(out.stdout.contains("made-fifo"), "FIFOs are still allowed", &out)?;
+            check(
+                !out.stdout.contains("MADE-"),
+                "a device node was created",
+                &out,
+            )?;
+            check(
+                !s.path("blk").exists() && !s.path("chr").exists(),
+                "device node on the host",
+                &out,
+            )?;
+            check(
+                out.stdout.contains("made-fifo"),
+                "FIFOs are still allowed",
+                &out,
+            )?;
             s.outside_untouched(&out)
         }),
     ]
 }
 
-fn bad_fs_option(spec: fn(&Share) -> Vec<String>, expect: &'static str, test: &'static str) -> TestResult {
+fn bad_fs_option(
+    spec: fn(&Share) -> Vec<String>,
+    expect: &'static str,
+    test: &'static str,
+) -> TestResult {
     let s = Share::new(test);
     fs::write(s.path("file"), "x")?;
     let kernel = ferry_tests::kernel()?.display().to_string();
@@ -375,23 +544,57 @@ fn bad_fs_option(spec: fn(&Share) -> Vec<String>, expect: &'static str, test: &'
         args.push(f);
     }
     let out = run_ferry(&args, None, Duration::from_secs(30))?;
-    check(out.code().is_some_and(|c| c != 0), "bad --fs must fail", &out)?;
+    check(
+        out.code().is_some_and(|c| c != 0),
+        "bad --fs must fail",
+        &out,
+    )?;
     check(!out.stderr.contains("panicked"), "Ferry panicked", &out)?;
-    check(out.stderr.contains(expect), &format!("stderr should mention '{expect}'"), &out)
+    check(
+        out.stderr.contains(expect),
+        &format!("stderr should mention '{expect}'"),
+        &out,
+    )
 }
 
 fn bad_fs_trials() -> Vec<Trial> {
     let t = |name: &'static str, spec: fn(&Share) -> Vec<String>, expect: &'static str| {
-        Trial::test(format!("fs_bad_option::{name}"), move || bad_fs_option(spec, expect, name))
+        Trial::test(format!("fs_bad_option::{name}"), move || {
+            bad_fs_option(spec, expect, name)
+        })
     };
     vec![
-        t("missing_dir", |s| vec![format!("tag=a,path={}/nope", s.root.display())], "No such file"),
-        t("file_not_dir", |s| vec![format!("tag=a,path={}/file", s.root.display())], "not a directory"),
-        t("duplicate_tag", |s| vec![s.spec("a", ""), s.spec("a", "")], "used twice"),
+        t(
+            "missing_dir",
+            |s| vec![format!("tag=a,path={}/nope", s.root.display())],
+            "No such file",
+        ),
+        t(
+            "file_not_dir",
+            |s| vec![format!("tag=a,path={}/file", s.root.display())],
+            "not a directory",
+        ),
+        t(
+            "duplicate_tag",
+            |s| vec![s.spec("a", ""), s.spec("a", "")],
+            "used twice",
+        ),
         t("empty_tag", |s| vec![s.spec("", "")], "1 to 36 bytes"),
-        t("long_tag", |s| vec![s.spec(&"t".repeat(37), "")], "1 to 36 bytes"),
-        t("unknown_key", |s| vec![s.spec("a", ",colour=red")], "unknown key"),
-        t("zero_queues", |s| vec![s.spec("a", ",queues=0")], "queues=0"),
+        t(
+            "long_tag",
+            |s| vec![s.spec(&"t".repeat(37), "")],
+            "1 to 36 bytes",
+        ),
+        t(
+            "unknown_key",
+            |s| vec![s.spec("a", ",colour=red")],
+            "unknown key",
+        ),
+        t(
+            "zero_queues",
+            |s| vec![s.spec("a", ",queues=0")],
+            "queues=0",
+        ),
     ]
 }
 
@@ -420,17 +623,29 @@ fn sha256_hex(data: &[u8]) -> String {
         .expect("sha256sum");
     child.stdin.take().unwrap().write_all(data).unwrap();
     let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 pub fn trials() -> Vec<Trial> {
     let mut t = vec![
-        Trial::test("fs::file_operations_match_the_host", file_operations_match_the_host),
-        Trial::test("fs::host_change_seen_cache_never", || host_change_seen("fs_never", "never", "")),
+        Trial::test(
+            "fs::file_operations_match_the_host",
+            file_operations_match_the_host,
+        ),
+        Trial::test("fs::host_change_seen_cache_never", || {
+            host_change_seen("fs_never", "never", "")
+        }),
         Trial::test("fs::host_change_seen_cache_auto", || {
             host_change_seen("fs_auto", "auto", "sleep 1.5")
         }),
-        Trial::test("fs::two_shares_and_a_readonly_one", two_shares_and_a_readonly_one),
+        Trial::test(
+            "fs::two_shares_and_a_readonly_one",
+            two_shares_and_a_readonly_one,
+        ),
         Trial::test("fs::eight_shares", many_shares_at_once),
         Trial::test("fs::large_file_round_trip", large_file_round_trip),
         Trial::test("fs::four_queues_four_writers", four_queues_four_writers),

@@ -46,7 +46,10 @@ pub fn refuse<S: vm_memory::bitmap::BitmapSlice>(
 
 /// Whether a request would change the share. `body` is positioned just
 /// after the header.
-fn modifies_share<S: vm_memory::bitmap::BitmapSlice>(header: &InHeader, body: &mut Reader<'_, S>) -> bool {
+fn modifies_share<S: vm_memory::bitmap::BitmapSlice>(
+    header: &InHeader,
+    body: &mut Reader<'_, S>,
+) -> bool {
     match header.opcode {
         SETATTR | SYMLINK | MKNOD | MKDIR | UNLINK | RMDIR | RENAME | LINK | WRITE | SETXATTR
         | REMOVEXATTR | CREATE | FALLOCATE | RENAME2 | COPY_FILE_RANGE | TMPFILE => true,

@@ -117,14 +117,17 @@ impl VirtioDevice for VirtioFs {
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         let expected = 1 + usize::from(self.share.request_queues);
-        if let Some(missing) = (0..expected).find(|i| !activation.queues.iter().any(|q| q.index == *i)) {
+        if let Some(missing) =
+            (0..expected).find(|i| !activation.queues.iter().any(|q| q.index == *i))
+        {
             return Err(ActivateError::QueueNotReady(missing));
         }
         self.reset();
         let server = Arc::new(self.server().map_err(|e| {
             ActivateError::Start(format!("share {}: {e}", self.share.path.display()))
         })?);
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| ActivateError::Start(e.to_string()))?;
+        let stop =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| ActivateError::Start(e.to_string()))?;
         log::info!(
             "virtio-fs '{}': active, {} request queue(s), features {:#x}",
             self.share.tag,
@@ -138,7 +141,9 @@ impl VirtioDevice for VirtioFs {
                 queue: q.queue,
                 kick: q.kick,
                 vector: q.vector,
-                stop: stop.try_clone().map_err(|e| ActivateError::Start(e.to_string()))?,
+                stop: stop
+                    .try_clone()
+                    .map_err(|e| ActivateError::Start(e.to_string()))?,
                 mem: activation.mem.clone(),
                 interrupt: activation.interrupt.clone(),
                 server: server.clone(),

@@ -34,7 +34,10 @@ impl FsStats {
     }
 
     pub fn queue_requests(&self) -> Vec<u64> {
-        self.per_queue.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        self.per_queue
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 
     pub fn opcode_requests(&self, opcode: u32) -> u64 {

@@ -1,1 +1,445 @@
+//! The fs queue worker fed hostile descriptor chains and FUSE messages
+//! through a split virtqueue laid out in plain memory: every bad request gets
+//! an error reply or is dropped, and the worker serves the next one.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::worker::QueueWorker;
+use super::*;
+use crate::virtio::VirtioInterrupt;
+
+const QUEUE_LEN: u16 = 16;
+// Ring layout in plain guest memory.
+const DESC_TABLE: u64 = 0x0;
+const AVAIL_RING: u64 = 0x1000;
+const USED_RING: u64 = 0x2000;
+const REQ_ADDR: u64 = 0x10_0000;
+const REPLY_ADDR: u64 = 0x20_0000;
+const REPLY_LEN: u32 = 0x2000;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+
+const LOOKUP: u32 = 1;
+const GETATTR: u32 = 3;
+const INIT: u32 = 26;
+const ROOT: u64 = 1;
+
+#[derive(Default)]
+struct CountingInterrupt(AtomicUsize);
+impl VirtioInterrupt for CountingInterrupt {
+    fn notify(&self, _vector: u16) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Harness {
+    mem: GuestMemoryMmap,
+    worker: QueueWorker,
+    next_desc: u16,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fuse_request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
+    v.extend_from_slice(&opcode.to_le_bytes());
+    v.extend_from_slice(&unique.to_le_bytes());
+    v.extend_from_slice(&nodeid.to_le_bytes());
+    v.extend_from_slice(&[0; 16]); // uid, gid, pid, padding
+    v.extend_from_slice(body);
+    v
+}
+
+fn init_body() -> Vec<u8> {
+    let mut b = Vec::new();
+    for w in [7u32, 31, 0x20000, 0] {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    b
+}
+
+fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+}
+
+impl Harness {
+    fn new(readonly: bool) -> Harness {
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-fs-unit-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(dir.join("share")).unwrap();
+        std::fs::write(dir.join("share/file"), "content").unwrap();
+        std::fs::write(dir.join("secret"), "outside").unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let mut queue = Queue::new(QUEUE_LEN).unwrap();
+        queue
+            .try_set_desc_table_address(GuestAddress(DESC_TABLE))
+            .unwrap();
+        queue
+            .try_set_avail_ring_address(GuestAddress(AVAIL_RING))
+            .unwrap();
+        queue
+            .try_set_used_ring_address(GuestAddress(USED_RING))
+            .unwrap();
+        queue.set_ready(true);
+        let fs = VirtioFs::new(FsShare {
+            tag: "t".into(),
+            path: dir.join("share"),
+            request_queues: 1,
+            readonly,
+            cache: CacheMode::Never,
+        });
+        let worker = QueueWorker {
+            tag: "t".into(),
+            index: 1,
+            queue,
+            kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            vector: 0,
+            stop: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            mem: GuestMemoryAtomic::new(mem.clone()),
+            interrupt: Arc::new(CountingInterrupt::default()),
+            server: Arc::new(fs.server().unwrap()),
+            readonly,
+            stats: fs.stats(),
+        };
+        Harness {
+            mem,
+            worker,
+            next_desc: 0,
+            _dir: TempDir(dir),
+        }
+    }
+
+    /// Places raw descriptors (as given, `next` fields included) in the
+    /// table, makes the first one available and runs the worker. Returns the
+    /// used length.
+    fn submit_raw(&mut self, descs: &[RawDescriptor]) -> u32 {
+        let head = self.next_desc;
+        for (i, d) in descs.iter().enumerate() {
+            let at = DESC_TABLE + 16 * u64::from(head + i as u16);
+            self.mem.write_obj(*d, GuestAddress(at)).unwrap();
+        }
+        let avail = GuestAddress(AVAIL_RING);
+        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
+        self.mem
+            .write_obj(
+                head,
+                avail.unchecked_add(4 + 2 * u64::from(idx % QUEUE_LEN)),
+            )
+            .unwrap();
+        self.mem
+            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
+            .unwrap();
+        self.next_desc = (head + descs.len() as u16) % (QUEUE_LEN - 4);
+        self.worker_round();
+        let used = GuestAddress(USED_RING);
+        let used_idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
+        assert_eq!(
+            used_idx,
+            idx.wrapping_add(1),
+            "the chain was not returned as used"
+        );
+        let slot = u64::from(used_idx.wrapping_sub(1) % QUEUE_LEN);
+        self.mem
+            .read_obj(used.unchecked_add(4 + 8 * slot + 4))
+            .unwrap()
+    }
+
+    fn worker_round(&mut self) {
+        self.worker.process_for_test();
+    }
+
+    /// A well-formed request: one readable, one writable descriptor.
+    fn request(&mut self, bytes: &[u8]) -> (u32, i32, Vec<u8>) {
+        self.mem.write_slice(bytes, GuestAddress(REQ_ADDR)).unwrap();
+        self.mem
+            .write_slice(&vec![0xaa; REPLY_LEN as usize], GuestAddress(REPLY_ADDR))
+            .unwrap();
+        let n = self.next_desc;
+        let len = self.submit_raw(&[
+            desc(REQ_ADDR, bytes.len() as u32, F_NEXT, n + 1),
+            desc(REPLY_ADDR, REPLY_LEN, F_WRITE, 0),
+        ]);
+        let mut reply = vec![0u8; len as usize];
+        self.mem
+            .read_slice(&mut reply, GuestAddress(REPLY_ADDR))
+            .unwrap();
+        let error = if len >= 16 {
+            i32::from_le_bytes(reply[4..8].try_into().unwrap())
+        } else {
+            0
+        };
+        (len, error, reply)
+    }
+
+    fn init(&mut self) {
+        let (len, error, _) = self.request(&fuse_request(INIT, 1, 0, &init_body()));
+        assert!(
+            len >= 16 && error == 0,
+            "INIT failed: len {len} error {error}"
+        );
+    }
+
+    /// The worker still serves: GETATTR on the root succeeds.
+    fn still_serves(&mut self) {
+        let (len, error, _) = self.request(&fuse_request(GETATTR, 77, ROOT, &[0; 16]));
+        assert_eq!(error, 0, "GETATTR after a bad request failed");
+        assert!(len > 16);
+    }
+
+    fn lookup(&mut self, name: &[u8]) -> (u32, i32, Vec<u8>) {
+        let mut body = name.to_vec();
+        body.push(0);
+        self.request(&fuse_request(LOOKUP, 5, ROOT, &body))
+    }
+}
+
+/// `struct fuse_entry_out` starts after the 16-byte header: nodeid, then at
+/// offset 40 the attr, whose first field is ino.
+fn entry_ino(reply: &[u8]) -> u64 {
+    u64::from_le_bytes(reply[16 + 40..16 + 48].try_into().unwrap())
+}
+
+#[test]
+fn serves_init_lookup_getattr() {
+    let mut h = Harness::new(false);
+    h.init();
+    let (_, error, _) = h.lookup(b"file");
+    assert_eq!(error, 0);
+    h.still_serves();
+    assert!(h.worker.stats.queue_requests()[1] >= 3);
+}
+
+#[test]
+fn dotdot_at_the_root_stays_at_the_root() {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Harness::new(false);
+    h.init();
+    let (_, error, reply) = h.lookup(b"..");
+    let root_ino = std::fs::metadata(h._dir.0.join("share")).unwrap().ino();
+    if error == 0 {
+        assert_eq!(
+            entry_ino(&reply),
+            root_ino,
+            "'..' at the root left the share"
+        );
+    }
+    let (_, error, reply) = h.lookup(b".");
+    if error == 0 {
+        assert_eq!(
+            entry_ino(&reply),
+            root_ino,
+            "'.' at the root is not the root"
+        );
+    }
+    let (_, error, _) = h.lookup(b"../secret");
+    assert_ne!(error, 0, "a name with '/' was looked up");
+    h.still_serves();
+}
+
+#[test]
+fn names_with_slash_or_empty_are_refused() {
+    let mut h = Harness::new(false);
+    h.init();
+    for name in [&b"a/b"[..], b"/etc", b"", b"file/.."] {
+        let (_, error, _) = h.lookup(name);
+        assert_ne!(
+            error,
+            0,
+            "lookup of {:?} succeeded",
+            String::from_utf8_lossy(name)
+        );
+    }
+    h.still_serves();
+}
+
+#[test]
+fn chain_too_short_for_a_header_is_dropped() {
+    let mut h = Harness::new(false);
+    h.init();
+    h.mem.write_slice(&[1; 10], GuestAddress(REQ_ADDR)).unwrap();
+    let n = h.next_desc;
+    let len = h.submit_raw(&[
+        desc(REQ_ADDR, 10, F_NEXT, n + 1),
+        desc(REPLY_ADDR, REPLY_LEN, F_WRITE, 0),
+    ]);
+    assert_eq!(len, 0);
+    assert!(h.worker.stats.errors() >= 1);
+    h.still_serves();
+}
+
+#[test]
+fn header_longer_than_the_chain() {
+    let mut h = Harness::new(false);
+    h.init();
+    let mut req = fuse_request(LOOKUP, 9, ROOT, b"file\0");
+    req[0..4].copy_from_slice(&4096u32.to_le_bytes());
+    let (len, error, _) = h.request(&req);
+    assert!(len == 0 || error != 0 || len > 16, "unexpected reply");
+    h.still_serves();
+}
+
+#[test]
+fn write_only_chain_is_dropped() {
+    let mut h = Harness::new(false);
+    h.init();
+    let len = h.submit_raw(&[desc(REPLY_ADDR, REPLY_LEN, F_WRITE, 0)]);
+    assert_eq!(len, 0);
+    h.still_serves();
+}
+
+#[test]
+fn addresses_outside_guest_memory_are_dropped() {
+    let mut h = Harness::new(false);
+    h.init();
+    let n = h.next_desc;
+    let len = h.submit_raw(&[
+        desc(0xffff_0000_0000, 64, F_NEXT, n + 1),
+        desc(REPLY_ADDR, REPLY_LEN, F_WRITE, 0),
+    ]);
+    assert_eq!(len, 0);
+    // A reply buffer outside memory: the request cannot be answered.
+    h.mem
+        .write_slice(
+            &fuse_request(GETATTR, 3, ROOT, &[0; 16]),
+            GuestAddress(REQ_ADDR),
+        )
+        .unwrap();
+    let n = h.next_desc;
+    let len = h.submit_raw(&[
+        desc(REQ_ADDR, 56, F_NEXT, n + 1),
+        desc(0xffff_0000_0000, 4096, F_WRITE, 0),
+    ]);
+    assert_eq!(len, 0);
+    // A descriptor that runs past the end of memory.
+    let n = h.next_desc;
+    let len = h.submit_raw(&[
+        desc((16 << 20) - 8, 64, F_NEXT, n + 1),
+        desc(REPLY_ADDR, 64, F_WRITE, 0),
+    ]);
+    assert_eq!(len, 0);
+    h.still_serves();
+}
+
+#[test]
+fn indirect_table_that_loops() {
+    let mut h = Harness::new(false);
+    h.init();
+    // Two indirect descriptors pointing at each other.
+    let table = 0x30_0000u64;
+    h.mem
+        .write_obj(desc(REQ_ADDR, 56, F_NEXT, 1), GuestAddress(table))
+        .unwrap();
+    h.mem
+        .write_obj(desc(REQ_ADDR, 56, F_NEXT, 0), GuestAddress(table + 16))
+        .unwrap();
+    h.mem
+        .write_slice(
+            &fuse_request(GETATTR, 3, ROOT, &[0; 16]),
+            GuestAddress(REQ_ADDR),
+        )
+        .unwrap();
+    let len = h.submit_raw(&[desc(table, 32, F_INDIRECT, 0)]);
+    assert_eq!(len, 0);
+    h.still_serves();
+}
+
+#[test]
+fn chain_longer_than_the_queue() {
+    let mut h = Harness::new(false);
+    h.init();
+    h.mem
+        .write_slice(
+            &fuse_request(GETATTR, 3, ROOT, &[0; 16]),
+            GuestAddress(REQ_ADDR),
+        )
+        .unwrap();
+    // Descriptors n and n+1 point at each other: an endless chain.
+    let n = h.next_desc;
+    let len = h.submit_raw(&[
+        desc(REQ_ADDR, 56, F_NEXT, n + 1),
+        desc(REQ_ADDR, 56, F_NEXT, n),
+    ]);
+    assert_eq!(len, 0);
+    h.still_serves();
+}
+
+#[test]
+fn unknown_opcode_gets_an_error_reply() {
+    let mut h = Harness::new(false);
+    h.init();
+    let (len, error, _) = h.request(&fuse_request(9999, 4, ROOT, &[0; 8]));
+    assert_eq!(len, 16);
+    assert_eq!(error, -libc::ENOSYS);
+    h.still_serves();
+}
+
+#[test]
+fn truncated_arguments_get_an_error() {
+    let mut h = Harness::new(false);
+    h.init();
+    // SETATTR (4) wants an 88-byte body; MKDIR (9) a mode and a name.
+    for (opcode, body) in [(4u32, vec![0u8; 8]), (9, vec![0u8; 3]), (LOOKUP, vec![])] {
+        let (len, error, _) = h.request(&fuse_request(opcode, 6, ROOT, &body));
+        assert!(
+            len == 0 || error != 0,
+            "opcode {opcode} with a truncated body succeeded"
+        );
+    }
+    h.still_serves();
+}
+
+#[test]
+fn second_init_does_not_break_the_server() {
+    let mut h = Harness::new(false);
+    h.init();
+    let _ = h.request(&fuse_request(INIT, 2, 0, &init_body()));
+    h.still_serves();
+}
+
+#[test]
+fn readonly_share_refuses_writes_before_the_server() {
+    let mut h = Harness::new(true);
+    h.init();
+    // MKDIR: struct fuse_mkdir_in { mode, umask } then the name.
+    let mut body = Vec::new();
+    body.extend_from_slice(&0o755u32.to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.extend_from_slice(b"newdir\0");
+    let (_, error, _) = h.request(&fuse_request(9, 8, ROOT, &body));
+    assert_eq!(error, -libc::EROFS);
+    assert!(!h._dir.0.join("share/newdir").exists());
+    h.still_serves();
+}
+
+#[test]
+fn device_nodes_are_never_created() {
+    let mut h = Harness::new(false);
+    h.init();
+    // MKNOD: struct fuse_mknod_in { mode, rdev, umask, padding } then the name.
+    let mut body = Vec::new();
+    body.extend_from_slice(&(libc::S_IFBLK | 0o600).to_le_bytes());
+    body.extend_from_slice(&0x0800u32.to_le_bytes());
+    body.extend_from_slice(&[0; 8]);
+    body.extend_from_slice(b"sda\0");
+    let (_, error, _) = h.request(&fuse_request(8, 8, ROOT, &body));
+    assert_eq!(error, -libc::EPERM);
+    assert!(!h._dir.0.join("share/sda").exists());
+    h.still_serves();
+}

@@ -37,8 +37,16 @@ impl QueueWorker {
         self.process();
         loop {
             let mut fds = [
-                libc::pollfd { fd: self.kick.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: self.kick.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
             // SAFETY: polls two valid fds owned by this worker.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
@@ -46,7 +54,11 @@ impl QueueWorker {
                 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
-                log::error!("virtio-fs '{}' q{}: poll failed; worker stops", self.tag, self.index);
+                log::error!(
+                    "virtio-fs '{}' q{}: poll failed; worker stops",
+                    self.tag,
+                    self.index
+                );
                 return;
             }
             if fds[1].revents != 0 {
@@ -57,6 +69,11 @@ impl QueueWorker {
                 self.process();
             }
         }
+    }
+
+    #[cfg(test)]
+    pub fn process_for_test(&mut self) {
+        self.process();
     }
 
     fn process(&mut self) {
@@ -71,7 +88,7 @@ impl QueueWorker {
             Ok(false) => {}
             // A broken ring (bad addresses, wild indexes) stops this round;
             // the next kick tries again. Ferry itself carries on.
-            Err(e) => log::warn!("virtio-fs '{}' q{}: queue error: {e:?}", self.tag, self.index),
+            Err(e) => log::warn!("virtio-fs {} q{}: queue error: {e:?}", self.tag, self.index),
         }
     }
 
@@ -99,14 +116,19 @@ impl QueueWorker {
             Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
             Err(e) => {
                 self.stats.error();
-                log::debug!("virtio-fs '{}' q{}: request dropped: {e}", self.tag, self.index);
+                log::debug!(
+                    "virtio-fs '{}' q{}: request dropped: {e}",
+                    self.tag,
+                    self.index
+                );
                 0
             }
         }
     }
 
     fn try_serve(&self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Result<usize, String> {
-        let mut peek = Reader::from_descriptor_chain(mem, chain.clone()).map_err(|e| e.to_string())?;
+        let mut peek =
+            Reader::from_descriptor_chain(mem, chain.clone()).map_err(|e| e.to_string())?;
         let header: InHeader = peek.read_obj().map_err(|e| format!("FUSE header: {e}"))?;
         self.stats.request(self.index, header.opcode);
         let mut writer = VirtioFsWriter::new(mem, chain.clone()).map_err(|e| e.to_string())?;
@@ -116,7 +138,9 @@ impl QueueWorker {
                 error: -errno,
                 unique: header.unique,
             };
-            writer.write_all(reply.as_slice()).map_err(|e| e.to_string())?;
+            writer
+                .write_all(reply.as_slice())
+                .map_err(|e| e.to_string())?;
             return Ok(reply.len as usize);
         }
         let reader = Reader::from_descriptor_chain(mem, chain).map_err(|e| e.to_string())?;
