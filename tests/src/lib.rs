@@ -304,6 +304,12 @@ impl Guest {
         self
     }
 
+    /// How long the whole run may take before it counts as hung.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = d;
+        self
+    }
+
     /// Adds `--fs SPEC`.
     pub fn fs(self, spec: &str) -> Self {
         self.arg("--fs").arg(spec)

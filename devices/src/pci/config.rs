@@ -66,7 +66,7 @@ impl PciConfig {
     /// Declares BAR `index` at `addr` of `size` bytes (a power of two, at
     /// least 16), naturally aligned.
     pub fn add_bar(&mut self, index: usize, addr: u64, size: u64, kind: BarKind) {
-        assert!(size.is_power_of_two() && size >= 16 && addr % size == 0);
+        assert!(size.is_power_of_two() && size >= 16 && addr.is_multiple_of(size));
         let reg = BAR0_REG + index;
         match kind {
             BarKind::Mmio32 => {

@@ -87,7 +87,7 @@ impl MsixState {
 
     pub fn table_write(&mut self, offset: u64, data: &[u8]) -> MsixChange {
         let index = (offset / MSIX_ENTRY_SIZE) as usize;
-        if index >= self.table.len() || !matches!(data.len(), 4 | 8) || offset % 4 != 0 {
+        if index >= self.table.len() || !matches!(data.len(), 4 | 8) || !offset.is_multiple_of(4) {
             return MsixChange::None;
         }
         let before = self.table[index];

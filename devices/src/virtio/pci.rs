@@ -464,12 +464,18 @@ impl PciDevice for VirtioPciDevice {
         }
     }
 
-    fn bar_moved(&mut self, _bar: usize, old: u64, new: u64) {
+    fn bar_moved(&mut self, _bar: usize, _old: u64, new: u64) {
+        // The ioeventfds sit where they were last registered, which is not
+        // always `old`: sizing passes through an all-ones address.
+        let registered = self.bar_addr;
+        if registered == new {
+            return;
+        }
         for (i, kick) in self.kicks.iter().enumerate() {
-            if let Err(e) = self.vm.unregister_ioevent(kick, notify_addr(old, i)) {
-                log::debug!(
+            if let Err(e) = self.vm.unregister_ioevent(kick, notify_addr(registered, i)) {
+                log::warn!(
                     "virtio-pci: unregister ioeventfd at {:#x}: {e}",
-                    notify_addr(old, i)
+                    notify_addr(registered, i)
                 );
             }
             if let Err(e) = self.vm.register_ioevent(kick, notify_addr(new, i)) {

@@ -184,18 +184,7 @@ fn kvm_internal_error_is_reported() -> TestResult {
 /// Bad input: one clear line on stderr, non-zero exit, never a panic.
 fn rejects(args: &[&str], expect: &str) -> TestResult {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = run_ferry(&args, None, Duration::from_secs(30))?;
-    check(
-        out.code().is_some_and(|c| c != 0),
-        "bad input must fail",
-        &out,
-    )?;
-    check(!out.stderr.contains("panicked"), "Ferry panicked", &out)?;
-    check(
-        out.stderr.to_lowercase().contains(&expect.to_lowercase()),
-        &format!("stderr should mention '{expect}'"),
-        &out,
-    )
+    crate::rejects(&args, expect)
 }
 
 fn bad_input_trials() -> Vec<Trial> {

@@ -6,7 +6,9 @@
 mod boot;
 mod virtiofs;
 
-use ferry_tests::Outcome;
+use std::time::Duration;
+
+use ferry_tests::{run_ferry, Outcome};
 use libtest_mimic::{Arguments, Failed};
 
 pub type TestResult = Result<(), Failed>;
@@ -31,6 +33,23 @@ pub fn guest_ok(out: &Outcome, status: i32) -> TestResult {
             .contains(&format!("ferry-init: exit status {status}")),
         "the guest init did not report the status",
         out,
+    )
+}
+
+/// Bad input: non-zero exit, a message naming `expect` on stderr, never a
+/// panic.
+pub fn rejects(args: &[String], expect: &str) -> TestResult {
+    let out = run_ferry(args, None, Duration::from_secs(30))?;
+    check(
+        out.code().is_some_and(|c| c != 0),
+        "bad input must fail",
+        &out,
+    )?;
+    check(!out.stderr.contains("panicked"), "Ferry panicked", &out)?;
+    check(
+        out.stderr.to_lowercase().contains(&expect.to_lowercase()),
+        &format!("stderr should mention '{expect}'"),
+        &out,
     )
 }
 

@@ -165,17 +165,32 @@ impl Harness {
         self.worker.process_for_test();
     }
 
+    /// Puts a GETATTR of the root at REQ_ADDR (56 bytes).
+    fn put_getattr(&self) {
+        self.mem
+            .write_slice(
+                &fuse_request(GETATTR, 3, ROOT, &[0; 16]),
+                GuestAddress(REQ_ADDR),
+            )
+            .unwrap();
+    }
+
+    /// Submits a two-descriptor chain: readable, then writable.
+    fn submit_pair(&mut self, read: (u64, u32), write: (u64, u32)) -> u32 {
+        let n = self.next_desc;
+        self.submit_raw(&[
+            desc(read.0, read.1, F_NEXT, n + 1),
+            desc(write.0, write.1, F_WRITE, 0),
+        ])
+    }
+
     /// A well-formed request: one readable, one writable descriptor.
     fn request(&mut self, bytes: &[u8]) -> (u32, i32, Vec<u8>) {
         self.mem.write_slice(bytes, GuestAddress(REQ_ADDR)).unwrap();
         self.mem
             .write_slice(&vec![0xaa; REPLY_LEN as usize], GuestAddress(REPLY_ADDR))
             .unwrap();
-        let n = self.next_desc;
-        let len = self.submit_raw(&[
-            desc(REQ_ADDR, bytes.len() as u32, F_NEXT, n + 1),
-            desc(REPLY_ADDR, REPLY_LEN, F_WRITE, 0),
-        ]);
+        let len = self.submit_pair((REQ_ADDR, bytes.len() as u32), (REPLY_ADDR, REPLY_LEN));
         let mut reply = vec![0u8; len as usize];
         self.mem
             .read_slice(&mut reply, GuestAddress(REPLY_ADDR))
@@ -274,11 +289,7 @@ fn chain_too_short_for_a_header_is_dropped() {
     let mut h = Harness::new(false);
     h.init();
     h.mem.write_slice(&[1; 10], GuestAddress(REQ_ADDR)).unwrap();
-    let n = h.next_desc;
-    let len = h.submit_raw(&[
-        desc(REQ_ADDR, 10, F_NEXT, n + 1),
-        desc(REPLY_ADDR, REPLY_LEN, F_WRITE, 0),
-    ]);
+    let len = h.submit_pair((REQ_ADDR, 10), (REPLY_ADDR, REPLY_LEN));
     assert_eq!(len, 0);
     assert!(h.worker.stats.errors() >= 1);
     h.still_serves();
@@ -308,32 +319,15 @@ fn write_only_chain_is_dropped() {
 fn addresses_outside_guest_memory_are_dropped() {
     let mut h = Harness::new(false);
     h.init();
-    let n = h.next_desc;
-    let len = h.submit_raw(&[
-        desc(0xffff_0000_0000, 64, F_NEXT, n + 1),
-        desc(REPLY_ADDR, REPLY_LEN, F_WRITE, 0),
-    ]);
-    assert_eq!(len, 0);
+    assert_eq!(
+        h.submit_pair((0xffff_0000_0000, 64), (REPLY_ADDR, REPLY_LEN)),
+        0
+    );
     // A reply buffer outside memory: the request cannot be answered.
-    h.mem
-        .write_slice(
-            &fuse_request(GETATTR, 3, ROOT, &[0; 16]),
-            GuestAddress(REQ_ADDR),
-        )
-        .unwrap();
-    let n = h.next_desc;
-    let len = h.submit_raw(&[
-        desc(REQ_ADDR, 56, F_NEXT, n + 1),
-        desc(0xffff_0000_0000, 4096, F_WRITE, 0),
-    ]);
-    assert_eq!(len, 0);
+    h.put_getattr();
+    assert_eq!(h.submit_pair((REQ_ADDR, 56), (0xffff_0000_0000, 4096)), 0);
     // A descriptor that runs past the end of memory.
-    let n = h.next_desc;
-    let len = h.submit_raw(&[
-        desc((16 << 20) - 8, 64, F_NEXT, n + 1),
-        desc(REPLY_ADDR, 64, F_WRITE, 0),
-    ]);
-    assert_eq!(len, 0);
+    assert_eq!(h.submit_pair(((16 << 20) - 8, 64), (REPLY_ADDR, 64)), 0);
     h.still_serves();
 }
 
@@ -349,12 +343,7 @@ fn indirect_table_that_loops() {
     h.mem
         .write_obj(desc(REQ_ADDR, 56, F_NEXT, 0), GuestAddress(table + 16))
         .unwrap();
-    h.mem
-        .write_slice(
-            &fuse_request(GETATTR, 3, ROOT, &[0; 16]),
-            GuestAddress(REQ_ADDR),
-        )
-        .unwrap();
+    h.put_getattr();
     let len = h.submit_raw(&[desc(table, 32, F_INDIRECT, 0)]);
     assert_eq!(len, 0);
     h.still_serves();
@@ -364,12 +353,7 @@ fn indirect_table_that_loops() {
 fn chain_longer_than_the_queue() {
     let mut h = Harness::new(false);
     h.init();
-    h.mem
-        .write_slice(
-            &fuse_request(GETATTR, 3, ROOT, &[0; 16]),
-            GuestAddress(REQ_ADDR),
-        )
-        .unwrap();
+    h.put_getattr();
     // Descriptors n and n+1 point at each other: an endless chain.
     let n = h.next_desc;
     let len = h.submit_raw(&[
