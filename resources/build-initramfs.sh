@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest initramfs: busybox-static, Ferry's /init, the exit-port
-# helper and ferry-fsutil (xattr, flock, fsync, statfs for tests), as a newc cpio archive at target/guest/initramfs.cpio.
+# helper and ferry-fsutil (xattr, flock, fsync, statfs for tests), as a newc
+# cpio archive at target/guest/initramfs.cpio.
 # Prints the archive's path on its last line.
 set -euo pipefail
 
