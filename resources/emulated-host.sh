@@ -10,7 +10,9 @@
 # /run and /var/tmp are fresh tmpfs inside. Its output streams to the
 # console (stdout and stderr merged) and its exit status becomes this
 # script's. Environment: FERRY_EMU_MEMORY (default 6G), FERRY_EMU_CPUS
-# (default: this host's CPU count), FERRY_EMU_KERNEL (default: the project kernel).
+# (default: this host's CPU count), FERRY_EMU_KERNEL (default: the project kernel),
+# FERRY_EMU_LOGLEVEL (the emulated host kernel's console loglevel, default 0;
+# 4 shows its warnings, such as soft lockups).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -44,7 +46,7 @@ trap 'rm -rf "$job"' EXIT
     echo
 } > "$job/job.sh"
 
-cmdline="console=ttyS0 quiet loglevel=0 panic=-1 root=hostroot rootfstype=9p"
+cmdline="console=ttyS0 quiet loglevel=${FERRY_EMU_LOGLEVEL:-0} panic=-1 root=hostroot rootfstype=9p"
 cmdline+=" rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose ro"
 cmdline+=" init=$here/emulated-host-init.sh ferry_exit=$exit_helper"
 # Output to a pipe or file: plain "\n" line ends, as the command wrote them.
