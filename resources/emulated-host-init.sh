@@ -10,6 +10,9 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs "$d"; done
 [ "${ferry_plain_console:-0}" = 1 ] && stty -onlcr
+# The repository again, in case it lies under one of those tmpfs mounts.
+mkdir -p "$ferry_repo" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro ferryrepo "$ferry_repo"
 mkdir -p /run/job
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 ferryjob /run/job
 

@@ -7,7 +7,8 @@
 #   resources/emulated-host.sh CMD [ARGS...]
 #
 # The command runs in the same directory with the same environment; /tmp,
-# /run and /var/tmp are fresh tmpfs inside. Its output streams to the
+# /run and /var/tmp are fresh tmpfs inside, and this repository is mounted
+# read-only at its own path on top (so a clone under /tmp works too). Its output streams to the
 # console (stdout and stderr merged) and its exit status becomes this
 # script's. Environment: FERRY_EMU_MEMORY (default 6G), FERRY_EMU_CPUS
 # (default: this host's CPU count), FERRY_EMU_KERNEL (default: the project kernel),
@@ -35,6 +36,10 @@ if [ ! -x "$exit_helper" ]; then
     exit 1
 fi
 
+case "$repo" in
+    *[[:space:]]*) echo "emulated-host: the repository path '$repo' contains white space; move it" >&2; exit 1 ;;
+esac
+
 job=$(mktemp -d "${TMPDIR:-/tmp}/ferry-emu.XXXXXX")
 trap 'rm -rf "$job"' EXIT
 {
@@ -48,7 +53,7 @@ trap 'rm -rf "$job"' EXIT
 
 cmdline="console=ttyS0 quiet loglevel=${FERRY_EMU_LOGLEVEL:-0} panic=-1 root=hostroot rootfstype=9p"
 cmdline+=" rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose ro"
-cmdline+=" init=$here/emulated-host-init.sh ferry_exit=$exit_helper"
+cmdline+=" init=$here/emulated-host-init.sh ferry_exit=$exit_helper ferry_repo=$repo"
 # Output to a pipe or file: plain "\n" line ends, as the command wrote them.
 [ -t 1 ] || cmdline+=" ferry_plain_console=1"
 
@@ -60,6 +65,8 @@ set +e
     -kernel "$kernel" -append "$cmdline" \
     -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
     -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
+    -fsdev local,id=repo,path="$repo",security_model=none,readonly=on,multidevs=remap \
+    -device virtio-9p-pci,fsdev=repo,mount_tag=ferryrepo \
     -fsdev local,id=job,path="$job",security_model=none \
     -device virtio-9p-pci,fsdev=job,mount_tag=ferryjob \
     </dev/null
