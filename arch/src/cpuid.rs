@@ -1,5 +1,7 @@
 //! Per-vCPU CPUID, filtered from what KVM supports: APIC IDs, a topology of
 //! one socket with `cpus` single-threaded cores, and the hypervisor bit.
+//! VMX and SVM are hidden: Ferry offers no nested virtualization, and a
+//! guest kernel that initialises KVM on a nested host can crash there.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -7,10 +9,14 @@ const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZE_IDS: u32 = 0x8000_0008;
+const LEAF_AMD_SVM: u32 = 0x8000_000a;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 
+const ECX_VMX: u32 = 1 << 5;
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const EXT_ECX_SVM: u32 = 1 << 2;
 const EDX_HTT: u32 = 1 << 28;
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
@@ -33,7 +39,7 @@ fn filter_entry(e: &mut kvm_cpuid_entry2, id: u32, cpus: u32) {
         LEAF_FEATURES => {
             // EBX: initial APIC ID (31..24), logical processors per package (23..16).
             e.ebx = (e.ebx & 0x0000_ffff) | (id << 24) | ((cpus & 0xff) << 16);
-            e.ecx |= ECX_HYPERVISOR;
+            e.ecx = (e.ecx | ECX_HYPERVISOR) & !ECX_VMX;
             if cpus > 1 {
                 e.edx |= EDX_HTT;
             } else {
@@ -67,6 +73,13 @@ fn filter_entry(e: &mut kvm_cpuid_entry2, id: u32, cpus: u32) {
                     e.ecx = e.index;
                 }
             }
+        }
+        LEAF_EXT_FEATURES => e.ecx &= !EXT_ECX_SVM,
+        LEAF_AMD_SVM => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
         }
         LEAF_AMD_SIZE_IDS => {
             // ECX: APIC ID size (15..12) and number of cores - 1 (7..0).
@@ -103,6 +116,23 @@ mod tests {
         assert_eq!(e.ebx & 0xffff, 0x0805);
         assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
         assert_ne!(e.edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn nested_virtualization_is_hidden() {
+        let mut leaf1 = entry(LEAF_FEATURES, 0);
+        leaf1.ecx = ECX_VMX;
+        filter_entry(&mut leaf1, 0, 1);
+        assert_eq!(leaf1.ecx & ECX_VMX, 0);
+        let mut ext = entry(LEAF_EXT_FEATURES, 0);
+        ext.ecx = EXT_ECX_SVM | 1;
+        filter_entry(&mut ext, 0, 1);
+        assert_eq!(ext.ecx, 1);
+        let mut svm = entry(LEAF_AMD_SVM, 0);
+        svm.eax = 1;
+        svm.edx = 0xff;
+        filter_entry(&mut svm, 0, 1);
+        assert_eq!((svm.eax, svm.edx), (0, 0));
     }
 
     #[test]

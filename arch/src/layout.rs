@@ -51,6 +51,10 @@ pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
     }
 }
 
+/// Room for 64-bit BARs: up to 1 TiB of guest physical address space
+/// (40 bits, what every x86_64 host of the last decade offers).
+pub const MMIO64_END: u64 = 1 << 40;
+
 /// First guest physical address past RAM (and past the 32-bit hole): where
 /// 64-bit BARs may go, aligned to 1 GiB.
 pub fn mmio64_start(mem_size: u64) -> u64 {

@@ -42,8 +42,9 @@ pub struct Cli {
     pub memory: u64,
 
     /// Share a host directory over virtio-fs (repeatable):
-    /// tag=NAME,path=DIR[,queues=N][,readonly=on][,cache=auto|always|never].
-    /// In the guest: mount -t virtiofs NAME /mnt.
+    /// tag=NAME,path=DIR[,queues=N][,readonly=on][,cache=auto|always|never]
+    /// [,dax=on][,cache-size=SIZE (DAX window, default 1G)].
+    /// In the guest: mount -t virtiofs NAME /mnt (-o dax with a DAX window).
     #[arg(long = "fs", value_name = "OPTIONS", value_parser = crate::fs_option::parse_fs)]
     pub fs: Vec<ferry_devices::virtio::fs::FsShare>,
 

@@ -1,12 +1,31 @@
-//! `--fs tag=NAME,path=DIR[,queues=N][,readonly=on][,cache=auto|always|never]`.
+//! `--fs tag=NAME,path=DIR[,queues=N][,readonly=on][,cache=auto|always|never]
+//! [,dax=on][,cache-size=SIZE]`.
 
 use std::path::PathBuf;
 
-use ferry_devices::virtio::fs::{CacheMode, FsShare, TAG_MAX_LEN};
+use ferry_devices::virtio::fs::{CacheMode, FsShare, DAX_WINDOW_MIN, TAG_MAX_LEN};
+
+use crate::cli::parse_size;
 
 /// Most request queues one share may have (each also takes an MSI-X vector
 /// and a worker thread).
 pub const MAX_QUEUES: u16 = 64;
+/// The DAX window with `dax=on` alone. The guest spends 1/64 of the window
+/// on page structs (16 MiB of RAM for 1 GiB).
+pub const DAX_WINDOW_DEFAULT: u64 = 1 << 30;
+pub const DAX_WINDOW_MAX: u64 = 64 << 30;
+
+fn parse_cache_size(value: &str) -> Result<u64, String> {
+    let size = parse_size(value).map_err(|e| format!("cache-size={value}: {e}"))?;
+    if !size.is_power_of_two() || !(DAX_WINDOW_MIN..=DAX_WINDOW_MAX).contains(&size) {
+        return Err(format!(
+            "cache-size={value}: must be a power of two from {}M to {}G",
+            DAX_WINDOW_MIN >> 20,
+            DAX_WINDOW_MAX >> 30
+        ));
+    }
+    Ok(size)
+}
 
 fn parse_switch(key: &str, value: &str) -> Result<bool, String> {
     match value {
@@ -23,6 +42,8 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
     let mut queues = 1u16;
     let mut readonly = false;
     let mut cache = CacheMode::Auto;
+    let mut dax = None;
+    let mut dax_window = DAX_WINDOW_DEFAULT;
     for item in s.split(',') {
         let (key, value) = item
             .split_once('=')
@@ -46,9 +67,15 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
                     _ => return Err(format!("cache={value}: expected auto, always or never")),
                 }
             }
+            "dax" => dax = Some(parse_switch(key, value)?),
+            "cache-size" => {
+                dax_window = parse_cache_size(value)?;
+                dax = dax.or(Some(true));
+            }
             _ => {
                 return Err(format!(
-                    "unknown key '{key}' (known: tag, path, queues, readonly, cache)"
+                    "unknown key '{key}' (known: tag, path, queues, readonly, cache, dax, \
+                     cache-size)"
                 ))
             }
         }
@@ -74,6 +101,7 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
         request_queues: queues,
         readonly,
         cache,
+        dax_window: dax.unwrap_or(false).then_some(dax_window),
     })
 }
 
@@ -134,11 +162,31 @@ mod tests {
             (format!("tag=a,path={t},readonly=maybe"), "on or off"),
             (format!("tag=a,path={t},cache=lots"), "cache=lots"),
             (format!("tag=a,path={t},junk"), "key=value"),
+            (format!("tag=a,path={t},dax=maybe"), "on or off"),
+            (format!("tag=a,path={t},cache-size=3M"), "power of two"),
+            (format!("tag=a,path={t},cache-size=1M"), "power of two"),
+            (format!("tag=a,path={t},cache-size=128G"), "power of two"),
+            (format!("tag=a,path={t},cache-size=lots"), "cache-size=lots"),
         ];
         for (input, want) in cases {
             let err = parse_fs(&input).unwrap_err();
             assert!(err.contains(want), "{input}: {err}");
         }
+    }
+
+    #[test]
+    fn dax_options() {
+        let t = tmp();
+        let window = |opts: &str| {
+            parse_fs(&format!("tag=a,path={t}{opts}"))
+                .unwrap()
+                .dax_window
+        };
+        assert_eq!(window(""), None);
+        assert_eq!(window(",dax=on"), Some(DAX_WINDOW_DEFAULT));
+        assert_eq!(window(",cache-size=64M"), Some(64 << 20));
+        assert_eq!(window(",dax=on,cache-size=2G"), Some(2 << 30));
+        assert_eq!(window(",dax=off,cache-size=2G"), None);
     }
 
     #[test]

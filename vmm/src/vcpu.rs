@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use ferry_devices::virtio::fs::DaxWindow;
 use ferry_devices::Bus;
 
 use crate::exit::{ExitReason, VmExit};
@@ -34,6 +35,11 @@ pub struct Vcpu {
     pub exit: Arc<VmExit>,
     pub epoch: Epoch,
     pub progress: Arc<VcpuProgress>,
+    /// Checked when guest memory cannot be reached: a file mapped there
+    /// may have been truncated on the host.
+    pub dax_windows: Vec<Arc<DaxWindow>>,
+    /// KVM_RUN failed with EFAULT and was retried with nothing repaired.
+    pub efault_retried: bool,
 }
 
 enum Step {
@@ -72,7 +78,11 @@ impl Vcpu {
 
     fn step(&mut self) -> Step {
         let id = self.id;
-        match self.fd.run() {
+        let result = self.fd.run();
+        if result.is_ok() {
+            self.efault_retried = false;
+        }
+        match result {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !self.io_bus.read(u64::from(port), data) {
                     data.fill(0xff);
@@ -113,14 +123,45 @@ impl Vcpu {
                  (hardware entry failure reason {reason:#x})"
             ))),
             Ok(VcpuExit::InternalError) => Step::InternalError,
+            Ok(VcpuExit::MemoryFault { gpa, .. }) => self.guest_memory_fault(Some(gpa)),
             Ok(other) => Step::Stop(ExitReason::KvmError(format!(
                 "vCPU {id}: unexpected KVM exit {other:?}"
             ))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Interrupted,
+            Err(e) if e.errno() == libc::EFAULT => self.guest_memory_fault(None),
             Err(e) => Step::Stop(ExitReason::KvmError(format!(
                 "vCPU {id}: KVM_RUN failed: {e}"
             ))),
         }
+    }
+
+    /// KVM could not reach the host page behind a guest page (at `gpa`,
+    /// when KVM says where). With DAX the cause is a host file truncated
+    /// under a mapping, or the guest touching an unmapped part of a window:
+    /// the windows put zero pages there and the guest goes on. Another vCPU
+    /// may have repaired it already, so one retry with nothing repaired is
+    /// allowed before giving up.
+    fn guest_memory_fault(&mut self, gpa: Option<u64>) -> Step {
+        let repaired: u64 = self.dax_windows.iter().map(|w| w.handle_fault(gpa)).sum();
+        let at = gpa.map(|g| format!(" at {g:#x}")).unwrap_or_default();
+        if repaired > 0 {
+            log::warn!(
+                "vCPU {}: guest access{at} to a DAX window page the host cannot back (a file \
+                 truncated on the host, or an unmapped range); {} KiB now read as zeros",
+                self.id,
+                repaired >> 10
+            );
+            return Step::Continue;
+        }
+        if !self.efault_retried {
+            self.efault_retried = true;
+            return Step::Continue;
+        }
+        Step::Stop(ExitReason::KvmError(format!(
+            "vCPU {}: KVM_RUN failed: the guest touched memory{at} the host cannot provide \
+             (EFAULT)",
+            self.id
+        )))
     }
 
     fn sample_progress(&mut self) {

@@ -10,14 +10,14 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
-use ferry_arch::layout::{MMIO32_BARS_SIZE, MMIO32_START};
+use ferry_arch::layout::{mmio64_start, MMIO32_BARS_SIZE, MMIO32_START, MMIO64_END};
 use ferry_arch::{cpuid, lapic, mptable, msr, regs};
 use ferry_devices::legacy::{
     ExitPort, Serial, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042, I8042_PORT, I8042_PORT_COUNT,
     SERIAL_PORT_COUNT,
 };
 use ferry_devices::pci::{PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT};
-use ferry_devices::virtio::fs::{FsStats, VirtioFs};
+use ferry_devices::virtio::fs::{DaxWindow, FsStats, VirtioFs};
 use ferry_devices::virtio::{VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
 use ferry_devices::vm_ops::VmOps;
 use ferry_devices::Bus;
@@ -98,32 +98,59 @@ fn add_legacy_devices(vm: &VmFd, io_bus: &Bus, exit: &Arc<VmExit>) -> Result<Leg
     Ok(LegacyDevices { serial, reset })
 }
 
-/// The PCI root bus with one virtio-fs device per share. Returns the
-/// shares' request counters.
+/// What the VM keeps of its virtio-fs devices after building them.
+#[derive(Default)]
+struct FsDevices {
+    /// Request counters by tag, logged at exit.
+    stats: Vec<(String, Arc<FsStats>)>,
+    /// DAX windows, which the vCPUs repair after a host truncation.
+    dax_windows: Vec<Arc<DaxWindow>>,
+}
+
+/// The PCI root bus with one virtio-fs device per share.
 fn add_pci_devices(
     cli: &Cli,
     vm: &Arc<VmFd>,
     mem: &GuestMemoryFerry,
+    first_free_slot: u32,
     io_bus: &Bus,
     mmio_bus: &Arc<Bus>,
-) -> Result<Vec<(String, Arc<FsStats>)>> {
+) -> Result<FsDevices> {
     check_unique_tags(&cli.fs).map_err(anyhow::Error::msg)?;
-    let vm_ops: Arc<dyn VmOps> = Arc::new(KvmVmOps::new(vm.clone()));
+    let vm_ops: Arc<dyn VmOps> = Arc::new(KvmVmOps::new(vm.clone(), first_free_slot));
     let shared_mem = GuestMemoryAtomic::new(mem.clone());
     let mut bars = AddressAllocator::new(MMIO32_START, MMIO32_BARS_SIZE);
+    let mmio64 = mmio64_start(cli.memory);
+    let mut bars64 = AddressAllocator::new(mmio64, MMIO64_END.saturating_sub(mmio64));
     let mut root = PciRoot::new(mmio_bus.clone());
-    let mut stats = Vec::new();
+    let mut devices = FsDevices::default();
     for share in &cli.fs {
-        let fs = VirtioFs::new(share.clone());
-        stats.push((share.tag.clone(), fs.stats()));
+        let context = || format!("virtio-fs '{}'", share.tag);
+        let fs = VirtioFs::new(share.clone()).with_context(context)?;
+        devices.stats.push((share.tag.clone(), fs.stats()));
+        devices.dax_windows.extend(fs.dax_window());
         let bar = bars.allocate(VIRTIO_PCI_BAR_SIZE)?;
-        let device = VirtioPciDevice::new(Box::new(fs), vm_ops.clone(), shared_mem.clone(), bar)
-            .with_context(|| format!("virtio-fs '{}'", share.tag))?;
+        let shm_bar = match share.dax_window {
+            Some(size) => Some(bars64.allocate(size).with_context(context)?),
+            None => None,
+        };
+        let device = VirtioPciDevice::new(
+            Box::new(fs),
+            vm_ops.clone(),
+            shared_mem.clone(),
+            bar,
+            shm_bar,
+        )
+        .with_context(context)?;
         let slot = root
             .add_device(Arc::new(Mutex::new(device)))
-            .with_context(|| format!("virtio-fs '{}'", share.tag))?;
+            .with_context(context)?;
+        let dax = match (share.dax_window, shm_bar) {
+            (Some(size), Some(addr)) => format!(", DAX window {} MiB at {addr:#x}", size >> 20),
+            _ => String::new(),
+        };
         log::info!(
-            "virtio-fs '{}' -> {} at PCI 00:{slot:02x}.0, BAR0 {bar:#x}{}",
+            "virtio-fs '{}' -> {} at PCI 00:{slot:02x}.0, BAR0 {bar:#x}{dax}{}",
             share.tag,
             share.path.display(),
             if share.readonly { " (read-only)" } else { "" }
@@ -134,7 +161,7 @@ fn add_pci_devices(
         PCI_CONFIG_PORT,
         PCI_CONFIG_PORT_COUNT,
     )?;
-    Ok(stats)
+    Ok(devices)
 }
 
 fn create_vcpus(
@@ -171,7 +198,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
     let vm = create_vm(&kvm)?;
 
     let mem = create_guest_memory(cli.memory)?;
-    register_guest_memory(&vm, &mem)?;
+    let first_free_slot = register_guest_memory(&vm, &mem)?;
     let cmdline = build_cmdline(&cli.cmdline)?;
     let entry = load_kernel(
         &mem,
@@ -186,7 +213,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
     let io_bus = Arc::new(Bus::new());
     let mmio_bus = Arc::new(Bus::new());
     let legacy = add_legacy_devices(&vm, &io_bus, &exit)?;
-    let fs_stats = add_pci_devices(cli, &vm, &mem, &io_bus, &mmio_bus)?;
+    let fs = add_pci_devices(cli, &vm, &mem, first_free_slot, &io_bus, &mmio_bus)?;
     let vcpu_fds = create_vcpus(&kvm, &vm, &mem, cli.cpus, entry)?;
 
     // Blocked before any thread starts, so only the signalfd sees them.
@@ -217,6 +244,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
             exit: exit.clone(),
             epoch: epoch.clone(),
             progress: p,
+            dax_windows: fs.dax_windows.clone(),
+            efault_retried: false,
         };
         threads.push(vcpu.spawn().context("cannot start a vCPU thread")?);
     }
@@ -268,7 +297,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         }
     };
     drop(terminal);
-    for (tag, stats) in &fs_stats {
+    for (tag, stats) in &fs.stats {
         log::debug!("virtio-fs '{tag}' requests: {}", stats.summary());
     }
 

@@ -1,20 +1,22 @@
-//! `VmOps` for devices, backed by the KVM VM: ioeventfds, irqfds and the
-//! GSI routing table. KVM_SET_GSI_ROUTING replaces the whole table, so the
+//! `VmOps` for devices, backed by the KVM VM: ioeventfds, irqfds, memory
+//! slots and the GSI routing table. KVM_SET_GSI_ROUTING replaces the whole table, so the
 //! table keeps the irqchip routes for legacy IRQs (the UART's) beside the
 //! MSI routes.
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
-    kvm_irq_routing_msi, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_irq_routing_msi, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    KVM_MEM_READONLY,
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use ferry_devices::vm_ops::{MsiMessage, VmOps};
+use ferry_devices::vm_ops::{GuestMapping, MsiMessage, VmOps};
 
 const IOAPIC_PINS: u32 = 24;
 
@@ -57,12 +59,16 @@ struct Routes {
 pub struct KvmVmOps {
     vm: Arc<VmFd>,
     routes: Mutex<Routes>,
+    /// The next free memory slot number, and the device slots KVM holds.
+    slots: Mutex<(u32, HashSet<u32>)>,
 }
 
 impl KvmVmOps {
-    pub fn new(vm: Arc<VmFd>) -> Self {
+    /// `first_free_slot`: the memory slots below it hold guest RAM.
+    pub fn new(vm: Arc<VmFd>, first_free_slot: u32) -> Self {
         KvmVmOps {
             vm,
+            slots: Mutex::new((first_free_slot, HashSet::new())),
             routes: Mutex::new(Routes {
                 legacy: legacy_routes(),
                 msi: Vec::new(),
@@ -91,6 +97,27 @@ impl KvmVmOps {
         let table = KvmIrqRouting::from_entries(&entries)
             .map_err(|e| io::Error::other(format!("GSI routing table: {e:?}")))?;
         self.vm.set_gsi_routing(&table).map_err(to_io)
+    }
+
+    fn kvm_set_slot(&self, slot: u32, mapping: Option<GuestMapping>) -> io::Result<()> {
+        let region = match mapping {
+            Some(m) => kvm_userspace_memory_region {
+                slot,
+                flags: if m.readonly { KVM_MEM_READONLY } else { 0 },
+                guest_phys_addr: m.guest_addr,
+                memory_size: m.size,
+                userspace_addr: m.host_addr,
+            },
+            // Size 0 deletes the slot.
+            None => kvm_userspace_memory_region {
+                slot,
+                ..Default::default()
+            },
+        };
+        // SAFETY: devices hand over mappings they own for the VM's whole
+        // life (a DAX window lives as long as its device); KVM checks that
+        // slots do not overlap.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(to_io)
     }
 }
 
@@ -122,6 +149,27 @@ impl VmOps for KvmVmOps {
             None => routes.msi.push((gsi, msg)),
         }
         self.apply(&routes)
+    }
+
+    fn new_memory_slot(&self) -> u32 {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.0 += 1;
+        slots.0 - 1
+    }
+
+    fn set_memory_slot(&self, slot: u32, mapping: Option<GuestMapping>) -> io::Result<()> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        // KVM cannot move a slot in place (and refuses to delete an empty
+        // one): delete it first if it is there.
+        if slots.1.contains(&slot) {
+            self.kvm_set_slot(slot, None)?;
+            slots.1.remove(&slot);
+        }
+        if let Some(m) = mapping {
+            self.kvm_set_slot(slot, Some(m))?;
+            slots.1.insert(slot);
+        }
+        Ok(())
     }
 }
 

@@ -49,6 +49,18 @@ pub enum ActivateError {
     Start(String),
 }
 
+/// A virtio shared memory region: host memory the guest sees through a
+/// BAR (for virtio-fs, the DAX window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedMemoryRegion {
+    /// The region's shmid (virtio-fs: 0, the cache).
+    pub id: u8,
+    pub host_addr: u64,
+    /// A power of two.
+    pub size: u64,
+    pub readonly: bool,
+}
+
 /// A virtio device behind some transport.
 pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
@@ -57,6 +69,13 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> Vec<u16>;
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The device's shared memory region, if it has one.
+    fn shared_memory(&self) -> Option<SharedMemoryRegion> {
+        None
+    }
+    /// The guest now sees the shared memory region at `addr` (`None`: not
+    /// at all, memory decode is off).
+    fn shared_memory_shown(&mut self, _addr: Option<u64>) {}
     /// The driver set DRIVER_OK: start serving the queues.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// The driver reset the device: stop serving and forget the queues.

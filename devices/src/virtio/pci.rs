@@ -1,17 +1,22 @@
 //! virtio-pci, modern (1.x) only: common, notify, ISR and device
 //! configuration in BAR 0, plus the MSI-X table and PBA there too. Each
 //! queue's notify address is an ioeventfd, so a guest kick wakes the queue's
-//! worker inside KVM without a vCPU exit to user space.
+//! worker inside KVM without a vCPU exit to user space. A device with a
+//! shared memory region (the virtio-fs DAX window) gets it as BAR 2, a
+//! 64-bit prefetchable BAR backed by a KVM memory slot.
 
 use std::sync::{Arc, Mutex};
 
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::queue_config::{set_half, QueueConfig, NO_VECTOR};
-use super::{Activation, ActiveQueue, GuestMemoryShared, VirtioDevice, VirtioInterrupt};
+use super::{
+    Activation, ActiveQueue, GuestMemoryShared, SharedMemoryRegion, VirtioDevice, VirtioInterrupt,
+};
 use super::{VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
 use crate::pci::{BarKind, MsixChange, MsixState, PciConfig, PciDevice, MSIX_ENTRY_SIZE};
-use crate::vm_ops::{MsiMessage, VmOps};
+use crate::vm_ops::{GuestMapping, MsiMessage, VmOps};
 
 pub const VIRTIO_PCI_BAR_SIZE: u64 = 0x8000;
 const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
@@ -36,6 +41,11 @@ const CFG_COMMON: u8 = 1;
 const CFG_NOTIFY: u8 = 2;
 const CFG_ISR: u8 = 3;
 const CFG_DEVICE: u8 = 4;
+const CFG_SHARED_MEMORY: u8 = 8;
+const CONFIG_BAR: usize = 0;
+const SHM_BAR: usize = 2;
+const COMMAND_OFFSET: usize = 0x04;
+const COMMAND_MEMORY: u16 = 1 << 1;
 
 const STATUS_FEATURES_OK: u8 = 0x08;
 const STATUS_DRIVER_OK: u8 = 0x04;
@@ -93,6 +103,7 @@ pub struct VirtioPciDevice {
     vm: Arc<dyn VmOps>,
     mem: GuestMemoryShared,
     bar_addr: u64,
+    shm: Option<ShmBar>,
     msix_cap: usize,
     interrupt: Arc<MsixInterrupt>,
     gsis: Vec<u32>,
@@ -107,22 +118,36 @@ pub struct VirtioPciDevice {
     queue_select: u16,
 }
 
+/// The shared memory region's BAR and the memory slot behind it.
+struct ShmBar {
+    slot: u32,
+    /// The region at the BAR's current address.
+    mapping: GuestMapping,
+    /// What the slot shows now.
+    shown: Option<GuestMapping>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioPciError {
     #[error("virtio-pci: {0}")]
     Io(#[from] std::io::Error),
+    #[error("virtio-pci: the device has a shared memory region but no BAR address for it")]
+    NoShmAddress,
     #[error("virtio-pci: {0} queues need more MSI-X vectors than one BAR holds")]
     TooManyQueues(usize),
 }
 
 impl VirtioPciDevice {
     /// Wraps `device` at BAR 0 address `bar_addr` (aligned to
-    /// [`VIRTIO_PCI_BAR_SIZE`]), registering ioeventfds and MSI vectors.
+    /// [`VIRTIO_PCI_BAR_SIZE`]), registering ioeventfds and MSI vectors. A
+    /// device with a shared memory region needs `shm_addr` (aligned to the
+    /// region's size, above RAM) for it.
     pub fn new(
         device: Box<dyn VirtioDevice>,
         vm: Arc<dyn VmOps>,
         mem: GuestMemoryShared,
         bar_addr: u64,
+        shm_addr: Option<u64>,
     ) -> Result<Self, VirtioPciError> {
         let max_sizes = device.queue_max_sizes();
         let vectors = max_sizes.len() + 1;
@@ -132,15 +157,16 @@ impl VirtioPciDevice {
         let device_id = VIRTIO_PCI_DEVICE_BASE + device.device_type() as u16;
         let mut config = PciConfig::new(VIRTIO_PCI_VENDOR, device_id, 0x01, 0x80, 1);
         config.set_subsystem(VIRTIO_PCI_VENDOR, 0x40);
-        config.add_bar(0, bar_addr, VIRTIO_PCI_BAR_SIZE, BarKind::Mmio32);
+        config.add_bar(CONFIG_BAR, bar_addr, VIRTIO_PCI_BAR_SIZE, BarKind::Mmio32);
         for (cfg_type, offset, len) in [
             (CFG_COMMON, COMMON_OFFSET, COMMON_SIZE),
             (CFG_ISR, ISR_OFFSET, ISR_SIZE),
             (CFG_DEVICE, DEVICE_OFFSET, DEVICE_SIZE),
         ] {
-            config.add_capability(CAP_VENDOR, &virtio_cap(cfg_type, offset, len, 16), &[]);
+            let cap = virtio_cap(cfg_type, CONFIG_BAR, 0, offset, len, 16);
+            config.add_capability(CAP_VENDOR, &cap, &[]);
         }
-        let mut notify = virtio_cap(CFG_NOTIFY, NOTIFY_OFFSET, NOTIFY_SIZE, 20);
+        let mut notify = virtio_cap(CFG_NOTIFY, CONFIG_BAR, 0, NOTIFY_OFFSET, NOTIFY_SIZE, 20);
         notify.extend_from_slice(&NOTIFY_MULTIPLIER.to_le_bytes());
         config.add_capability(CAP_VENDOR, &notify, &[]);
         let mut msix = Vec::new();
@@ -148,6 +174,13 @@ impl VirtioPciDevice {
         msix.extend_from_slice(&(MSIX_TABLE_OFFSET as u32).to_le_bytes());
         msix.extend_from_slice(&(MSIX_PBA_OFFSET as u32).to_le_bytes());
         let msix_cap = config.add_capability(CAP_MSIX, &msix, &[0, 0xc0]);
+        let shm = match device.shared_memory() {
+            None => None,
+            Some(region) => {
+                let addr = shm_addr.ok_or(VirtioPciError::NoShmAddress)?;
+                Some(add_shm_bar(&mut config, vm.as_ref(), region, addr))
+            }
+        };
 
         let mut irqfds = Vec::new();
         let mut gsis = Vec::new();
@@ -168,6 +201,7 @@ impl VirtioPciDevice {
             vm,
             mem,
             bar_addr,
+            shm,
             msix_cap,
             interrupt: Arc::new(MsixInterrupt {
                 msix: Arc::new(Mutex::new(MsixState::new(vectors as u16))),
@@ -406,6 +440,9 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn config_written(&mut self, offset: usize, len: usize) {
+        if offset < COMMAND_OFFSET + 2 && offset + len > COMMAND_OFFSET {
+            self.update_shm();
+        }
         let control = self.msix_cap + 2;
         if offset < control + 2 && offset + len > control {
             let value = self.config.read_u16(control);
@@ -421,7 +458,13 @@ impl PciDevice for VirtioPciDevice {
         }
     }
 
-    fn bar_read(&mut self, _bar: usize, offset: u64, data: &mut [u8]) {
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        // The shared memory BAR is a memory slot; an access reaches here only
+        // while it is being moved (or for a read-only region's writes).
+        if bar != CONFIG_BAR {
+            data.fill(0);
+            return;
+        }
         match offset {
             o if o < COMMON_OFFSET + COMMON_SIZE => self.read_common(o, data),
             o if (ISR_OFFSET..ISR_OFFSET + ISR_SIZE).contains(&o) => data.fill(0),
@@ -444,7 +487,10 @@ impl PciDevice for VirtioPciDevice {
         }
     }
 
-    fn bar_write(&mut self, _bar: usize, offset: u64, data: &[u8]) {
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        if bar != CONFIG_BAR {
+            return;
+        }
         match offset {
             o if o < COMMON_OFFSET + COMMON_SIZE => self.write_common(o, data),
             o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_SIZE).contains(&o) => {
@@ -464,7 +510,14 @@ impl PciDevice for VirtioPciDevice {
         }
     }
 
-    fn bar_moved(&mut self, _bar: usize, _old: u64, new: u64) {
+    fn bar_moved(&mut self, bar: usize, _old: u64, new: u64) {
+        if bar == SHM_BAR {
+            if let Some(shm) = self.shm.as_mut() {
+                shm.mapping.guest_addr = new;
+            }
+            self.update_shm();
+            return;
+        }
         // The ioeventfds sit where they were last registered, which is not
         // always `old`: sizing passes through an all-ones address.
         let registered = self.bar_addr;
@@ -489,13 +542,112 @@ impl PciDevice for VirtioPciDevice {
     }
 }
 
+impl VirtioPciDevice {
+    /// Shows the shared memory region at its BAR while memory decode is on,
+    /// and hides it while off (BAR sizing turns decode off).
+    fn update_shm(&mut self) {
+        let decode = self.config.command() & COMMAND_MEMORY != 0;
+        let Some(shm) = self.shm.as_mut() else {
+            return;
+        };
+        let want = decode.then_some(shm.mapping);
+        if want == shm.shown {
+            return;
+        }
+        let old = shm.shown;
+        match self.vm.set_memory_slot(shm.slot, want) {
+            Ok(()) => shm.shown = want,
+            Err(e) => {
+                log::warn!(
+                    "virtio-pci: shared memory at {:#x}: {e}",
+                    shm.mapping.guest_addr
+                );
+                shm.shown = None;
+            }
+        }
+        let shown = shm.shown;
+        // The queues' view of guest memory follows, so buffers in the
+        // region (a DAX-mapped page handed to read(2)) can be served.
+        if let Err(e) = show_in_memory_view(&self.mem, old, shown) {
+            log::warn!("virtio-pci: shared memory in the queues' view: {e}");
+        }
+        self.device.shared_memory_shown(shown.map(|m| m.guest_addr));
+    }
+}
+
+/// Moves the shared memory region in the memory view of the device's
+/// workers from `old` to `new`.
+fn show_in_memory_view(
+    mem: &GuestMemoryShared,
+    old: Option<GuestMapping>,
+    new: Option<GuestMapping>,
+) -> Result<(), String> {
+    let guard = mem.lock().map_err(|e| e.to_string())?;
+    let mut view: GuestMemoryMmap = (*mem.memory()).clone();
+    if let Some(m) = old {
+        view = view
+            .remove_region(GuestAddress(m.guest_addr), m.size)
+            .map_err(|e| e.to_string())?
+            .0;
+    }
+    if let Some(m) = new {
+        // SAFETY: the range is the device's reservation, which outlives the
+        // view (the device owns it for the VM's life); `build_raw` does not
+        // take ownership, so nothing unmaps it twice.
+        let region = unsafe {
+            MmapRegion::build_raw(
+                m.host_addr as *mut u8,
+                m.size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+            )
+        }
+        .map_err(|e| e.to_string())?;
+        let region = GuestRegionMmap::new(region, GuestAddress(m.guest_addr))
+            .ok_or("shared memory address overflows")?;
+        view = view
+            .insert_region(Arc::new(region))
+            .map_err(|e| e.to_string())?;
+    }
+    guard.replace(view);
+    Ok(())
+}
+
+/// Declares `region` as BAR 2 at `addr` with its capability; the memory
+/// slot shows it once the driver turns memory decode on.
+fn add_shm_bar(
+    config: &mut PciConfig,
+    vm: &dyn VmOps,
+    region: SharedMemoryRegion,
+    addr: u64,
+) -> ShmBar {
+    config.add_bar(SHM_BAR, addr, region.size, BarKind::Mmio64Prefetchable);
+    // struct virtio_pci_cap64: the 32-bit offset and length, then their
+    // high halves.
+    let mut cap = virtio_cap(CFG_SHARED_MEMORY, SHM_BAR, region.id, 0, region.size, 24);
+    cap.extend_from_slice(&0u32.to_le_bytes());
+    cap.extend_from_slice(&((region.size >> 32) as u32).to_le_bytes());
+    config.add_capability(CAP_VENDOR, &cap, &[]);
+    ShmBar {
+        slot: vm.new_memory_slot(),
+        mapping: GuestMapping {
+            guest_addr: addr,
+            size: region.size,
+            host_addr: region.host_addr,
+            readonly: region.readonly,
+        },
+        shown: None,
+    }
+}
+
 fn notify_addr(bar: u64, queue: usize) -> u64 {
     bar + NOTIFY_OFFSET + queue as u64 * u64::from(NOTIFY_MULTIPLIER)
 }
 
-/// `struct virtio_pci_cap` after its first two bytes.
-fn virtio_cap(cfg_type: u8, offset: u64, len: u64, cap_len: u8) -> Vec<u8> {
-    let mut body = vec![cap_len, cfg_type, 0, 0, 0, 0];
+/// `struct virtio_pci_cap` after its first two bytes: length, type, BAR,
+/// id (shmid for shared memory), padding, offset and length in the BAR.
+fn virtio_cap(cfg_type: u8, bar: usize, id: u8, offset: u64, len: u64, cap_len: u8) -> Vec<u8> {
+    let mut body = vec![cap_len, cfg_type, bar as u8, id, 0, 0];
     body.extend_from_slice(&(offset as u32).to_le_bytes());
     body.extend_from_slice(&(len as u32).to_le_bytes());
     body

@@ -24,8 +24,15 @@ const FALLOCATE: u32 = 43;
 const RENAME2: u32 = 45;
 const COPY_FILE_RANGE: u32 = 47;
 const SETUPMAPPING: u32 = 48;
+const REMOVEMAPPING: u32 = 49;
 const TMPFILE: u32 = 51;
-const SETUPMAPPING_FLAG_WRITE: u64 = 1 << 1;
+// FUSE_SETUPMAPPING_FLAG_WRITE; READ is 1 << 1.
+const SETUPMAPPING_FLAG_WRITE: u64 = 1 << 0;
+
+/// SETUPMAPPING or REMOVEMAPPING: changes what the DAX window shows.
+pub fn changes_dax_mappings(opcode: u32) -> bool {
+    opcode == SETUPMAPPING || opcode == REMOVEMAPPING
+}
 
 /// The errno to answer with instead of serving the request, if any.
 pub fn refuse<S: vm_memory::bitmap::BitmapSlice>(

@@ -1,11 +1,14 @@
 //! virtio-fs (device type 26): a FUSE server (fuse-backend-rs
 //! `PassthroughFs`) inside Ferry, one worker thread per queue. Queue 0 is
-//! hiprio (FORGET, INTERRUPT), queues 1..=n carry requests.
+//! hiprio (FORGET, INTERRUPT), queues 1..=n carry requests. With a DAX
+//! window the guest maps host files straight into its memory.
 
+mod dax;
 mod filter;
 mod stats;
 mod worker;
 
+pub use dax::{DaxWindow, DAX_WINDOW_MIN};
 pub use stats::FsStats;
 
 use std::path::PathBuf;
@@ -18,8 +21,8 @@ use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    ActivateError, Activation, VirtioDevice, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC,
-    VIRTIO_F_VERSION_1,
+    ActivateError, Activation, SharedMemoryRegion, VirtioDevice, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
 pub const VIRTIO_ID_FS: u32 = 26;
@@ -45,26 +48,43 @@ pub struct FsShare {
     pub request_queues: u16,
     pub readonly: bool,
     pub cache: CacheMode,
+    /// The DAX window's size, if the share has one.
+    pub dax_window: Option<u64>,
 }
+
+/// virtio-fs shared memory region ids: the DAX cache.
+const SHMID_CACHE: u8 = 0;
 
 pub(crate) type FsServer = Server<Arc<PassthroughFs<()>>>;
 
 pub struct VirtioFs {
     share: FsShare,
+    dax: Option<Arc<DaxWindow>>,
     stats: Arc<FsStats>,
     stop: Option<EventFd>,
     workers: Vec<JoinHandle<()>>,
 }
 
 impl VirtioFs {
-    pub fn new(share: FsShare) -> Self {
+    /// Sets up the device (and reserves its DAX window, if any).
+    pub fn new(share: FsShare) -> std::io::Result<Self> {
         let queues = 1 + usize::from(share.request_queues);
-        VirtioFs {
+        let dax = match share.dax_window {
+            Some(size) => Some(Arc::new(DaxWindow::new(size)?)),
+            None => None,
+        };
+        Ok(VirtioFs {
             share,
+            dax,
             stats: Arc::new(FsStats::new(queues)),
             stop: None,
             workers: Vec::new(),
-        }
+        })
+    }
+
+    /// The DAX window, for repairs after a host truncation.
+    pub fn dax_window(&self) -> Option<Arc<DaxWindow>> {
+        self.dax.clone()
     }
 
     pub fn stats(&self) -> Arc<FsStats> {
@@ -103,6 +123,21 @@ impl VirtioDevice for VirtioFs {
 
     fn queue_max_sizes(&self) -> Vec<u16> {
         vec![QUEUE_SIZE; 1 + usize::from(self.share.request_queues)]
+    }
+
+    fn shared_memory(&self) -> Option<SharedMemoryRegion> {
+        self.dax.as_ref().map(|w| SharedMemoryRegion {
+            id: SHMID_CACHE,
+            host_addr: w.host_addr(),
+            size: w.size(),
+            readonly: self.share.readonly,
+        })
+    }
+
+    fn shared_memory_shown(&mut self, addr: Option<u64>) {
+        if let Some(w) = &self.dax {
+            w.set_guest_addr(addr);
+        }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -149,6 +184,7 @@ impl VirtioDevice for VirtioFs {
                 server: server.clone(),
                 readonly: self.share.readonly,
                 stats: self.stats.clone(),
+                dax: self.dax.clone().map(dax::DaxRequests),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("fs-{}-q{}", self.share.tag, q.index))
@@ -166,6 +202,16 @@ impl VirtioDevice for VirtioFs {
         }
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        // A new driver starts with an empty window; drop the old mappings
+        // (and the files they hold open).
+        if let Some(w) = &self.dax {
+            if let Err(e) = w.clear() {
+                log::warn!(
+                    "virtio-fs '{}': cannot empty the DAX window: {e}",
+                    self.share.tag
+                );
+            }
         }
     }
 }

@@ -50,7 +50,8 @@ impl FsStats {
         self.errors.load(Ordering::Relaxed)
     }
 
-    /// `queue0=N queue1=N ... errors=N`.
+    /// `queue0=N queue1=N ... read=N write=N setupmapping=N
+    /// removemapping=N errors=N`.
     pub fn summary(&self) -> String {
         let mut s: Vec<String> = self
             .queue_requests()
@@ -58,6 +59,15 @@ impl FsStats {
             .enumerate()
             .map(|(i, n)| format!("queue{i}={n}"))
             .collect();
+        // The opcodes that tell whether file data went through DAX.
+        for (name, opcode) in [
+            ("read", 15),
+            ("write", 16),
+            ("setupmapping", 48),
+            ("removemapping", 49),
+        ] {
+            s.push(format!("{name}={}", self.opcode_requests(opcode)));
+        }
         s.push(format!("errors={}", self.errors()));
         s.join(" ")
     }

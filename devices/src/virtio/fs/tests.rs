@@ -104,7 +104,9 @@ impl Harness {
             request_queues: 1,
             readonly,
             cache: CacheMode::Never,
-        });
+            dax_window: None,
+        })
+        .unwrap();
         let worker = QueueWorker {
             tag: "t".into(),
             index: 1,
@@ -117,6 +119,7 @@ impl Harness {
             server: Arc::new(fs.server().unwrap()),
             readonly,
             stats: fs.stats(),
+            dax: None,
         };
         Harness {
             mem,
@@ -409,6 +412,26 @@ fn readonly_share_refuses_writes_before_the_server() {
     let (_, error, _) = h.request(&fuse_request(9, 8, ROOT, &body));
     assert_eq!(error, -libc::EROFS);
     assert!(!h._dir.0.join("share/newdir").exists());
+    h.still_serves();
+}
+
+#[test]
+fn readonly_share_refuses_writable_dax_mappings() {
+    let mut h = Harness::new(true);
+    h.init();
+    let setupmapping = |flags: u64| {
+        // struct fuse_setupmapping_in { fh, foffset, len, flags, moffset }
+        let mut body = Vec::new();
+        for w in [0u64, 0, 2 << 20, flags, 0] {
+            body.extend_from_slice(&w.to_le_bytes());
+        }
+        fuse_request(48, 9, ROOT, &body)
+    };
+    // FUSE_SETUPMAPPING_FLAG_WRITE is bit 0.
+    let (_, error, _) = h.request(&setupmapping(1));
+    assert_eq!(error, -libc::EROFS);
+    let (_, error, _) = h.request(&setupmapping(2));
+    assert_ne!(error, -libc::EROFS, "a read-only mapping is no write");
     h.still_serves();
 }
 

@@ -12,6 +12,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::dax::DaxRequests;
 use super::{filter, FsServer, FsStats};
 use crate::virtio::{GuestMemoryShared, VirtioInterrupt};
 
@@ -27,6 +28,8 @@ pub(super) struct QueueWorker {
     pub server: Arc<FsServer>,
     pub readonly: bool,
     pub stats: Arc<FsStats>,
+    /// Serves SETUPMAPPING and REMOVEMAPPING when the share has a window.
+    pub dax: Option<DaxRequests>,
 }
 
 type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
@@ -111,7 +114,7 @@ impl QueueWorker {
 
     /// Returns the number of bytes written into the chain (0 on error: the
     /// chain goes back unanswered and the guest sees an I/O error).
-    fn serve(&self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> u32 {
+    fn serve(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> u32 {
         match self.try_serve(mem, chain) {
             Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
             Err(e) => {
@@ -126,13 +129,29 @@ impl QueueWorker {
         }
     }
 
-    fn try_serve(&self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Result<usize, String> {
+    fn try_serve(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Result<usize, String> {
         let mut peek =
             Reader::from_descriptor_chain(mem, chain.clone()).map_err(|e| e.to_string())?;
         let header: InHeader = peek.read_obj().map_err(|e| format!("FUSE header: {e}"))?;
         self.stats.request(self.index, header.opcode);
+        // Buffers in the DAX window must be backed while the server copies.
+        let window = self.dax.as_ref().map(|d| d.0.clone());
+        let buffers = chain
+            .clone()
+            .map(|d| (d.addr().0, u64::from(d.len()), d.is_write_only()));
+        let pin = match &window {
+            Some(w) => w.pin(buffers).map_err(|e| e.to_string())?,
+            None => None,
+        };
         let mut writer = VirtioFsWriter::new(mem, chain.clone()).map_err(|e| e.to_string())?;
-        if let Some(errno) = filter::refuse(&header, &mut peek, self.readonly) {
+        let refused = if pin.is_some() && filter::changes_dax_mappings(header.opcode) {
+            // Mapping changes wait for pins to go: this one would wait
+            // for itself.
+            Some(libc::EINVAL)
+        } else {
+            filter::refuse(&header, &mut peek, self.readonly)
+        };
+        if let Some(errno) = refused {
             let reply = OutHeader {
                 len: std::mem::size_of::<OutHeader>() as u32,
                 error: -errno,
@@ -144,8 +163,12 @@ impl QueueWorker {
             return Ok(reply.len as usize);
         }
         let reader = Reader::from_descriptor_chain(mem, chain).map_err(|e| e.to_string())?;
+        let dax = self
+            .dax
+            .as_mut()
+            .map(|d| d as &mut dyn fuse_backend_rs::transport::FsCacheReqHandler);
         self.server
-            .handle_message(reader, writer.into(), None, None)
+            .handle_message(reader, writer.into(), dax, None)
             .map_err(|e| e.to_string())
     }
 }

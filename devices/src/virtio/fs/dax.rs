@@ -1,0 +1,622 @@
+//! The DAX window: a range of Ferry's address space that the guest sees as
+//! the virtio-fs cache (shared memory region 0, a 64-bit BAR backed by a KVM
+//! memory slot). FUSE_SETUPMAPPING maps a piece of a host file into it with
+//! `mmap(MAP_SHARED | MAP_FIXED)`, so the guest reads and writes the host's
+//! page cache directly; FUSE_REMOVEMAPPING makes the range inaccessible
+//! again (`PROT_NONE`, as the whole reservation starts).
+//!
+//! Two things can make KVM fail to reach a window page: the guest touching
+//! an unmapped range, or a host process truncating a mapped file. Either
+//! way [`DaxWindow::handle_fault`] puts zero pages there so the guest goes
+//! on. Queue workers copy to and from window pages only after
+//! [`DaxWindow::pin`] checked that they are mapped, inside their file and
+//! writable as needed, and hold the pin until done.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
+use fuse_backend_rs::transport::FsCacheReqHandler;
+
+/// FUSE_SETUPMAPPING_FLAG_WRITE. (_READ, bit 1, needs nothing: every
+/// mapping is readable.)
+const MAP_FLAG_WRITE: u64 = 1 << 0;
+/// The smallest window: Linux maps in 2 MiB ranges (FUSE_DAX_SZ).
+pub const DAX_WINDOW_MIN: u64 = 2 << 20;
+const NOT_SHOWN: u64 = u64::MAX;
+
+/// One file range mapped into the window, kept so a host truncation can be
+/// repaired and so the mapping's file stays open for `fstat`.
+struct Mapping {
+    len: u64,
+    file: Arc<File>,
+    foffset: u64,
+    writable: bool,
+}
+
+type Mappings = BTreeMap<u64, Mapping>;
+
+/// Held while a worker copies to or from window pages: no mapping changes
+/// meanwhile.
+pub struct DaxPin<'a>(#[allow(dead_code)] RwLockReadGuard<'a, Mappings>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("buffer {gpa:#x}+{len:#x} lies in an unmapped part of the DAX window")]
+    Unmapped { gpa: u64, len: u64 },
+    #[error("buffer {gpa:#x}+{len:#x} lies past the end of a file mapped in the DAX window")]
+    PastEof { gpa: u64, len: u64 },
+    #[error("buffer {gpa:#x}+{len:#x} is written but mapped read-only in the DAX window")]
+    ReadOnly { gpa: u64, len: u64 },
+}
+
+pub struct DaxWindow {
+    base: usize,
+    size: u64,
+    page: u64,
+    /// Where the guest sees the window (its BAR), or NOT_SHOWN.
+    guest_addr: AtomicU64,
+    /// Mappings by window offset; they never overlap.
+    mappings: RwLock<Mappings>,
+}
+
+fn einval(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, what)
+}
+
+impl DaxWindow {
+    /// Reserves `size` bytes (a power of two, at least [`DAX_WINDOW_MIN`]).
+    /// The reservation costs nothing until the guest touches it.
+    pub fn new(size: u64) -> io::Result<Self> {
+        if !size.is_power_of_two() || size < DAX_WINDOW_MIN {
+            return Err(einval(format!(
+                "DAX window size {size:#x}: must be a power of two of at least 2 MiB"
+            )));
+        }
+        let len = usize::try_from(size).map_err(|_| einval("DAX window too large".into()))?;
+        // SAFETY: a fresh inaccessible reservation; nothing refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: sysconf has no memory effects.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        Ok(DaxWindow {
+            base: base as usize,
+            size,
+            page,
+            guest_addr: AtomicU64::new(NOT_SHOWN),
+            mappings: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    /// Records where the guest sees the window (`None`: nowhere).
+    pub fn set_guest_addr(&self, addr: Option<u64>) {
+        self.guest_addr
+            .store(addr.unwrap_or(NOT_SHOWN), Ordering::Release);
+    }
+
+    /// The window offsets of guest range `[gpa, gpa + len)` where it
+    /// overlaps the window.
+    fn window_part(&self, gpa: u64, len: u64) -> Option<(u64, u64)> {
+        let base = self.guest_addr.load(Ordering::Acquire);
+        if base == NOT_SHOWN {
+            return None;
+        }
+        let start = gpa.max(base);
+        let end = gpa.saturating_add(len).min(base + self.size);
+        (start < end).then(|| (start - base, end - start))
+    }
+
+    /// Checks that every part of `buffers` (guest address, length, whether
+    /// the device writes it) inside the window is mapped, within its file
+    /// and writable as needed, and keeps it so until the pin is dropped.
+    /// `None`: no buffer touches the window.
+    pub fn pin(
+        &self,
+        buffers: impl IntoIterator<Item = (u64, u64, bool)>,
+    ) -> Result<Option<DaxPin<'_>>, PinError> {
+        let parts: Vec<_> = buffers
+            .into_iter()
+            .filter_map(|(gpa, len, write)| {
+                self.window_part(gpa, len)
+                    .map(|(off, n)| (gpa, len, off, n, write))
+            })
+            .collect();
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let mappings = self.read();
+        for (gpa, len, off, n, write) in parts {
+            let mut at = off;
+            while at < off + n {
+                let Some((&m_off, m)) = mappings
+                    .range(..=at)
+                    .next_back()
+                    .filter(|(&m_off, m)| m_off + m.len > at)
+                else {
+                    return Err(PinError::Unmapped { gpa, len });
+                };
+                if write && !m.writable {
+                    return Err(PinError::ReadOnly { gpa, len });
+                }
+                let upto = (m_off + m.len).min(off + n);
+                // The file must still reach the last byte used here.
+                let file_end = m.foffset + (upto - m_off);
+                let file_len = m.file.metadata().map(|md| md.len()).unwrap_or(0);
+                if file_len.next_multiple_of(self.page) < file_end {
+                    return Err(PinError::PastEof { gpa, len });
+                }
+                at = upto;
+            }
+        }
+        Ok(Some(DaxPin(mappings)))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Where the window starts in Ferry's address space.
+    pub fn host_addr(&self) -> u64 {
+        self.base as u64
+    }
+
+    /// Bytes of host files mapped right now.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.read().values().map(|m| m.len).sum()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Mappings> {
+        self.mappings.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Mappings> {
+        self.mappings.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks that `[moffset, moffset + len)` is a non-empty, page-aligned
+    /// range inside the window.
+    fn check_range(&self, moffset: u64, len: u64) -> io::Result<()> {
+        let end = moffset.checked_add(len);
+        if len == 0
+            || !moffset.is_multiple_of(self.page)
+            || !len.is_multiple_of(self.page)
+            || end.is_none_or(|e| e > self.size)
+        {
+            return Err(einval(format!(
+                "DAX range {moffset:#x}+{len:#x} is not page-aligned inside the {:#x}-byte window",
+                self.size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Maps `len` bytes of `fd` from `foffset` at window offset `moffset`.
+    pub fn map(
+        &self,
+        foffset: u64,
+        moffset: u64,
+        len: u64,
+        flags: u64,
+        fd: RawFd,
+    ) -> io::Result<()> {
+        self.check_range(moffset, len)?;
+        if !foffset.is_multiple_of(self.page) || foffset > i64::MAX as u64 {
+            return Err(einval(format!(
+                "DAX file offset {foffset:#x} is not page-aligned"
+            )));
+        }
+        let writable = flags & MAP_FLAG_WRITE != 0;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: `fd` is open for the duration of this call (the server
+        // holds it); the clone is ours.
+        let file = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+        let mut mappings = self.write();
+        // SAFETY: the target lies inside our reservation (checked above);
+        // MAP_FIXED replaces only window pages, which workers touch only
+        // while pinned (and we hold the write lock).
+        let addr = unsafe {
+            libc::mmap(
+                (self.base as u64 + moffset) as *mut libc::c_void,
+                len as usize,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                foffset as libc::off_t,
+            )
+        };
+        carve(&mut mappings, moffset, len);
+        if addr == libc::MAP_FAILED {
+            let err = io::Error::last_os_error();
+            // A failed MAP_FIXED may already have unmapped the old pages:
+            // never leave a hole in the reservation.
+            self.reserve(moffset, len)?;
+            return Err(err);
+        }
+        mappings.insert(
+            moffset,
+            Mapping {
+                len,
+                file: Arc::new(File::from(file)),
+                foffset,
+                writable,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes `[moffset, moffset + len)` out of the window; `len == u64::MAX`
+    /// means to the end of the window. Every range is checked before any is
+    /// removed.
+    pub fn unmap(&self, ranges: &[RemovemappingOne]) -> io::Result<()> {
+        let ranges: Vec<(u64, u64)> = ranges
+            .iter()
+            .map(|r| {
+                let len = if r.len == u64::MAX {
+                    self.size.saturating_sub(r.moffset)
+                } else {
+                    r.len
+                };
+                self.check_range(r.moffset, len).map(|()| (r.moffset, len))
+            })
+            .collect::<io::Result<_>>()?;
+        let mut mappings = self.write();
+        for (moffset, len) in ranges {
+            self.reserve(moffset, len)?;
+            carve(&mut mappings, moffset, len);
+        }
+        Ok(())
+    }
+
+    /// Empties the whole window (device reset).
+    pub fn clear(&self) -> io::Result<()> {
+        let mut mappings = self.write();
+        self.reserve(0, self.size)?;
+        mappings.clear();
+        Ok(())
+    }
+
+    /// KVM could not reach guest memory (at `gpa`, when KVM says): put
+    /// zero pages behind window pages past the end of a host-truncated file
+    /// and behind the faulting page if it is unmapped. Returns the bytes
+    /// made accessible; 0 means the fault was not the window's.
+    pub fn handle_fault(&self, gpa: Option<u64>) -> u64 {
+        let mut repaired = self.repair_truncated();
+        if let Some((off, _)) = gpa.and_then(|g| self.window_part(g, 1)) {
+            let page = off - off % self.page;
+            let mut mappings = self.write();
+            let mapped = mappings
+                .range(..=page)
+                .next_back()
+                .is_some_and(|(&m, map)| m + map.len > page);
+            if !mapped && self.fill_anonymous(page, self.page).is_ok() {
+                // Tracked as an anonymous mapping would be: not at all. A
+                // later SETUPMAPPING or REMOVEMAPPING replaces it.
+                carve(&mut mappings, page, self.page);
+                repaired += self.page;
+            }
+        }
+        repaired
+    }
+
+    /// Replaces the window pages that lie past the end of their (host
+    /// truncated) file with zero pages. Returns the bytes replaced.
+    fn repair_truncated(&self) -> u64 {
+        let mut mappings = self.write();
+        let mut repaired = 0;
+        let mut shrunk = Vec::new();
+        for (&moffset, m) in mappings.iter() {
+            let Ok(meta) = m.file.metadata() else {
+                continue;
+            };
+            let eof = meta.len().next_multiple_of(self.page);
+            let keep = eof.saturating_sub(m.foffset).min(m.len);
+            if keep < m.len && self.fill_anonymous(moffset + keep, m.len - keep).is_ok() {
+                repaired += m.len - keep;
+                shrunk.push((moffset, keep));
+            }
+        }
+        for (moffset, keep) in shrunk {
+            if keep == 0 {
+                mappings.remove(&moffset);
+            } else if let Some(m) = mappings.get_mut(&moffset) {
+                m.len = keep;
+            }
+        }
+        repaired
+    }
+
+    /// Makes `[moffset, moffset + len)` inaccessible again.
+    fn reserve(&self, moffset: u64, len: u64) -> io::Result<()> {
+        self.anonymous(moffset, len, libc::PROT_NONE)
+    }
+
+    /// Puts zero pages the guest may read and write at the range.
+    fn fill_anonymous(&self, moffset: u64, len: u64) -> io::Result<()> {
+        self.anonymous(moffset, len, libc::PROT_READ | libc::PROT_WRITE)
+    }
+
+    fn anonymous(&self, moffset: u64, len: u64, prot: i32) -> io::Result<()> {
+        // SAFETY: the range lies inside our reservation (callers check), and
+        // callers hold the write lock, so no worker is copying from it.
+        let addr = unsafe {
+            libc::mmap(
+                (self.base as u64 + moffset) as *mut libc::c_void,
+                len as usize,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DaxWindow {
+    fn drop(&mut self) {
+        // SAFETY: the reservation made in `new`, unmapped once.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.size as usize) };
+    }
+}
+
+/// Removes `[start, start + len)` from the tracked mappings, keeping the
+/// parts of partly covered mappings on either side.
+fn carve(mappings: &mut BTreeMap<u64, Mapping>, start: u64, len: u64) {
+    let end = start + len;
+    let hit: Vec<u64> = mappings
+        .range(..end)
+        .filter(|(&m, map)| m + map.len > start)
+        .map(|(&m, _)| m)
+        .collect();
+    for m in hit {
+        let Some(old) = mappings.remove(&m) else {
+            continue;
+        };
+        if m < start {
+            mappings.insert(
+                m,
+                Mapping {
+                    len: start - m,
+                    file: old.file.clone(),
+                    foffset: old.foffset,
+                    writable: old.writable,
+                },
+            );
+        }
+        let old_end = m + old.len;
+        if old_end > end {
+            mappings.insert(
+                end,
+                Mapping {
+                    len: old_end - end,
+                    foffset: old.foffset + (end - m),
+                    file: old.file,
+                    writable: old.writable,
+                },
+            );
+        }
+    }
+}
+
+/// The window as fuse-backend-rs's `PassthroughFs` drives it.
+pub(super) struct DaxRequests(pub Arc<DaxWindow>);
+
+impl FsCacheReqHandler for DaxRequests {
+    fn map(
+        &mut self,
+        foffset: u64,
+        moffset: u64,
+        len: u64,
+        flags: u64,
+        fd: RawFd,
+    ) -> io::Result<()> {
+        self.0.map(foffset, moffset, len, flags, fd)
+    }
+
+    fn unmap(&mut self, requests: Vec<RemovemappingOne>) -> io::Result<()> {
+        self.0.unmap(&requests)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const MIB: u64 = 1 << 20;
+    const MAP_FLAG_READ: u64 = 1 << 1;
+    const GPA: u64 = 1 << 32;
+
+    fn temp_file(name: &str, bytes: &[u8]) -> (std::path::PathBuf, File) {
+        let path = std::env::temp_dir().join(format!("ferry-dax-{}-{name}", std::process::id()));
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+        (path, f)
+    }
+
+    fn byte_at(w: &DaxWindow, offset: u64) -> u8 {
+        assert!(offset < w.size);
+        // SAFETY: inside the window, which is always mapped.
+        unsafe { std::ptr::read_volatile((w.base as u64 + offset) as *const u8) }
+    }
+
+    fn one(moffset: u64, len: u64) -> RemovemappingOne {
+        RemovemappingOne { moffset, len }
+    }
+
+    #[test]
+    fn sizes_must_be_powers_of_two_from_2_mib() {
+        assert!(DaxWindow::new(0).is_err());
+        assert!(DaxWindow::new(MIB).is_err());
+        assert!(DaxWindow::new(3 * MIB).is_err());
+        assert_eq!(DaxWindow::new(2 * MIB).unwrap().size(), 2 * MIB);
+    }
+
+    #[test]
+    fn mapped_file_shows_through_and_unmap_removes_it() {
+        let w = DaxWindow::new(4 * MIB).unwrap();
+        let (path, f) = temp_file("show", &[7u8; 8192]);
+        w.map(4096, 2 * MIB, 4096, MAP_FLAG_READ, f.as_raw_fd())
+            .unwrap();
+        assert_eq!(byte_at(&w, 2 * MIB), 7);
+        assert_eq!(w.mapped_bytes(), 4096);
+        // A host write is visible at once: the window is the page cache.
+        std::fs::write(&path, [9u8; 8192]).unwrap();
+        assert_eq!(byte_at(&w, 2 * MIB), 9);
+        w.unmap(&[one(2 * MIB, 4096)]).unwrap();
+        assert_eq!(w.mapped_bytes(), 0);
+        // Inaccessible again: a fault there gets a zero page.
+        w.set_guest_addr(Some(GPA));
+        assert_eq!(w.handle_fault(Some(GPA + 2 * MIB + 10)), 4096);
+        assert_eq!(byte_at(&w, 2 * MIB), 0);
+        assert_eq!(w.handle_fault(Some(GPA - 1)), 0, "not the window's");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn writable_mapping_writes_the_file() {
+        let w = DaxWindow::new(2 * MIB).unwrap();
+        let (path, f) = temp_file("write", &[0u8; 4096]);
+        w.map(0, 0, 4096, MAP_FLAG_READ | MAP_FLAG_WRITE, f.as_raw_fd())
+            .unwrap();
+        // SAFETY: inside the window, mapped writable just above.
+        unsafe { std::ptr::write_volatile(w.base as *mut u8, 0x5a) };
+        w.clear().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap()[0], 0x5a);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn bad_ranges_are_refused() {
+        let w = DaxWindow::new(2 * MIB).unwrap();
+        let (path, f) = temp_file("bad", &[1u8; 4096]);
+        let fd = f.as_raw_fd();
+        for (foffset, moffset, len) in [
+            (0, 0, 0),                  // empty
+            (0, 1, 4096),               // unaligned window offset
+            (0, 0, 100),                // unaligned length
+            (1, 0, 4096),               // unaligned file offset
+            (0, 2 * MIB, 4096),         // past the end
+            (0, 2 * MIB - 4096, 8192),  // straddles the end
+            (0, u64::MAX - 4095, 4096), // wraps
+            (u64::MAX - 4095, 0, 4096), // file offset beyond off_t
+        ] {
+            assert!(
+                w.map(foffset, moffset, len, MAP_FLAG_READ, fd).is_err(),
+                "map {foffset:#x} {moffset:#x} {len:#x} was accepted"
+            );
+        }
+        assert!(w.unmap(&[one(4096, u64::MAX - 1)]).is_err());
+        assert!(w.unmap(&[one(3 * MIB, 4096)]).is_err());
+        // One bad range in a batch: nothing is removed.
+        w.map(0, 0, 4096, MAP_FLAG_READ, fd).unwrap();
+        assert!(w.unmap(&[one(0, 4096), one(1, 1)]).is_err());
+        assert_eq!(byte_at(&w, 0), 1);
+        // len = u64::MAX: to the end of the window.
+        w.unmap(&[one(0, u64::MAX)]).unwrap();
+        assert_eq!(w.mapped_bytes(), 0);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn partial_unmap_keeps_the_rest() {
+        let w = DaxWindow::new(2 * MIB).unwrap();
+        let bytes: Vec<u8> = (0..4).flat_map(|i| [i as u8 + 1; 4096]).collect();
+        let (path, f) = temp_file("partial", &bytes);
+        w.map(0, 0, 4 * 4096, MAP_FLAG_READ, f.as_raw_fd()).unwrap();
+        w.unmap(&[one(4096, 4096)]).unwrap();
+        assert_eq!([0, 2, 3].map(|i| byte_at(&w, i * 4096)), [1, 3, 4]);
+        assert_eq!(w.mapped_bytes(), 3 * 4096);
+        w.set_guest_addr(Some(GPA));
+        assert!(matches!(
+            w.pin([(GPA + 4096, 10, false)]),
+            Err(PinError::Unmapped { .. })
+        ));
+        assert!(w.pin([(GPA + 8192, 8192, false)]).unwrap().is_some());
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn host_truncation_is_repaired() {
+        let w = DaxWindow::new(2 * MIB).unwrap();
+        let (path, f) = temp_file("trunc", &[3u8; 4 * 4096]);
+        w.map(0, 0, 4 * 4096, MAP_FLAG_READ, f.as_raw_fd()).unwrap();
+        f.set_len(4096 + 10).unwrap();
+        // Pages 2 and 3 now lie past EOF: touching them would SIGBUS.
+        w.set_guest_addr(Some(GPA));
+        assert!(matches!(
+            w.pin([(GPA + 2 * 4096, 4096, false)]),
+            Err(PinError::PastEof { .. })
+        ));
+        assert_eq!(w.handle_fault(None), 2 * 4096);
+        assert_eq!(byte_at(&w, 0), 3);
+        assert_eq!(byte_at(&w, 2 * 4096), 0);
+        assert_eq!(byte_at(&w, 3 * 4096 + 5), 0);
+        assert_eq!(w.mapped_bytes(), 2 * 4096);
+        assert_eq!(w.handle_fault(None), 0);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn pins_check_mapping_and_access() {
+        let w = DaxWindow::new(2 * MIB).unwrap();
+        let (path, f) = temp_file("pin", &[5u8; 4 * 4096]);
+        w.map(0, 0, 2 * 4096, MAP_FLAG_READ, f.as_raw_fd()).unwrap();
+        w.map(
+            8192,
+            8192,
+            2 * 4096,
+            MAP_FLAG_READ | MAP_FLAG_WRITE,
+            f.as_raw_fd(),
+        )
+        .unwrap();
+        // Not shown to the guest yet, or a buffer elsewhere: no pin needed.
+        assert!(w.pin([(GPA, 4096, false)]).unwrap().is_none());
+        w.set_guest_addr(Some(GPA));
+        assert!(w.pin([(GPA - 4096, 4096, true)]).unwrap().is_none());
+        // Reads across both mappings are fine; writes only to the second.
+        assert!(w
+            .pin([(GPA + 100, 4 * 4096 - 100, false)])
+            .unwrap()
+            .is_some());
+        assert!(w.pin([(GPA + 8192, 8192, true)]).unwrap().is_some());
+        assert!(matches!(
+            w.pin([(GPA + 8192, 8192, true), (GPA, 1, true)]),
+            Err(PinError::ReadOnly { .. })
+        ));
+        // Straddling the end of the mapped part.
+        assert!(matches!(
+            w.pin([(GPA + 3 * 4096, 8192, false)]),
+            Err(PinError::Unmapped { .. })
+        ));
+        let _ = std::fs::remove_file(path);
+    }
+}
