@@ -4,8 +4,12 @@
  *   ferry-dax wait PATH OFFSET TEXT SEC poll one mapping until TEXT shows there
  *   ferry-dax spin PATH SEC             read a mapping over and over; count
  *                                       SIGBUS and zero pages (host truncation)
+ * wait and spin create PATH.mapped once their mapping is in use, so a host
+ * side test knows when to act.
  *   ferry-dax fuzz PATH SEED OPS        random read/write/mmap/truncate/fsync
  *                                       checked against an in-memory model
+ *   ferry-dax bench PATH                sequential read(2) and mmap read
+ *                                       throughput, guest caches dropped first
  * Exits 0 on success; failures print a line starting with "error". */
 #include <errno.h>
 #include <fcntl.h>
@@ -77,6 +81,14 @@ static int cmd_poke(const char *path, size_t off, const char *text)
     return 0;
 }
 
+/* Tells the host side that PATH's mapping is in use. */
+static void signal_mapped(const char *path)
+{
+    char name[4096];
+    snprintf(name, sizeof(name), "%s.mapped", path);
+    close(open(name, O_WRONLY | O_CREAT, 0644));
+}
+
 static int cmd_wait(const char *path, size_t off, const char *text, double secs)
 {
     size_t len, n = strlen(text);
@@ -87,8 +99,7 @@ static int cmd_wait(const char *path, size_t off, const char *text, double secs)
         printf("error wait: past the end of the file\n");
         return 1;
     }
-    printf("mapped\n");
-    fflush(stdout);
+    signal_mapped(path);
     for (double end = now() + secs; now() < end; usleep(20000)) {
         size_t i = 0;
         while (i < n && p[off + i] == text[i])
@@ -119,6 +130,8 @@ static int cmd_spin(const char *path, double secs)
     signal(SIGBUS, on_sigbus);
     unsigned long rounds = 0, sigbus = 0, zero_pages = 0;
     for (double end = now() + secs; now() < end; rounds++) {
+        if (rounds == 1)
+            signal_mapped(path);
         for (volatile size_t off = 0; off < len; off += 4096) {
             if (sigsetjmp(bus_jump, 1)) {
                 sigbus++;
@@ -304,6 +317,48 @@ static int cmd_fuzz(const char *path, uint64_t seed, unsigned long ops)
     return 0;
 }
 
+/* ---- bench ---- */
+
+static void drop_caches(void)
+{
+    int fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
+    sync();
+    if (fd >= 0) {
+        if (write(fd, "3", 1) < 0)
+            perror("drop_caches");
+        close(fd);
+    }
+}
+
+static int cmd_bench(const char *path)
+{
+    static char chunk[1 << 20];
+    size_t total = 0;
+    drop_caches();
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return fail("open");
+    double t0 = now();
+    for (ssize_t n; (n = read(fd, chunk, sizeof(chunk))) > 0;)
+        total += n;
+    double seq = now() - t0;
+    close(fd);
+
+    drop_caches();
+    size_t len;
+    t0 = now();
+    const volatile uint64_t *p = map_file(path, 0, &len);
+    if (!p)
+        return fail("mmap");
+    uint64_t sum = 0;
+    for (size_t i = 0; i < len / 8; i++)
+        sum += p[i];
+    double mm = now() - t0;
+    printf("bench bytes=%zu seq-read-mbps=%.1f mmap-read-mbps=%.1f (checksum %llx)\n", total,
+           total / seq / 1e6, len / mm / 1e6, (unsigned long long)sum);
+    return total == len ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     const char *op = argc > 1 ? argv[1] : "";
@@ -317,6 +372,8 @@ int main(int argc, char **argv)
         return cmd_spin(argv[2], atof(argv[3]));
     if (!strcmp(op, "fuzz") && argc == 5)
         return cmd_fuzz(argv[2], strtoull(argv[3], NULL, 0), strtoul(argv[4], NULL, 0));
-    fprintf(stderr, "usage: ferry-dax cat|poke|wait|spin|fuzz ... (see the source)\n");
+    if (!strcmp(op, "bench") && argc == 3)
+        return cmd_bench(argv[2]);
+    fprintf(stderr, "usage: ferry-dax cat|poke|wait|spin|fuzz|bench ... (see the source)\n");
     return 2;
 }

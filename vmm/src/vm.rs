@@ -192,6 +192,21 @@ fn create_vcpus(
         .collect()
 }
 
+/// Puts zero pages behind DAX window pages whose file a host process
+/// truncated: a guest access there could otherwise fail inside KVM forever.
+fn repair_dax_windows(windows: &[Arc<DaxWindow>]) {
+    for w in windows {
+        let repaired = w.repair_truncated();
+        if repaired > 0 {
+            log::warn!(
+                "a file mapped into a DAX window was truncated on the host; {} KiB past its \
+                 new end now read as zeros in the guest",
+                repaired >> 10
+            );
+        }
+    }
+}
+
 /// Boots the guest described by `cli` and returns Ferry's exit code.
 pub fn run(cli: &Cli) -> Result<i32> {
     let kvm = open_kvm()?;
@@ -294,6 +309,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
             for t in &threads {
                 let _ = t.kill(kick_signal());
             }
+            repair_dax_windows(&fs.dax_windows);
         }
     };
     drop(terminal);

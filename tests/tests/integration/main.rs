@@ -4,6 +4,7 @@
 //! whole run (see `ferry_tests::enter_kvm_host`).
 
 mod boot;
+mod dax;
 mod virtiofs;
 
 use std::time::Duration;
@@ -58,5 +59,6 @@ fn main() {
     let args = Arguments::from_args();
     let mut trials = boot::trials();
     trials.extend(virtiofs::trials());
+    trials.extend(dax::trials());
     libtest_mimic::run(&args, trials).exit();
 }

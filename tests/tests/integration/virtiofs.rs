@@ -12,13 +12,13 @@ use libtest_mimic::{Failed, Trial};
 use crate::{check, guest_ok, TestResult};
 
 /// A share directory and, beside it, a directory the guest must never reach.
-struct Share {
-    root: PathBuf,
+pub(crate) struct Share {
+    pub root: PathBuf,
     outside: PathBuf,
 }
 
 impl Share {
-    fn new(test: &str) -> Share {
+    pub fn new(test: &str) -> Share {
         let base = test_dir(test);
         let root = base.join("share");
         let outside = base.join("outside");
@@ -28,15 +28,15 @@ impl Share {
         Share { root, outside }
     }
 
-    fn spec(&self, tag: &str, extra: &str) -> String {
+    pub fn spec(&self, tag: &str, extra: &str) -> String {
         format!("tag={tag},path={}{extra}", self.root.display())
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
 
-    fn read(&self, rel: &str) -> String {
+    pub fn read(&self, rel: &str) -> String {
         fs::read_to_string(self.path(rel)).unwrap_or_else(|e| format!("<{e}>"))
     }
 
@@ -603,11 +603,26 @@ fn bad_fs_trials() -> Vec<Trial> {
             |s| vec![s.spec("a", ",queues=0")],
             "queues=0",
         ),
+        t(
+            "dax_cache_size_not_power_of_two",
+            |s| vec![s.spec("a", ",dax=on,cache-size=3M")],
+            "power of two",
+        ),
+        t(
+            "dax_cache_size_too_large",
+            |s| vec![s.spec("a", ",dax=on,cache-size=1T")],
+            "power of two",
+        ),
+        t(
+            "dax_bad_switch",
+            |s| vec![s.spec("a", ",dax=maybe")],
+            "on or off",
+        ),
     ]
 }
 
 /// Deterministic bytes (xorshift), so large files need no RNG crate.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
@@ -621,7 +636,7 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// sha256 through the host's `sha256sum`, the same tool family the guest uses.
-fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("sha256sum")

@@ -12,7 +12,7 @@
 //! [`DaxWindow::pin`] checked that they are mapped, inside their file and
 //! writable as needed, and hold the pin until done.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -318,23 +318,24 @@ impl DaxWindow {
     }
 
     /// Replaces the window pages that lie past the end of their (host
-    /// truncated) file with zero pages. Returns the bytes replaced.
-    fn repair_truncated(&self) -> u64 {
+    /// truncated) file with zero pages. Returns the bytes replaced. Cheap
+    /// when nothing was truncated (one `fstat` per mapped file, under the
+    /// read lock), so the VMM also calls it periodically: KVM does not
+    /// always report the failed access, it may retry it forever.
+    pub fn repair_truncated(&self) -> u64 {
+        if self.past_eof(&self.read()).is_empty() {
+            return 0;
+        }
         let mut mappings = self.write();
         let mut repaired = 0;
-        let mut shrunk = Vec::new();
-        for (&moffset, m) in mappings.iter() {
-            let Ok(meta) = m.file.metadata() else {
+        for (moffset, keep) in self.past_eof(&mappings) {
+            let Some(len) = mappings.get(&moffset).map(|m| m.len) else {
                 continue;
             };
-            let eof = meta.len().next_multiple_of(self.page);
-            let keep = eof.saturating_sub(m.foffset).min(m.len);
-            if keep < m.len && self.fill_anonymous(moffset + keep, m.len - keep).is_ok() {
-                repaired += m.len - keep;
-                shrunk.push((moffset, keep));
+            if self.fill_anonymous(moffset + keep, len - keep).is_err() {
+                continue;
             }
-        }
-        for (moffset, keep) in shrunk {
+            repaired += len - keep;
             if keep == 0 {
                 mappings.remove(&moffset);
             } else if let Some(m) = mappings.get_mut(&moffset) {
@@ -342,6 +343,27 @@ impl DaxWindow {
             }
         }
         repaired
+    }
+
+    /// Mappings reaching past the end of their file: (window offset, bytes
+    /// still inside the file).
+    fn past_eof(&self, mappings: &Mappings) -> Vec<(u64, u64)> {
+        let mut sizes: HashMap<*const File, u64> = HashMap::new();
+        let mut found = Vec::new();
+        for (&moffset, m) in mappings.iter() {
+            let size = *sizes
+                .entry(Arc::as_ptr(&m.file))
+                .or_insert_with(|| m.file.metadata().map_or(u64::MAX, |md| md.len()));
+            let keep = size
+                .checked_next_multiple_of(self.page)
+                .unwrap_or(u64::MAX)
+                .saturating_sub(m.foffset)
+                .min(m.len);
+            if keep < m.len {
+                found.push((moffset, keep));
+            }
+        }
+        found
     }
 
     /// Makes `[moffset, moffset + len)` inaccessible again.

@@ -1,0 +1,349 @@
+//! DAX: the guest mounts with `-o dax` and maps host files through the
+//! device's window. Ferry's request counters (logged at exit with
+//! `--log-level debug`) show whether file data went through the window
+//! (SETUPMAPPING) or through FUSE READ.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_tests::{Guest, Outcome};
+use libtest_mimic::Trial;
+
+use crate::virtiofs::{pseudo_random, sha256_hex, Share};
+use crate::{check, guest_ok, TestResult};
+
+/// A guest with `share` mounted at /mnt with `-o dax`, running `script`.
+fn dax_guest(share: &Share, opts: &str, script: &str) -> Guest {
+    let cmd = format!("mount -t virtiofs -o dax share /mnt || exit 90\n{script}");
+    Guest::command(&cmd)
+        .fs(&share.spec("share", &format!(",dax=on{opts}")))
+        .arg("--log-level")
+        .arg("debug")
+        .deadline(Duration::from_secs(600))
+}
+
+/// The count `name=N` from the device's exit summary.
+fn counter(out: &Outcome, name: &str) -> Option<u64> {
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("virtio-fs 'share' requests:"))?;
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|n| n.parse().ok())
+}
+
+fn counter_is(out: &Outcome, name: &str, ok: impl Fn(u64) -> bool) -> TestResult {
+    let n = counter(out, name);
+    check(
+        n.is_some_and(ok),
+        &format!("request counter {name} is {n:?}"),
+        out,
+    )
+}
+
+/// `key:value` printed by the guest script.
+fn printed<'a>(out: &'a Outcome, key: &str) -> Option<&'a str> {
+    out.stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}:")))
+}
+
+/// Waits (on the host) for the guest tool to report that `file`'s mapping
+/// is in use.
+fn wait_for_mapping(file: &Path) -> bool {
+    let marker = std::path::PathBuf::from(format!("{}.mapped", file.display()));
+    (0..1200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        marker.exists()
+    })
+}
+
+fn mmap_read_goes_through_the_window() -> TestResult {
+    let s = Share::new("dax_mmap_read");
+    let data = pseudo_random(8 << 20, 0xda7a);
+    fs::write(s.path("f.bin"), &data)?;
+    let sum = sha256_hex(&data);
+    let out = dax_guest(
+        &s,
+        "",
+        r#"echo "mounts:$(grep ' /mnt virtiofs' /proc/mounts)"
+echo "mmap-sum:$(ferry-dax cat /mnt/f.bin | sha256sum | cut -d' ' -f1)"
+echo "read-sum:$(sha256sum /mnt/f.bin | cut -d' ' -f1)""#,
+    )
+    .run()?;
+    guest_ok(&out, 0)?;
+    check(
+        printed(&out, "mounts").is_some_and(|m| m.contains("dax")),
+        "/proc/mounts does not show dax",
+        &out,
+    )?;
+    check(
+        printed(&out, "mmap-sum") == Some(sum.as_str()),
+        "the file read through mmap differs",
+        &out,
+    )?;
+    check(
+        printed(&out, "read-sum") == Some(sum.as_str()),
+        "the file read with read(2) differs",
+        &out,
+    )?;
+    counter_is(&out, "setupmapping", |n| n > 0)?;
+    counter_is(&out, "read", |n| n == 0)
+}
+
+fn mmap_is_coherent_with_the_host() -> TestResult {
+    let s = Share::new("dax_coherent");
+    let file = s.path("f.bin");
+    fs::write(&file, vec![b'.'; 3 * 4096])?;
+    let host_file = file.clone();
+    let host = std::thread::spawn(move || {
+        if !wait_for_mapping(&host_file) {
+            return false;
+        }
+        // In place, not a new file: the guest's mapping must see it.
+        let mut f = fs::OpenOptions::new().write(true).open(&host_file).unwrap();
+        f.seek(SeekFrom::Start(100)).unwrap();
+        f.write_all(b"HOST-WROTE").unwrap();
+        true
+    });
+    let out = dax_guest(
+        &s,
+        "",
+        "ferry-dax wait /mnt/f.bin 100 HOST-WROTE 60 || exit 1\n\
+         ferry-dax poke /mnt/f.bin 8192 GUEST-WROTE || exit 2",
+    )
+    .run()?;
+    let host_acted = host.join().unwrap_or(false);
+    guest_ok(&out, 0)?;
+    check(host_acted, "the guest never mapped the file", &out)?;
+    check(
+        out.stdout.contains("seen HOST-WROTE"),
+        "host write not seen",
+        &out,
+    )?;
+    let bytes = fs::read(&file)?;
+    check(
+        bytes.get(8192..8192 + 11) == Some(b"GUEST-WROTE".as_slice()),
+        "the guest's mmap write is not in the host file",
+        &out,
+    )?;
+    counter_is(&out, "setupmapping", |n| n > 0)
+}
+
+fn two_vms_see_each_others_mmap_writes() -> TestResult {
+    let s = Share::new("dax_two_vms");
+    fs::write(s.path("f.bin"), vec![0u8; 2 * 4096])?;
+    let spec = s.spec("share", ",dax=on");
+    let guest = |script: &str| {
+        let cmd = format!("mount -t virtiofs -o dax share /mnt || exit 90\n{script}");
+        Guest::command(&cmd)
+            .fs(&spec)
+            .deadline(Duration::from_secs(300))
+    };
+    // Each waits through a mapping made before the other wrote.
+    let a = guest(
+        "ferry-dax poke /mnt/f.bin 0 FROM-A || exit 1\n\
+         ferry-dax wait /mnt/f.bin 4096 FROM-B 120 || exit 2",
+    );
+    let b = guest(
+        "ferry-dax wait /mnt/f.bin 0 FROM-A 120 || exit 1\n\
+         ferry-dax poke /mnt/f.bin 4096 FROM-B || exit 2",
+    );
+    let b = std::thread::spawn(move || b.run());
+    let out_a = a.run()?;
+    let out_b = b.join().map_err(|_| "second VM thread panicked")??;
+    guest_ok(&out_a, 0)?;
+    guest_ok(&out_b, 0)?;
+    check(
+        out_a.stdout.contains("seen FROM-B"),
+        "VM A did not see B",
+        &out_a,
+    )?;
+    check(
+        out_b.stdout.contains("seen FROM-A"),
+        "VM B did not see A",
+        &out_b,
+    )
+}
+
+fn file_four_times_the_window() -> TestResult {
+    let s = Share::new("dax_reclaim");
+    let data = pseudo_random(128 << 20, 0xb16);
+    fs::write(s.path("big.bin"), &data)?;
+    let sum = sha256_hex(&data);
+    drop(data);
+    let out = dax_guest(
+        &s,
+        ",cache-size=32M",
+        r#"echo "read-sum:$(sha256sum /mnt/big.bin | cut -d' ' -f1)"
+echo "mmap-sum:$(ferry-dax cat /mnt/big.bin | sha256sum | cut -d' ' -f1)""#,
+    )
+    .run()?;
+    guest_ok(&out, 0)?;
+    for key in ["read-sum", "mmap-sum"] {
+        check(
+            printed(&out, key) == Some(sum.as_str()),
+            &format!("{key} differs from the host's"),
+            &out,
+        )?;
+    }
+    counter_is(&out, "removemapping", |n| n > 0)?;
+    counter_is(&out, "read", |n| n == 0)
+}
+
+/// FNV-1a 64, as `ferry-dax fuzz` prints it.
+fn fnv1a(data: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+fn random_workload_matches_a_model() -> TestResult {
+    let s = Share::new("dax_fuzz");
+    let ops = 10_000;
+    let out = dax_guest(
+        &s,
+        "",
+        &format!("ferry-dax fuzz /mnt/fuzz.bin 20261123 {ops}"),
+    )
+    .run()?;
+    guest_ok(&out, 0)?;
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("fuzz ok"))
+        .unwrap_or("");
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .to_string()
+    };
+    check(
+        field("ops") == ops.to_string(),
+        "the checker did not finish",
+        &out,
+    )?;
+    let host = fs::read(s.path("fuzz.bin"))?;
+    check(
+        field("size") == host.len().to_string() && field("fnv") == fnv1a(&host),
+        "the host file differs from the guest's model",
+        &out,
+    )?;
+    counter_is(&out, "setupmapping", |n| n > 0)
+}
+
+fn host_truncation_does_not_kill_the_guest() -> TestResult {
+    let s = Share::new("dax_truncate");
+    let file = s.path("t.bin");
+    fs::write(&file, vec![0x41u8; 4 << 20])?;
+    let host_file = file.clone();
+    let host = std::thread::spawn(move || {
+        if !wait_for_mapping(&host_file) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&host_file)
+            .and_then(|f| f.set_len(0))
+            .is_ok()
+    });
+    let out = dax_guest(
+        &s,
+        "",
+        "ferry-dax spin /mnt/t.bin 6 || exit 1\n\
+         echo still-here > /mnt/after.txt && cat /mnt/after.txt",
+    )
+    .run()?;
+    let truncated = host.join().unwrap_or(false);
+    check(truncated, "the host never truncated the file", &out)?;
+    guest_ok(&out, 0)?;
+    let spin = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("spin done"))
+        .unwrap_or("");
+    let count = |k: &str| {
+        spin.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    check(
+        count("sigbus") + count("zero-pages") > 0,
+        "the guest never noticed the truncation",
+        &out,
+    )?;
+    check(
+        out.stderr.contains("truncated on the host"),
+        "Ferry did not warn about the truncation",
+        &out,
+    )?;
+    check(
+        s.read("after.txt") == "still-here\n",
+        "the guest could not go on using the share",
+        &out,
+    )
+}
+
+fn readonly_share_maps_read_only() -> TestResult {
+    let s = Share::new("dax_readonly");
+    fs::write(s.path("f.bin"), "read-only content\n")?;
+    let out = dax_guest(
+        &s,
+        ",readonly=on",
+        "echo \"mapped:$(ferry-dax cat /mnt/f.bin)\"\n\
+         ferry-dax poke /mnt/f.bin 0 X && exit 1\n\
+         exit 0",
+    )
+    .run()?;
+    guest_ok(&out, 0)?;
+    check(
+        printed(&out, "mapped") == Some("read-only content"),
+        "mapping a read-only share failed",
+        &out,
+    )?;
+    check(
+        s.read("f.bin") == "read-only content\n",
+        "the read-only share changed",
+        &out,
+    )?;
+    counter_is(&out, "setupmapping", |n| n > 0)
+}
+
+pub fn trials() -> Vec<Trial> {
+    let t = |name: &str, f: fn() -> TestResult| Trial::test(format!("dax::{name}"), f);
+    vec![
+        t(
+            "mmap_read_goes_through_the_window",
+            mmap_read_goes_through_the_window,
+        ),
+        t(
+            "mmap_is_coherent_with_the_host",
+            mmap_is_coherent_with_the_host,
+        ),
+        t(
+            "two_vms_see_each_others_mmap_writes",
+            two_vms_see_each_others_mmap_writes,
+        ),
+        t("file_four_times_the_window", file_four_times_the_window),
+        t(
+            "random_workload_matches_a_model",
+            random_workload_matches_a_model,
+        ),
+        t(
+            "host_truncation_does_not_kill_the_guest",
+            host_truncation_does_not_kill_the_guest,
+        ),
+        t(
+            "readonly_share_maps_read_only",
+            readonly_share_maps_read_only,
+        ),
+    ]
+}
