@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
@@ -36,6 +36,9 @@ struct Mapping {
     file: Arc<File>,
     foffset: u64,
     writable: bool,
+    /// The first `backed` bytes map the file; the rest is parked on zero
+    /// pages because the file was truncated (see `repair_truncated`).
+    backed: u64,
 }
 
 type Mappings = BTreeMap<u64, Mapping>;
@@ -62,6 +65,8 @@ pub struct DaxWindow {
     guest_addr: AtomicU64,
     /// Mappings by window offset; they never overlap.
     mappings: RwLock<Mappings>,
+    /// How many mappings have parked pages.
+    parked: AtomicUsize,
 }
 
 fn einval(what: String) -> io::Error {
@@ -100,6 +105,7 @@ impl DaxWindow {
             page,
             guest_addr: AtomicU64::new(NOT_SHOWN),
             mappings: RwLock::new(BTreeMap::new()),
+            parked: AtomicUsize::new(0),
         })
     }
 
@@ -177,7 +183,7 @@ impl DaxWindow {
 
     /// Bytes of host files mapped right now.
     pub fn mapped_bytes(&self) -> u64 {
-        self.read().values().map(|m| m.len).sum()
+        self.read().values().map(|m| m.backed).sum()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Mappings> {
@@ -244,6 +250,7 @@ impl DaxWindow {
             )
         };
         carve(&mut mappings, moffset, len);
+        self.recount(&mappings);
         if addr == libc::MAP_FAILED {
             let err = io::Error::last_os_error();
             // A failed MAP_FIXED may already have unmapped the old pages:
@@ -258,6 +265,7 @@ impl DaxWindow {
                 file: Arc::new(File::from(file)),
                 foffset,
                 writable,
+                backed: len,
             },
         );
         Ok(())
@@ -283,6 +291,7 @@ impl DaxWindow {
             self.reserve(moffset, len)?;
             carve(&mut mappings, moffset, len);
         }
+        self.recount(&mappings);
         Ok(())
     }
 
@@ -291,6 +300,7 @@ impl DaxWindow {
         let mut mappings = self.write();
         self.reserve(0, self.size)?;
         mappings.clear();
+        self.recount(&mappings);
         Ok(())
     }
 
@@ -317,40 +327,67 @@ impl DaxWindow {
         repaired
     }
 
-    /// Replaces the window pages that lie past the end of their (host
-    /// truncated) file with zero pages. Returns the bytes replaced. Cheap
-    /// when nothing was truncated (one `fstat` per mapped file, under the
-    /// read lock), so the VMM also calls it periodically: KVM does not
-    /// always report the failed access, it may retry it forever.
+    /// Parks the window pages that lie past the end of their (truncated)
+    /// file: zero pages replace them, which KVM can always back. Returns
+    /// the bytes parked. Cheap when nothing changed (one `fstat` per mapped
+    /// file, under the read lock), so the VMM calls it every second: KVM
+    /// does not always report the failed access, it may retry it forever.
     pub fn repair_truncated(&self) -> u64 {
-        if self.past_eof(&self.read()).is_empty() {
+        self.rebalance(true)
+    }
+
+    /// Maps the file back over parked pages that its file covers again (it
+    /// grew). The guest's own truncations park pages too, and the guest
+    /// keeps its mappings across truncate and extend, so every request
+    /// that may grow a file is followed by this. Returns the bytes restored.
+    pub fn restore_grown(&self) -> u64 {
+        if self.parked.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        self.rebalance(false)
+    }
+
+    /// Parks (`park`) or restores mappings whose file-backed part no longer
+    /// matches their file's size.
+    fn rebalance(&self, park: bool) -> u64 {
+        if self.out_of_step(&self.read(), park).is_empty() {
             return 0;
         }
         let mut mappings = self.write();
-        let mut repaired = 0;
-        for (moffset, keep) in self.past_eof(&mappings) {
-            let Some(len) = mappings.get(&moffset).map(|m| m.len) else {
+        let mut moved = 0;
+        for (moffset, keep) in self.out_of_step(&mappings, park) {
+            let Some(m) = mappings.get_mut(&moffset) else {
                 continue;
             };
-            if self.fill_anonymous(moffset + keep, len - keep).is_err() {
-                continue;
-            }
-            repaired += len - keep;
-            if keep == 0 {
-                mappings.remove(&moffset);
-            } else if let Some(m) = mappings.get_mut(&moffset) {
-                m.len = keep;
+            let done = if park {
+                self.fill_anonymous(moffset + keep, m.backed - keep)
+            } else {
+                self.map_file(m, moffset, m.backed, keep - m.backed)
+            };
+            if done.is_ok() {
+                moved += keep.abs_diff(m.backed);
+                m.backed = keep;
             }
         }
-        repaired
+        self.recount(&mappings);
+        moved
     }
 
-    /// Mappings reaching past the end of their file: (window offset, bytes
-    /// still inside the file).
-    fn past_eof(&self, mappings: &Mappings) -> Vec<(u64, u64)> {
+    fn recount(&self, mappings: &Mappings) {
+        let parked = mappings.values().filter(|m| m.backed < m.len).count();
+        self.parked.store(parked, Ordering::Release);
+    }
+
+    /// Mappings to park (file-backed past their file's end) or to restore
+    /// (parked pages their file covers again): (window offset, bytes the
+    /// file covers now).
+    fn out_of_step(&self, mappings: &Mappings, park: bool) -> Vec<(u64, u64)> {
         let mut sizes: HashMap<*const File, u64> = HashMap::new();
         let mut found = Vec::new();
         for (&moffset, m) in mappings.iter() {
+            if !park && m.backed == m.len {
+                continue;
+            }
             let size = *sizes
                 .entry(Arc::as_ptr(&m.file))
                 .or_insert_with(|| m.file.metadata().map_or(u64::MAX, |md| md.len()));
@@ -359,11 +396,37 @@ impl DaxWindow {
                 .unwrap_or(u64::MAX)
                 .saturating_sub(m.foffset)
                 .min(m.len);
-            if keep < m.len {
+            if (park && keep < m.backed) || (!park && keep > m.backed) {
                 found.push((moffset, keep));
             }
         }
         found
+    }
+
+    /// Maps `len` bytes of `m`'s file, `skip` bytes into the mapping at
+    /// window offset `moffset`.
+    fn map_file(&self, m: &Mapping, moffset: u64, skip: u64, len: u64) -> io::Result<()> {
+        let prot = if m.writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: inside our reservation (the mapping was checked when
+        // made); callers hold the write lock, so no worker copies there.
+        let addr = unsafe {
+            libc::mmap(
+                (self.base as u64 + moffset + skip) as *mut libc::c_void,
+                len as usize,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                m.file.as_raw_fd(),
+                (m.foffset + skip) as libc::off_t,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Makes `[moffset, moffset + len)` inaccessible again.
@@ -424,6 +487,7 @@ fn carve(mappings: &mut BTreeMap<u64, Mapping>, start: u64, len: u64) {
                     file: old.file.clone(),
                     foffset: old.foffset,
                     writable: old.writable,
+                    backed: old.backed.min(start - m),
                 },
             );
         }
@@ -436,6 +500,7 @@ fn carve(mappings: &mut BTreeMap<u64, Mapping>, start: u64, len: u64) {
                     foffset: old.foffset + (end - m),
                     file: old.file,
                     writable: old.writable,
+                    backed: (m + old.backed).saturating_sub(end).min(old_end - end),
                 },
             );
         }
@@ -604,6 +669,14 @@ mod tests {
         assert_eq!(byte_at(&w, 3 * 4096 + 5), 0);
         assert_eq!(w.mapped_bytes(), 2 * 4096);
         assert_eq!(w.handle_fault(None), 0);
+        // The file grows back (the guest truncated and re-extended it):
+        // the file shows through again.
+        assert_eq!(w.restore_grown(), 0);
+        f.set_len(4 * 4096).unwrap();
+        std::fs::write(&path, [8u8; 4 * 4096]).unwrap();
+        assert_eq!(w.restore_grown(), 2 * 4096);
+        assert_eq!(byte_at(&w, 3 * 4096), 8);
+        assert_eq!(w.mapped_bytes(), 4 * 4096);
         let _ = std::fs::remove_file(path);
     }
 

@@ -34,6 +34,11 @@ pub fn changes_dax_mappings(opcode: u32) -> bool {
     opcode == SETUPMAPPING || opcode == REMOVEMAPPING
 }
 
+/// WRITE, SETATTR, FALLOCATE, COPY_FILE_RANGE: may make a file longer.
+pub fn may_grow_file(opcode: u32) -> bool {
+    matches!(opcode, SETATTR | WRITE | FALLOCATE | COPY_FILE_RANGE)
+}
+
 /// The errno to answer with instead of serving the request, if any.
 pub fn refuse<S: vm_memory::bitmap::BitmapSlice>(
     header: &InHeader,

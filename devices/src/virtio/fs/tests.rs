@@ -78,6 +78,10 @@ fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
 
 impl Harness {
     fn new(readonly: bool) -> Harness {
+        Harness::with_dax(readonly, None)
+    }
+
+    fn with_dax(readonly: bool, dax: Option<Arc<DaxWindow>>) -> Harness {
         let dir = std::env::temp_dir().join(format!(
             "ferry-fs-unit-{}-{:?}",
             std::process::id(),
@@ -119,7 +123,7 @@ impl Harness {
             server: Arc::new(fs.server().unwrap()),
             readonly,
             stats: fs.stats(),
-            dax: None,
+            dax: dax.map(super::dax::DaxRequests),
         };
         Harness {
             mem,
@@ -432,6 +436,60 @@ fn readonly_share_refuses_writable_dax_mappings() {
     assert_eq!(error, -libc::EROFS);
     let (_, error, _) = h.request(&setupmapping(2));
     assert_ne!(error, -libc::EROFS, "a read-only mapping is no write");
+    h.still_serves();
+}
+
+fn setupmapping(nodeid: u64, foffset: u64, len: u64, flags: u64, moffset: u64) -> Vec<u8> {
+    // struct fuse_setupmapping_in { fh, foffset, len, flags, moffset }
+    let mut body = Vec::new();
+    for w in [0u64, foffset, len, flags, moffset] {
+        body.extend_from_slice(&w.to_le_bytes());
+    }
+    fuse_request(48, 10, nodeid, &body)
+}
+
+fn removemapping(nodeid: u64, ranges: &[(u64, u64)]) -> Vec<u8> {
+    // struct fuse_removemapping_in { u32 count; } then { moffset, len } each
+    let mut body = (ranges.len() as u32).to_le_bytes().to_vec();
+    for (moffset, len) in ranges {
+        body.extend_from_slice(&moffset.to_le_bytes());
+        body.extend_from_slice(&len.to_le_bytes());
+    }
+    fuse_request(49, 11, nodeid, &body)
+}
+
+#[test]
+fn dax_requests_are_checked_before_mapping() {
+    const MIB: u64 = 1 << 20;
+    let window = Arc::new(DaxWindow::new(4 * MIB).unwrap());
+    let mut h = Harness::with_dax(false, Some(window.clone()));
+    h.init();
+    let (_, error, reply) = h.lookup(b"file");
+    assert_eq!(error, 0);
+    let node = u64::from_le_bytes(reply[16..24].try_into().unwrap());
+    // Outside the window, overflowing, misaligned: error replies, nothing mapped.
+    for (foffset, len, moffset) in [
+        (0, 2 * MIB, 4 * MIB),
+        (0, 2 * MIB, 3 * MIB),
+        (0, u64::MAX - 4095, 2 * MIB),
+        (0, 2 * MIB, 100),
+        (1, 2 * MIB, 0),
+    ] {
+        let (_, error, _) = h.request(&setupmapping(node, foffset, len, 2, moffset));
+        assert_ne!(error, 0, "SETUPMAPPING {foffset:#x} {len:#x} {moffset:#x}");
+        assert_eq!(window.mapped_bytes(), 0);
+    }
+    let (_, error, _) = h.request(&setupmapping(node, 0, 2 * MIB, 3, 2 * MIB));
+    assert_eq!(error, 0);
+    assert_eq!(window.mapped_bytes(), 2 * MIB);
+    for bad in [(2 * MIB, u64::MAX - 1), (4 * MIB, 4096), (1, 4096)] {
+        let (_, error, _) = h.request(&removemapping(node, &[bad]));
+        assert_ne!(error, 0, "REMOVEMAPPING {bad:?}");
+        assert_eq!(window.mapped_bytes(), 2 * MIB);
+    }
+    let (_, error, _) = h.request(&removemapping(node, &[(2 * MIB, 2 * MIB)]));
+    assert_eq!(error, 0);
+    assert_eq!(window.mapped_bytes(), 0);
     h.still_serves();
 }
 

@@ -167,8 +167,16 @@ impl QueueWorker {
             .dax
             .as_mut()
             .map(|d| d as &mut dyn fuse_backend_rs::transport::FsCacheReqHandler);
-        self.server
+        let served = self
+            .server
             .handle_message(reader, writer.into(), dax, None)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        drop(pin);
+        // A file the guest truncated (its DAX pages parked) may have grown
+        // again: map it back before the guest hears of the new size.
+        if let Some(w) = window.filter(|_| filter::may_grow_file(header.opcode)) {
+            w.restore_grown();
+        }
+        served
     }
 }
