@@ -43,8 +43,8 @@ pub struct Activation {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
-    #[error("queue {0} is not ready; the device needs all of its queues")]
-    QueueNotReady(usize),
+    #[error("no request queue is ready; the device needs at least one")]
+    NoRequestQueue,
     #[error("cannot start the device: {0}")]
     Start(String),
 }

@@ -151,11 +151,10 @@ impl VirtioDevice for VirtioFs {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let expected = 1 + usize::from(self.share.request_queues);
-        if let Some(missing) =
-            (0..expected).find(|i| !activation.queues.iter().any(|q| q.index == *i))
-        {
-            return Err(ActivateError::QueueNotReady(missing));
+        // A driver may use fewer request queues than offered (Linux: no
+        // more than it has CPUs); it needs at least one.
+        if !activation.queues.iter().any(|q| q.index >= 1) {
+            return Err(ActivateError::NoRequestQueue);
         }
         self.reset();
         let server = Arc::new(self.server().map_err(|e| {
@@ -164,8 +163,9 @@ impl VirtioDevice for VirtioFs {
         let stop =
             EventFd::new(libc::EFD_NONBLOCK).map_err(|e| ActivateError::Start(e.to_string()))?;
         log::info!(
-            "virtio-fs '{}': active, {} request queue(s), features {:#x}",
+            "virtio-fs '{}': active, {} of {} request queue(s) in use, features {:#x}",
             self.share.tag,
+            activation.queues.iter().filter(|q| q.index >= 1).count(),
             self.share.request_queues,
             activation.features
         );

@@ -508,3 +508,42 @@ fn device_nodes_are_never_created() {
     assert!(!h._dir.0.join("share/sda").exists());
     h.still_serves();
 }
+
+fn activation(indexes: &[usize]) -> crate::virtio::Activation {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    crate::virtio::Activation {
+        mem: GuestMemoryAtomic::new(mem),
+        queues: indexes
+            .iter()
+            .map(|&index| crate::virtio::ActiveQueue {
+                index,
+                queue: Queue::new(QUEUE_LEN).unwrap(),
+                kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                vector: 0,
+            })
+            .collect(),
+        interrupt: Arc::new(CountingInterrupt::default()),
+        features: 0,
+    }
+}
+
+#[test]
+fn driver_may_use_fewer_request_queues_than_offered() {
+    let dir = std::env::temp_dir();
+    let mut fs = VirtioFs::new(FsShare {
+        tag: "q".into(),
+        path: dir,
+        request_queues: 4,
+        readonly: false,
+        cache: CacheMode::Auto,
+        dax_window: None,
+    })
+    .unwrap();
+    // Linux sets up no more request queues than it has CPUs.
+    assert!(fs.activate(activation(&[0, 1, 2])).is_ok());
+    fs.reset();
+    assert!(matches!(
+        fs.activate(activation(&[0])),
+        Err(ActivateError::NoRequestQueue)
+    ));
+}
