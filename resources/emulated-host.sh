@@ -11,7 +11,9 @@
 # read-only at its own path on top (so a clone under /tmp works too). Its output streams to the
 # console (stdout and stderr merged) and its exit status becomes this
 # script's. Environment: FERRY_EMU_MEMORY (default 6G), FERRY_EMU_CPUS
-# (default: this host's CPU count), FERRY_EMU_KERNEL (default: the project kernel),
+# (default: this host's CPU count, at least 4: with only 2, guests with 2
+# vCPUs under load triple-faulted or took the emulated host down now and
+# then; with 4, 10 runs in a row passed), FERRY_EMU_KERNEL (default: the project kernel),
 # FERRY_EMU_LOGLEVEL (the emulated host kernel's console loglevel, default 0;
 # 4 shows its warnings, such as soft lockups).
 set -euo pipefail
@@ -36,6 +38,9 @@ if [ ! -x "$exit_helper" ]; then
     exit 1
 fi
 
+emu_cpus=${FERRY_EMU_CPUS:-$(nproc)}
+[ -n "${FERRY_EMU_CPUS:-}" ] || [ "$emu_cpus" -ge 4 ] || emu_cpus=4
+
 case "$repo" in
     *[[:space:]]*) echo "emulated-host: the repository path '$repo' contains white space; move it" >&2; exit 1 ;;
 esac
@@ -59,7 +64,7 @@ cmdline+=" init=$here/emulated-host-init.sh ferry_exit=$exit_helper ferry_repo=$
 
 set +e
 "$qemu" -accel tcg,thread=multi -M pc -cpu max \
-    -m "${FERRY_EMU_MEMORY:-6G}" -smp "${FERRY_EMU_CPUS:-$(nproc)}" \
+    -m "${FERRY_EMU_MEMORY:-6G}" -smp "$emu_cpus" \
     -display none -vga none -no-reboot -nic none -monitor none -serial stdio \
     -device isa-debug-exit,iobase=0xf4,iosize=1 \
     -kernel "$kernel" -append "$cmdline" \
