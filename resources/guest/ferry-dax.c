@@ -1,6 +1,9 @@
 /* mmap tools for Ferry's DAX tests (guest side):
  *   ferry-dax cat PATH                  write the file to stdout through mmap
  *   ferry-dax poke PATH OFFSET TEXT     store TEXT through a shared mapping, msync
+ *   ferry-dax copy SRC DST              write(2) SRC's mapping into DST: the
+ *                                       buffer handed to the FUSE server is
+ *                                       itself a DAX mapping
  *   ferry-dax wait PATH OFFSET TEXT SEC poll one mapping until TEXT shows there
  *   ferry-dax spin PATH SEC             read a mapping over and over; count
  *                                       SIGBUS and zero pages (host truncation)
@@ -87,6 +90,26 @@ static void signal_mapped(const char *path)
     char name[4096];
     snprintf(name, sizeof(name), "%s.mapped", path);
     close(open(name, O_WRONLY | O_CREAT, 0644));
+}
+
+static int cmd_copy(const char *src, const char *dst)
+{
+    size_t len;
+    char *p = map_file(src, 0, &len);
+    if (!p)
+        return fail("mmap");
+    int fd = open(dst, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return fail("open");
+    for (size_t done = 0; done < len;) {
+        ssize_t n = write(fd, p + done, len - done);
+        if (n <= 0)
+            return fail("write");
+        done += n;
+    }
+    if (close(fd))
+        return fail("close");
+    return 0;
 }
 
 static int cmd_wait(const char *path, size_t off, const char *text, double secs)
@@ -366,6 +389,8 @@ int main(int argc, char **argv)
         return cmd_cat(argv[2]);
     if (!strcmp(op, "poke") && argc == 5)
         return cmd_poke(argv[2], strtoull(argv[3], NULL, 0), argv[4]);
+    if (!strcmp(op, "copy") && argc == 4)
+        return cmd_copy(argv[2], argv[3]);
     if (!strcmp(op, "wait") && argc == 6)
         return cmd_wait(argv[2], strtoull(argv[3], NULL, 0), argv[4], atof(argv[5]));
     if (!strcmp(op, "spin") && argc == 4)

@@ -118,7 +118,6 @@ fn add_pci_devices(
 ) -> Result<FsDevices> {
     check_unique_tags(&cli.fs).map_err(anyhow::Error::msg)?;
     let vm_ops: Arc<dyn VmOps> = Arc::new(KvmVmOps::new(vm.clone(), first_free_slot));
-    let shared_mem = GuestMemoryAtomic::new(mem.clone());
     let mut bars = AddressAllocator::new(MMIO32_START, MMIO32_BARS_SIZE);
     let mmio64 = mmio64_start(cli.memory);
     let mut bars64 = AddressAllocator::new(mmio64, MMIO64_END.saturating_sub(mmio64));
@@ -134,10 +133,12 @@ fn add_pci_devices(
             Some(size) => Some(bars64.allocate(size).with_context(context)?),
             None => None,
         };
+        // Each device's own view of guest memory: RAM plus its own DAX
+        // window, never another device's (whose pages it cannot check).
         let device = VirtioPciDevice::new(
             Box::new(fs),
             vm_ops.clone(),
-            shared_mem.clone(),
+            GuestMemoryAtomic::new(mem.clone()),
             bar,
             shm_bar,
         )

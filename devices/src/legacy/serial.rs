@@ -12,6 +12,9 @@ pub const COM1_IRQ: u32 = 4;
 pub const SERIAL_PORT_COUNT: u64 = 8;
 /// IER bit: interrupt when received data is available.
 const IER_RECEIVED_DATA: u8 = 0x01;
+const DATA: u8 = 0;
+const LSR: u8 = 5;
+const LSR_DATA_READY: u8 = 0x01;
 
 /// An interrupt line backed by an `EventFd` that KVM watches as an irqfd.
 pub struct EventFdTrigger(pub EventFd);
@@ -26,12 +29,16 @@ impl Trigger for EventFdTrigger {
 /// COM1. Output goes to `out`; input comes from [`Serial::enqueue_input`].
 pub struct Serial {
     uart: vm_superio::Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+    /// Input taken back from the FIFO when the guest stopped listening (the
+    /// tty was closed): the next driver start-up would read and drop it.
+    held: Vec<u8>,
 }
 
 impl Serial {
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
         Serial {
             uart: vm_superio::Serial::new(EventFdTrigger(irq), out),
+            held: Vec::new(),
         }
     }
 
@@ -71,8 +78,23 @@ impl BusDevice for Serial {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), [byte]) = (u8::try_from(offset), data) {
+            let listened = self.guest_listens();
             if let Err(e) = self.uart.write(off, *byte) {
                 log::debug!("serial: write at offset {off}: {e:?}");
+            }
+            match (listened, self.guest_listens()) {
+                (true, false) => {
+                    while self.uart.read(LSR) & LSR_DATA_READY != 0 {
+                        let b = self.uart.read(DATA);
+                        self.held.push(b);
+                    }
+                }
+                (false, true) if !self.held.is_empty() => {
+                    let held = std::mem::take(&mut self.held);
+                    let taken = self.uart.enqueue_raw_bytes(&held).unwrap_or(0);
+                    self.held = held[taken..].to_vec();
+                }
+                _ => {}
             }
         }
     }
@@ -122,6 +144,30 @@ mod tests {
         s.write(1, &[0x01]);
         assert!(s.input_capacity() > 0);
         assert_eq!(s.enqueue_input(b"late"), 4);
+    }
+
+    #[test]
+    fn input_survives_the_guest_closing_and_reopening_the_port() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(irq, Box::new(std::io::sink()));
+        s.write(1, &[0x01]);
+        assert_eq!(s.enqueue_input(b"echo"), 4);
+        // The tty closes (IER off), then the 8250 start-up reads RX once
+        // to clear it before enabling interrupts again.
+        s.write(1, &[0x00]);
+        let mut b = [0u8];
+        s.read(0, &mut b);
+        s.write(1, &[0x01]);
+        let mut got = Vec::new();
+        loop {
+            s.read(u64::from(LSR), &mut b);
+            if b[0] & LSR_DATA_READY == 0 {
+                break;
+            }
+            s.read(0, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, b"echo");
     }
 
     #[test]

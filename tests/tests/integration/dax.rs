@@ -292,6 +292,45 @@ fn host_truncation_does_not_kill_the_guest() -> TestResult {
     )
 }
 
+/// write(2) from a DAX mapping: the FUSE WRITE's buffers are window pages.
+/// Into the same share they are served (pinned); into another device's
+/// share they are not that device's memory: the write may fail, but Ferry
+/// carries on.
+fn buffers_in_the_window_are_served() -> TestResult {
+    let a = Share::new("dax_buffers_a");
+    let b = Share::new("dax_buffers_b");
+    let data = pseudo_random(4 << 20, 0xc0b1);
+    fs::write(a.path("src.bin"), &data)?;
+    let script = "mount -t virtiofs -o dax a /mnt || exit 90\n\
+                  mkdir -p /b && mount -t virtiofs b /b || exit 91\n\
+                  ferry-dax copy /mnt/src.bin /mnt/same.bin || exit 1\n\
+                  ferry-dax copy /mnt/src.bin /b/other.bin\n\
+                  echo \"other-status:$?\"\n\
+                  echo \"after:$(cat /mnt/src.bin | wc -c)\"";
+    let out = Guest::command(script)
+        .fs(&a.spec("a", ",dax=on"))
+        .fs(&b.spec("b", ""))
+        .deadline(Duration::from_secs(300))
+        .run()?;
+    guest_ok(&out, 0)?;
+    check(
+        fs::read(a.path("same.bin"))? == data,
+        "the copy within the DAX share differs",
+        &out,
+    )?;
+    let other_ok = printed(&out, "other-status") == Some("0");
+    check(
+        !other_ok || fs::read(b.path("other.bin"))? == data,
+        "a copy into the other share reported success but differs",
+        &out,
+    )?;
+    check(
+        printed(&out, "after") == Some((4 << 20).to_string().as_str()),
+        "the share stopped working",
+        &out,
+    )
+}
+
 fn readonly_share_maps_read_only() -> TestResult {
     let s = Share::new("dax_readonly");
     fs::write(s.path("f.bin"), "read-only content\n")?;
@@ -344,6 +383,10 @@ pub fn trials() -> Vec<Trial> {
         t(
             "readonly_share_maps_read_only",
             readonly_share_maps_read_only,
+        ),
+        t(
+            "buffers_in_the_window_are_served",
+            buffers_in_the_window_are_served,
         ),
     ]
 }
