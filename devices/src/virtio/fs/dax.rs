@@ -6,11 +6,14 @@
 //! again (`PROT_NONE`, as the whole reservation starts).
 //!
 //! Two things can make KVM fail to reach a window page: the guest touching
-//! an unmapped range, or a host process truncating a mapped file. Either
-//! way [`DaxWindow::handle_fault`] puts zero pages there so the guest goes
-//! on. Queue workers copy to and from window pages only after
-//! [`DaxWindow::pin`] checked that they are mapped, inside their file and
-//! writable as needed, and hold the pin until done.
+//! an unmapped range, or a file truncated under its mapping. Pages past a
+//! file's end are parked on zero pages ([`DaxWindow::repair_truncated`],
+//! every second and on a fault) and get the file back when it grows again
+//! ([`DaxWindow::restore_grown`]); an unmapped page the guest faulted on
+//! gets a zero page ([`DaxWindow::handle_fault`]). Queue workers copy to and
+//! from window pages only after [`DaxWindow::pin`] checked that they are
+//! mapped, inside their file and writable as needed, and hold the pin until
+//! done.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
