@@ -194,9 +194,11 @@ fn create_vcpus(
 }
 
 /// Puts zero pages behind DAX window pages whose file a host process
-/// truncated: a guest access there could otherwise fail inside KVM forever.
+/// truncated (a guest access there could otherwise fail inside KVM
+/// forever), and the file back where it grew again.
 fn repair_dax_windows(windows: &[Arc<DaxWindow>]) {
     for w in windows {
+        w.restore_grown();
         let repaired = w.repair_truncated();
         if repaired > 0 {
             log::warn!(
