@@ -36,7 +36,7 @@ pub struct Vcpu {
     pub epoch: Epoch,
     pub progress: Arc<VcpuProgress>,
     /// Checked when guest memory cannot be reached: a file mapped there
-    /// may have been truncated on the host.
+    /// may have been truncated.
     pub dax_windows: Vec<Arc<DaxWindow>>,
     /// KVM_RUN failed with EFAULT and was retried with nothing repaired.
     pub efault_retried: bool,
@@ -146,8 +146,8 @@ impl Vcpu {
         let at = gpa.map(|g| format!(" at {g:#x}")).unwrap_or_default();
         if repaired > 0 {
             log::warn!(
-                "vCPU {}: guest access{at} to a DAX window page the host cannot back (a file \
-                 truncated on the host, or an unmapped range); {} KiB now read as zeros",
+                "vCPU {}: guest access{at} to a DAX window page the host cannot back (past the end \
+                 of a truncated file, or an unmapped range); {} KiB now read as zeros",
                 self.id,
                 repaired >> 10
             );

@@ -193,17 +193,19 @@ fn create_vcpus(
         .collect()
 }
 
-/// Puts zero pages behind DAX window pages whose file a host process
-/// truncated (a guest access there could otherwise fail inside KVM
-/// forever), and the file back where it grew again.
+/// Puts zero pages behind DAX window pages past the end of their file (the
+/// guest or a host process truncated it; a guest access there could
+/// otherwise fail inside KVM forever), and the file back where it grew.
 fn repair_dax_windows(windows: &[Arc<DaxWindow>]) {
     for w in windows {
         w.restore_grown();
         let repaired = w.repair_truncated();
         if repaired > 0 {
-            log::warn!(
-                "a file mapped into a DAX window was truncated on the host; {} KiB past its \
-                 new end now read as zeros in the guest",
+            // Routine when the guest truncates files it has mapped, so
+            // not a warning.
+            log::info!(
+                "a file mapped into a DAX window shrank (truncated by the guest or on the host); \
+                 {} KiB past its new end read as zeros until it grows again",
                 repaired >> 10
             );
         }

@@ -37,6 +37,17 @@ pub fn guest_ok(out: &Outcome, status: i32) -> TestResult {
     )
 }
 
+/// The first line of `text` containing `marker` ("" if none).
+pub fn line_with<'a>(text: &'a str, marker: &str) -> &'a str {
+    text.lines().find(|l| l.contains(marker)).unwrap_or("")
+}
+
+/// The value of `key=value` in a line of such words.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
 /// Bad input: non-zero exit, a message naming `expect` on stderr, never a
 /// panic.
 pub fn rejects(args: &[String], expect: &str) -> TestResult {

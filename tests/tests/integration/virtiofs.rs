@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferry_tests::{test_dir, Guest, Outcome};
 use libtest_mimic::{Failed, Trial};
 
-use crate::{check, guest_ok, TestResult};
+use crate::{check, field, guest_ok, line_with, TestResult};
 
 /// A share directory and, beside it, a directory the guest must never reach.
 pub(crate) struct Share {
@@ -412,14 +412,9 @@ echo writers-done
         )?;
     }
     // More than one request queue served requests.
-    let line = out
-        .stderr
-        .lines()
-        .find(|l| l.contains("virtio-fs 'share' requests:"))
-        .unwrap_or("");
+    let line = line_with(&out.stderr, "virtio-fs 'share' requests:");
     let busy = (1..=4).filter(|q| {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("queue{q}=")))
+        field(line, &format!("queue{q}"))
             .and_then(|n| n.parse::<u64>().ok())
             .is_some_and(|n| n > 0)
     });

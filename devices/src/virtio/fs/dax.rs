@@ -229,48 +229,28 @@ impl DaxWindow {
                 "DAX file offset {foffset:#x} is not page-aligned"
             )));
         }
-        let writable = flags & MAP_FLAG_WRITE != 0;
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
         // SAFETY: `fd` is open for the duration of this call (the server
         // holds it); the clone is ours.
         let file = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
-        let mut mappings = self.write();
-        // SAFETY: the target lies inside our reservation (checked above);
-        // MAP_FIXED replaces only window pages, which workers touch only
-        // while pinned (and we hold the write lock).
-        let addr = unsafe {
-            libc::mmap(
-                (self.base as u64 + moffset) as *mut libc::c_void,
-                len as usize,
-                prot,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                file.as_raw_fd(),
-                foffset as libc::off_t,
-            )
+        let mapping = Mapping {
+            len,
+            file: Arc::new(File::from(file)),
+            foffset,
+            writable: flags & MAP_FLAG_WRITE != 0,
+            backed: len,
         };
+        let mut mappings = self.write();
+        let mapped = self.map_file(&mapping, moffset, 0, len);
         carve(&mut mappings, moffset, len);
-        self.recount(&mappings);
-        if addr == libc::MAP_FAILED {
-            let err = io::Error::last_os_error();
+        if let Err(err) = mapped {
             // A failed MAP_FIXED may already have unmapped the old pages:
             // never leave a hole in the reservation.
             self.reserve(moffset, len)?;
+            self.recount(&mappings);
             return Err(err);
         }
-        mappings.insert(
-            moffset,
-            Mapping {
-                len,
-                file: Arc::new(File::from(file)),
-                foffset,
-                writable,
-                backed: len,
-            },
-        );
+        mappings.insert(moffset, mapping);
+        self.recount(&mappings);
         Ok(())
     }
 
@@ -344,7 +324,7 @@ impl DaxWindow {
     /// keeps its mappings across truncate and extend, so every request
     /// that may grow a file is followed by this. Returns the bytes restored.
     pub fn restore_grown(&self) -> u64 {
-        if self.parked.load(Ordering::Acquire) == 0 {
+        if self.parked.load(Ordering::SeqCst) == 0 {
             return 0;
         }
         self.rebalance(false)
@@ -357,6 +337,12 @@ impl DaxWindow {
             return 0;
         }
         let mut mappings = self.write();
+        if park {
+            // Announce the park before sampling file sizes: a request that
+            // grows a file and then finds `parked` still 0 did so before
+            // this point, so the sizes read below already include it.
+            self.parked.fetch_add(1, Ordering::SeqCst);
+        }
         let mut moved = 0;
         for (moffset, keep) in self.out_of_step(&mappings, park) {
             let Some(m) = mappings.get_mut(&moffset) else {
@@ -378,7 +364,7 @@ impl DaxWindow {
 
     fn recount(&self, mappings: &Mappings) {
         let parked = mappings.values().filter(|m| m.backed < m.len).count();
-        self.parked.store(parked, Ordering::Release);
+        self.parked.store(parked, Ordering::SeqCst);
     }
 
     /// Mappings to park (file-backed past their file's end) or to restore
@@ -407,15 +393,16 @@ impl DaxWindow {
     }
 
     /// Maps `len` bytes of `m`'s file, `skip` bytes into the mapping at
-    /// window offset `moffset`.
+    /// window offset `moffset`, writable if `m` is.
     fn map_file(&self, m: &Mapping, moffset: u64, skip: u64, len: u64) -> io::Result<()> {
         let prot = if m.writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
             libc::PROT_READ
         };
-        // SAFETY: inside our reservation (the mapping was checked when
-        // made); callers hold the write lock, so no worker copies there.
+        // SAFETY: inside our reservation (callers checked the range);
+        // MAP_FIXED replaces only window pages, and callers hold the write
+        // lock, so no worker is copying there.
         let addr = unsafe {
             libc::mmap(
                 (self.base as u64 + moffset + skip) as *mut libc::c_void,
@@ -680,6 +667,42 @@ mod tests {
         assert_eq!(w.restore_grown(), 2 * 4096);
         assert_eq!(byte_at(&w, 3 * 4096), 8);
         assert_eq!(w.mapped_bytes(), 4 * 4096);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_file_grown_while_being_parked_shows_through() {
+        // The guest truncates and re-extends a file it has mapped while
+        // the VMM's periodic check parks pages past the (old) end: once
+        // the extending request has called `restore_grown`, the window
+        // must show the file again, never a parked zero page.
+        let w = Arc::new(DaxWindow::new(2 * MIB).unwrap());
+        let (path, f) = temp_file("race", &[0u8; 4 * 4096]);
+        w.map(0, 0, 4 * 4096, MAP_FLAG_READ, f.as_raw_fd()).unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checker = {
+            let (w, done) = (w.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    w.repair_truncated();
+                }
+            })
+        };
+        let mut stale = 0;
+        for i in 0..20_000u32 {
+            let value = (i % 250) as u8 + 1;
+            f.set_len(4096).unwrap();
+            w.restore_grown();
+            f.set_len(4 * 4096).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, &[value], 3 * 4096).unwrap();
+            w.restore_grown();
+            if byte_at(&w, 3 * 4096) != value {
+                stale += 1;
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        checker.join().unwrap();
+        assert_eq!(stale, 0, "parked pages hid a grown file");
         let _ = std::fs::remove_file(path);
     }
 
