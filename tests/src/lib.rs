@@ -209,9 +209,22 @@ pub fn run_ferry(
     stdin: Option<&[u8]>,
     deadline: Duration,
 ) -> Result<Outcome, String> {
+    run_ferry_with(args, stdin, deadline, |_| {})
+}
+
+/// [`run_ferry`] with `setup` applied to the command first (its working
+/// directory, its environment).
+pub fn run_ferry_with(
+    args: &[String],
+    stdin: Option<&[u8]>,
+    deadline: Duration,
+    setup: impl FnOnce(&mut Command),
+) -> Result<Outcome, String> {
     let bin = ferry_bin()?;
     let start = Instant::now();
-    let mut child = Command::new(&bin)
+    let mut command = Command::new(&bin);
+    setup(&mut command);
+    let mut child = command
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -376,6 +389,20 @@ pub fn test_dir(name: &str) -> PathBuf {
         .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("test dir");
+    dir
+}
+
+/// A fresh, empty directory for one test outside `/tmp`, `/run` and
+/// `/var/tmp` (which `ferry run` guests replace with their own tmpfs), so
+/// the guest sees it through the host root: `target/scratch` (a tmpfs of
+/// its own inside the emulated KVM host).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = repo_root()
+        .join("target/scratch")
+        .join(format!("ferry-tests-{}", std::process::id()))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
 

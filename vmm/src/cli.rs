@@ -1,9 +1,11 @@
 //! Command line: flags in the style of Cloud Hypervisor, checked before any
 //! KVM object exists so that bad input is a one-line error.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use ferry_arch::mptable::MAX_CPUS;
 
@@ -15,14 +17,41 @@ pub const MIN_MEMORY: u64 = 32 << 20;
     name = "ferry",
     version,
     about = "A small KVM hypervisor that boots Linux and shares host directories with it",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
     after_help = "The guest leaves by writing its exit status to I/O port 0xf4 \
                   (Ferry exits with that status), by rebooting (exit 0) or by a \
                   triple fault (exit 0). Ferry's own failures exit 1; usage errors exit 2."
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub boot: BootArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one command in a throwaway microVM that sees the host's files:
+    /// the host's / read-only, the current directory (and each --rw PATH)
+    /// read-write at the same path. Exits with the command's status.
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
+}
+
+const RUN_HELP: &str = "Exit status: the command's; 128+N if a signal N killed it; \
+    124 when --timeout ends it; 125 when Ferry or the guest failed before the command \
+    finished; 126 if the command cannot be executed; 127 if it is not found; 130/143 \
+    when Ferry gets SIGINT/SIGTERM. The command's stdout and stderr arrive on Ferry's \
+    stdout and stderr; its stdin is /dev/null.";
+
+/// `ferry --kernel ...`: boot a kernel with a console on the terminal.
+#[derive(Args, Debug, Clone)]
+pub struct BootArgs {
     /// Kernel to boot: a bzImage, or an ELF vmlinux (PVH entry if it has one).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required = true)]
+    pub kernel: Option<PathBuf>,
 
     /// Initramfs (cpio archive, optionally compressed) handed to the kernel.
     #[arg(long, value_name = "PATH")]
@@ -33,6 +62,47 @@ pub struct Cli {
     #[arg(long, value_name = "STR", default_value = "")]
     pub cmdline: String,
 
+    #[command(flatten)]
+    pub machine: MachineArgs,
+}
+
+/// `ferry run [OPTIONS] -- CMD [ARGS...]`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Kernel to boot (default: the project's guest kernel, see README).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Also share this host directory read-write at the same path
+    /// (repeatable). The current directory always is.
+    #[arg(long, value_name = "PATH")]
+    pub rw: Vec<PathBuf>,
+
+    /// Stop the VM and exit 124 after this long: 30s, 2m, 1h30m, 500ms
+    /// (a bare number is seconds).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Extra kernel command line words.
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+
+    #[command(flatten)]
+    pub machine: MachineArgs,
+
+    /// The command and its arguments, run in the current directory.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// The machine: CPUs, memory, shares, logging. Both ways of running have it.
+#[derive(Args, Debug, Clone)]
+pub struct MachineArgs {
     /// Number of vCPUs (1 to 32).
     #[arg(long, default_value_t = 1, value_parser = parse_cpus)]
     pub cpus: u8,
@@ -45,6 +115,7 @@ pub struct Cli {
     /// tag=NAME,path=DIR[,queues=N][,readonly=on][,cache=auto|always|never]
     /// [,dax=on][,cache-size=SIZE (DAX window, default 1G)].
     /// In the guest: mount -t virtiofs NAME /mnt (-o dax with a DAX window).
+    /// Under `ferry run` the guest mounts it at DIR itself.
     #[arg(long = "fs", value_name = "OPTIONS", value_parser = crate::fs_option::parse_fs)]
     pub fs: Vec<ferry_devices::virtio::fs::FsShare>,
 
@@ -56,6 +127,29 @@ pub struct Cli {
     /// off) for this many seconds. 0 turns the check off.
     #[arg(long, default_value_t = 3, value_name = "SECONDS")]
     pub stall_timeout: u64,
+}
+
+impl Cli {
+    pub fn machine(&self) -> &MachineArgs {
+        match &self.command {
+            Some(Command::Run(run)) => &run.machine,
+            None => &self.boot.machine,
+        }
+    }
+}
+
+/// `30s`, `2m`, `1h30m`, `500ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let d = match t.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(t)
+            .map_err(|e| format!("'{s}' is not a duration (examples: 30s, 2m, 500ms): {e}"))?,
+    };
+    if d.is_zero() {
+        return Err(format!("'{s}': the timeout must be longer than 0"));
+    }
+    Ok(d)
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
@@ -158,6 +252,37 @@ mod tests {
         assert!(parse_cpus("33").is_err());
         assert!(parse_cpus("x").is_err());
         assert_eq!(parse_cpus("32"), Ok(32));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-3s").is_err());
+    }
+
+    #[test]
+    fn run_takes_the_command_after_its_options() {
+        let cli =
+            Cli::try_parse_from(["ferry", "run", "--timeout", "5s", "--", "ls", "-l"]).unwrap();
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("not a run")
+        };
+        assert_eq!(run.command, ["ls", "-l"]);
+        assert_eq!(run.timeout, Some(Duration::from_secs(5)));
+        // Without `--` too, and options of the command stay its own.
+        let cli = Cli::try_parse_from(["ferry", "run", "sh", "-c", "exit 7"]).unwrap();
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("not a run")
+        };
+        assert_eq!(run.command, ["sh", "-c", "exit 7"]);
+        assert!(Cli::try_parse_from(["ferry", "run"]).is_err(), "no command");
+        assert!(Cli::try_parse_from(["ferry"]).is_err(), "no kernel");
+        assert!(Cli::try_parse_from(["ferry", "--kernel", "k"]).is_ok());
     }
 
     #[test]

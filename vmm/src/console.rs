@@ -9,14 +9,20 @@ use vmm_sys_util::eventfd::EventFd;
 
 use ferry_devices::legacy::Serial;
 
-/// Unbuffered stdout: the guest's prompt must appear before its newline.
-pub struct RawStdout;
+/// Unbuffered writes to one of Ferry's own descriptors: the guest's prompt
+/// must appear before its newline.
+pub struct FdWriter(i32);
 
-impl Write for RawStdout {
+impl FdWriter {
+    pub const STDOUT: FdWriter = FdWriter(1);
+    pub const STDERR: FdWriter = FdWriter(2);
+}
+
+impl Write for FdWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
-            // SAFETY: writes from a valid buffer to fd 1.
-            let n = unsafe { libc::write(1, buf.as_ptr().cast(), buf.len()) };
+            // SAFETY: writes from a valid buffer to a descriptor we keep open.
+            let n = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
             if n >= 0 {
                 return Ok(n as usize);
             }

@@ -15,11 +15,17 @@ const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 /// Blocks the stop signals in the calling thread (and every thread it
 /// starts afterwards) and returns a signalfd that receives them.
 pub fn take_stop_signals() -> io::Result<OwnedFd> {
+    signalfd_for(&STOP_SIGNALS)
+}
+
+/// Blocks `signals` in the calling thread (and the threads it starts
+/// afterwards) and returns a non-blocking signalfd that receives them.
+pub fn signalfd_for(signals: &[i32]) -> io::Result<OwnedFd> {
     // SAFETY: plain libc signal-set manipulation on local structs.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in STOP_SIGNALS {
+        for &sig in signals {
             libc::sigaddset(&mut set, sig);
         }
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {

@@ -20,6 +20,8 @@ pub enum ExitReason {
     KvmError(String),
     /// Ferry was told to stop by a signal.
     Signal(i32),
+    /// `ferry run --timeout` ran out.
+    Timeout(std::time::Duration),
 }
 
 impl ExitReason {
@@ -29,6 +31,8 @@ impl ExitReason {
             ExitReason::Reset | ExitReason::TripleFault => 0,
             ExitReason::Stalled(_) | ExitReason::KvmError(_) => 1,
             ExitReason::Signal(sig) => 128 + sig,
+            // As GNU timeout(1).
+            ExitReason::Timeout(_) => 124,
         }
     }
 }
@@ -98,5 +102,7 @@ mod tests {
         assert_eq!(ExitReason::TripleFault.exit_code(), 0);
         assert_eq!(ExitReason::Stalled(String::new()).exit_code(), 1);
         assert_eq!(ExitReason::Signal(15).exit_code(), 143);
+        let timeout = ExitReason::Timeout(std::time::Duration::from_secs(1));
+        assert_eq!(timeout.exit_code(), 124);
     }
 }

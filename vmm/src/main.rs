@@ -8,6 +8,7 @@ mod exit;
 mod fs_option;
 mod loader;
 mod memory;
+mod run;
 mod terminal;
 mod vcpu;
 mod vm;
@@ -17,19 +18,40 @@ mod watchdog;
 use clap::Parser;
 
 fn main() {
+    // Under `ferry run` this binary is also the guest's init.
+    run::guest_init::run_if_guest_init();
     let cli = cli::Cli::parse();
     env_logger::Builder::new()
-        .filter_level(cli.log_level)
+        .filter_level(cli.machine().log_level)
         .parse_env("RUST_LOG")
         .format_target(false)
         .init();
-    let code = match vm::run(&cli) {
-        Ok(code) => code,
+    let code = match cli.command {
+        Some(cli::Command::Run(args)) => run::run(&args),
+        None => boot(cli.boot),
+    };
+    std::process::exit(code);
+}
+
+/// `ferry --kernel ...`: the console on this terminal, the guest's status
+/// as Ferry's.
+fn boot(args: cli::BootArgs) -> i32 {
+    let config = vm::VmConfig {
+        boot: args,
+        console: vm::ConsoleMode::Terminal,
+        timeout: None,
+    };
+    match vm::run(config) {
+        Ok(reason) => {
+            if let exit::ExitReason::Stalled(msg) | exit::ExitReason::KvmError(msg) = &reason {
+                eprintln!("ferry: {msg}");
+            }
+            reason.exit_code()
+        }
         Err(e) => {
             // One line: the error and its causes.
             eprintln!("ferry: {e:#}");
             1
         }
-    };
-    std::process::exit(code);
+    }
 }

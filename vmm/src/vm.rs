@@ -13,8 +13,8 @@ use vmm_sys_util::signal::Killable;
 use ferry_arch::layout::{mmio64_start, MMIO32_BARS_SIZE, MMIO32_START, MMIO64_END};
 use ferry_arch::{cpuid, lapic, mptable, msr, regs};
 use ferry_devices::legacy::{
-    ExitPort, Serial, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042, I8042_PORT, I8042_PORT_COUNT,
-    SERIAL_PORT_COUNT,
+    ExitPort, HostStreams, Serial, COM1_IRQ, COM1_PORT, EXIT_PORT, HOST_STREAM_PORT,
+    HOST_STREAM_PORT_COUNT, I8042, I8042_PORT, I8042_PORT_COUNT, SERIAL_PORT_COUNT,
 };
 use ferry_devices::pci::{PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT};
 use ferry_devices::virtio::fs::{DaxWindow, FsStats, VirtioFs};
@@ -27,8 +27,8 @@ use crate::allocator::AddressAllocator;
 use crate::fs_option::check_unique_tags;
 use crate::vm_ops::KvmVmOps;
 
-use crate::cli::Cli;
-use crate::console::{RawStdout, StdinToSerial};
+use crate::cli::BootArgs;
+use crate::console::{FdWriter, StdinToSerial};
 use crate::control::{take_stop_signals, Control};
 use crate::exit::{ExitReason, VmExit};
 use crate::loader::{build_cmdline, load_kernel, KernelEntry};
@@ -43,6 +43,23 @@ const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
 const INPUT_RETRY_MS: i32 = 10;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Everything that describes one VM run.
+pub struct VmConfig {
+    /// `boot.kernel` must be set.
+    pub boot: BootArgs,
+    pub console: ConsoleMode,
+    /// Stop the VM after this long (`ExitReason::Timeout`).
+    pub timeout: Option<Duration>,
+}
+
+/// Where COM1 goes.
+pub enum ConsoleMode {
+    /// Stdin in, stdout out, the terminal in raw mode meanwhile.
+    Terminal,
+    /// Output only, into this sink; no input.
+    Captured(Box<dyn std::io::Write + Send>),
+}
 
 fn open_kvm() -> Result<Kvm> {
     let kvm =
@@ -82,11 +99,16 @@ struct LegacyDevices {
     reset: EventFd,
 }
 
-fn add_legacy_devices(vm: &VmFd, io_bus: &Bus, exit: &Arc<VmExit>) -> Result<LegacyDevices> {
+fn add_legacy_devices(
+    vm: &VmFd,
+    io_bus: &Bus,
+    exit: &Arc<VmExit>,
+    console_out: Box<dyn std::io::Write + Send>,
+) -> Result<LegacyDevices> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK)?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .context("irqfd for COM1")?;
-    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, Box::new(RawStdout))));
+    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, console_out)));
     io_bus.insert(serial.clone(), COM1_PORT, SERIAL_PORT_COUNT)?;
 
     let reset = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -95,6 +117,13 @@ fn add_legacy_devices(vm: &VmFd, io_bus: &Bus, exit: &Arc<VmExit>) -> Result<Leg
 
     let exit_port = Arc::new(Mutex::new(ExitPort::new(exit.clone())));
     io_bus.insert(exit_port, EXIT_PORT, 1)?;
+
+    let streams = HostStreams::new(Box::new(FdWriter::STDOUT), Box::new(FdWriter::STDERR));
+    io_bus.insert(
+        Arc::new(Mutex::new(streams)),
+        HOST_STREAM_PORT,
+        HOST_STREAM_PORT_COUNT,
+    )?;
     Ok(LegacyDevices { serial, reset })
 }
 
@@ -109,21 +138,21 @@ struct FsDevices {
 
 /// The PCI root bus with one virtio-fs device per share.
 fn add_pci_devices(
-    cli: &Cli,
+    cli: &BootArgs,
     vm: &Arc<VmFd>,
     mem: &GuestMemoryFerry,
     first_free_slot: u32,
     io_bus: &Bus,
     mmio_bus: &Arc<Bus>,
 ) -> Result<FsDevices> {
-    check_unique_tags(&cli.fs).map_err(anyhow::Error::msg)?;
+    check_unique_tags(&cli.machine.fs).map_err(anyhow::Error::msg)?;
     let vm_ops: Arc<dyn VmOps> = Arc::new(KvmVmOps::new(vm.clone(), first_free_slot));
     let mut bars = AddressAllocator::new(MMIO32_START, MMIO32_BARS_SIZE);
-    let mmio64 = mmio64_start(cli.memory);
+    let mmio64 = mmio64_start(cli.machine.memory);
     let mut bars64 = AddressAllocator::new(mmio64, MMIO64_END.saturating_sub(mmio64));
     let mut root = PciRoot::new(mmio_bus.clone());
     let mut devices = FsDevices::default();
-    for share in &cli.fs {
+    for share in &cli.machine.fs {
         let context = || format!("virtio-fs '{}'", share.tag);
         let fs = VirtioFs::new(share.clone()).with_context(context)?;
         devices.stats.push((share.tag.clone(), fs.stats()));
@@ -212,37 +241,53 @@ fn repair_dax_windows(windows: &[Arc<DaxWindow>]) {
     }
 }
 
-/// Boots the guest described by `cli` and returns Ferry's exit code.
-pub fn run(cli: &Cli) -> Result<i32> {
+/// Boots the guest described by `config` and returns why it ended.
+pub fn run(config: VmConfig) -> Result<ExitReason> {
+    let VmConfig {
+        boot: cli,
+        console: console_mode,
+        timeout,
+    } = config;
+    let kernel = cli.kernel.as_deref().context("no kernel given")?;
+    let machine = &cli.machine;
     let kvm = open_kvm()?;
     let vm = create_vm(&kvm)?;
 
-    let mem = create_guest_memory(cli.memory)?;
+    let mem = create_guest_memory(machine.memory)?;
     let first_free_slot = register_guest_memory(&vm, &mem)?;
     let cmdline = build_cmdline(&cli.cmdline)?;
     let entry = load_kernel(
         &mem,
-        cli.memory,
-        &cli.kernel,
+        machine.memory,
+        kernel,
         cli.initramfs.as_deref(),
         &cmdline,
     )?;
-    mptable::setup_mptable(&mem, cli.cpus)?;
+    mptable::setup_mptable(&mem, machine.cpus)?;
 
     let exit = Arc::new(VmExit::new()?);
     let io_bus = Arc::new(Bus::new());
     let mmio_bus = Arc::new(Bus::new());
-    let legacy = add_legacy_devices(&vm, &io_bus, &exit)?;
-    let fs = add_pci_devices(cli, &vm, &mem, first_free_slot, &io_bus, &mmio_bus)?;
-    let vcpu_fds = create_vcpus(&kvm, &vm, &mem, cli.cpus, entry)?;
+    let (console_out, interactive): (Box<dyn std::io::Write + Send>, bool) = match console_mode {
+        ConsoleMode::Terminal => (Box::new(FdWriter::STDOUT), true),
+        ConsoleMode::Captured(sink) => (sink, false),
+    };
+    let legacy = add_legacy_devices(&vm, &io_bus, &exit, console_out)?;
+    let fs = add_pci_devices(&cli, &vm, &mem, first_free_slot, &io_bus, &mmio_bus)?;
+    let vcpu_fds = create_vcpus(&kvm, &vm, &mem, machine.cpus, entry)?;
 
     // Blocked before any thread starts, so only the signalfd sees them.
     let signals = take_stop_signals().context("signalfd")?;
     install_kick_handler().context("vCPU kick signal handler")?;
 
     let mut event_manager = EventManager::<Subscriber>::new().context("event loop")?;
-    let console = Arc::new(Mutex::new(StdinToSerial::new(legacy.serial.clone())?));
-    event_manager.add_subscriber(console.clone());
+    let console = if interactive {
+        let c = Arc::new(Mutex::new(StdinToSerial::new(legacy.serial.clone())?));
+        event_manager.add_subscriber(c.clone());
+        Some(c)
+    } else {
+        None
+    };
     event_manager.add_subscriber(Arc::new(Mutex::new(Control::new(
         exit.clone(),
         legacy.reset,
@@ -252,7 +297,11 @@ pub fn run(cli: &Cli) -> Result<i32> {
     let epoch = Epoch::default();
     let mut progress = Vec::new();
     let mut threads = Vec::new();
-    let terminal = RawTerminal::enter(0);
+    let terminal = if interactive {
+        RawTerminal::enter(0)
+    } else {
+        None
+    };
     for (id, fd) in vcpu_fds.into_iter().enumerate() {
         let p = Arc::new(VcpuProgress::default());
         progress.push(p.clone());
@@ -271,21 +320,21 @@ pub fn run(cli: &Cli) -> Result<i32> {
     }
     log::info!(
         "guest started: {} vCPU(s), {} MiB",
-        cli.cpus,
-        cli.memory >> 20
+        machine.cpus,
+        machine.memory >> 20
     );
 
-    let limit = cli.stall_timeout.div_ceil(WATCHDOG_PERIOD.as_secs()) as u32;
+    let deadline = timeout.map(|t| (Instant::now() + t, t));
+    let limit = machine.stall_timeout.div_ceil(WATCHDOG_PERIOD.as_secs()) as u32;
     let mut watchdog = Watchdog::new(epoch, progress, limit);
     let mut next_tick = Instant::now() + WATCHDOG_PERIOD;
     let reason = loop {
         let pending = console
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .has_pending();
-        let until_tick = next_tick
-            .saturating_duration_since(Instant::now())
-            .as_millis() as i32;
+            .as_ref()
+            .is_some_and(|c| c.lock().unwrap_or_else(|e| e.into_inner()).has_pending());
+        let now = Instant::now();
+        let next_wake = deadline.map_or(next_tick, |(d, _)| d.min(next_tick));
+        let until_tick = next_wake.saturating_duration_since(now).as_millis() as i32;
         let timeout = if pending {
             INPUT_RETRY_MS.min(until_tick)
         } else {
@@ -297,17 +346,22 @@ pub fn run(cli: &Cli) -> Result<i32> {
         if let Some(reason) = exit.reason() {
             break reason;
         }
-        console
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .flush_pending();
+        if let Some((at, t)) = deadline {
+            if Instant::now() >= at {
+                exit.request(ExitReason::Timeout(t));
+                continue;
+            }
+        }
+        if let Some(c) = &console {
+            c.lock().unwrap_or_else(|e| e.into_inner()).flush_pending();
+        }
         if Instant::now() >= next_tick {
             next_tick += WATCHDOG_PERIOD;
             if watchdog.tick() {
                 exit.request(ExitReason::Stalled(format!(
                     "the guest stopped making progress: every vCPU has been halted with \
                      interrupts disabled (or never started) for {} s",
-                    cli.stall_timeout
+                    machine.stall_timeout
                 )));
                 continue;
             }
@@ -327,7 +381,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
         ExitReason::Reset => log::info!("guest reset the machine; VM stopped"),
         ExitReason::TripleFault => log::info!("guest triple-faulted (KVM shutdown); VM stopped"),
         ExitReason::Signal(sig) => log::info!("stopped by signal {sig}"),
-        ExitReason::Stalled(msg) | ExitReason::KvmError(msg) => eprintln!("ferry: {msg}"),
+        ExitReason::Timeout(t) => log::info!("stopped after the {t:?} timeout"),
+        ExitReason::Stalled(msg) | ExitReason::KvmError(msg) => log::debug!("stopped: {msg}"),
     }
-    Ok(reason.exit_code())
+    Ok(reason)
 }

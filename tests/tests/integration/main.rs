@@ -5,6 +5,7 @@
 
 mod boot;
 mod dax;
+mod run;
 mod virtiofs;
 
 use std::time::Duration;
@@ -71,5 +72,6 @@ fn main() {
     let mut trials = boot::trials();
     trials.extend(virtiofs::trials());
     trials.extend(dax::trials());
+    trials.extend(run::trials());
     libtest_mimic::run(&args, trials).exit();
 }

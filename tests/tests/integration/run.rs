@@ -1,0 +1,315 @@
+//! `ferry run`: one command in a throwaway VM whose root is the host's `/`
+//! (read-only) and whose current directory is shared read-write. These run
+//! without `--kernel`: Ferry finds the project kernel itself (or takes
+//! `FERRY_KERNEL`, as the rest of the suite does).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_tests::{ferry_bin, require_kvm, run_ferry_with, scratch_dir, Outcome};
+use libtest_mimic::{Failed, Trial};
+
+use crate::{check, rejects, TestResult};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn ferry_run_with(
+    dir: &Path,
+    args: &[&str],
+    setup: impl FnOnce(&mut Command),
+) -> Result<Outcome, Failed> {
+    require_kvm()?;
+    let mut all = vec!["run".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    Ok(run_ferry_with(&all, None, DEADLINE, |c| {
+        c.current_dir(dir);
+        setup(c);
+    })?)
+}
+
+fn ferry_run(dir: &Path, args: &[&str]) -> Result<Outcome, Failed> {
+    ferry_run_with(dir, args, |_| {})
+}
+
+fn status_is(out: &Outcome, status: i32) -> TestResult {
+    check(
+        out.code() == Some(status),
+        &format!("expected exit status {status}"),
+        out,
+    )?;
+    check(!out.stderr.contains("panicked"), "Ferry panicked", out)
+}
+
+fn exit_statuses_pass_through() -> TestResult {
+    let dir = scratch_dir("run_status");
+    for (cmd, status) in [
+        (&["true"][..], 0),
+        (&["false"][..], 1),
+        (&["sh", "-c", "exit 42"][..], 42),
+        (&["--", "/bin/sh", "-c", "exit 7"][..], 7),
+        // Killed by a signal: 128 + its number, as a shell reports it.
+        (&["sh", "-c", "kill -KILL $$"][..], 128 + 9),
+    ] {
+        status_is(&ferry_run(&dir, cmd)?, status)?;
+    }
+    Ok(())
+}
+
+fn stdout_and_stderr_stay_apart() -> TestResult {
+    let dir = scratch_dir("run_streams");
+    let out = ferry_run(
+        &dir,
+        &["sh", "-c", "echo to-out; echo to-err >&2; echo more-out"],
+    )?;
+    status_is(&out, 0)?;
+    // Exactly the command's output: no kernel or init messages in between.
+    check(
+        out.stdout == "to-out\nmore-out\n",
+        "stdout is not exactly the command's stdout",
+        &out,
+    )?;
+    check(
+        out.stderr.contains("to-err\n") && !out.stderr.contains("to-out"),
+        "stderr is not the command's stderr",
+        &out,
+    )
+}
+
+fn cwd_is_shared_read_write() -> TestResult {
+    let dir = scratch_dir("run_cwd");
+    std::fs::write(dir.join("from-host.txt"), "host data\n")?;
+    let out = ferry_run(
+        &dir,
+        &[
+            "sh",
+            "-c",
+            "pwd; cat from-host.txt; echo made-in-guest > new.txt; \
+             mkdir sub && echo nested > sub/file",
+        ],
+    )?;
+    status_is(&out, 0)?;
+    let real = dir.canonicalize()?;
+    check(
+        out.stdout == format!("{}\nhost data\n", real.display()),
+        "the command did not run in the caller's directory",
+        &out,
+    )?;
+    check(
+        std::fs::read_to_string(dir.join("new.txt")).ok().as_deref() == Some("made-in-guest\n")
+            && std::fs::read_to_string(dir.join("sub/file"))
+                .ok()
+                .as_deref()
+                == Some("nested\n"),
+        "files written in the guest's cwd are not on the host",
+        &out,
+    )
+}
+
+fn host_root_is_read_only() -> TestResult {
+    let base = scratch_dir("run_readonly");
+    let (cwd, outside) = (base.join("cwd"), base.join("outside"));
+    std::fs::create_dir_all(&cwd)?;
+    std::fs::create_dir_all(&outside)?;
+    let file = outside.join("keep.txt");
+    std::fs::write(&file, "original\n")?;
+    let script = format!(
+        "cat {f} || exit 10; \
+         if echo changed > {f}; then exit 11; fi; \
+         if rm {f}; then exit 12; fi; \
+         if mkdir {o}/new; then exit 13; fi; \
+         exit 0",
+        f = file.display(),
+        o = outside.display()
+    );
+    let out = ferry_run(&cwd, &["sh", "-c", &script])?;
+    status_is(&out, 0)?;
+    check(
+        out.stderr.contains("Read-only file system"),
+        "the guest's writes did not fail with EROFS",
+        &out,
+    )?;
+    check(
+        std::fs::read_to_string(&file)? == "original\n" && !outside.join("new").exists(),
+        "the host path changed",
+        &out,
+    )
+}
+
+fn timeout_stops_the_vm() -> TestResult {
+    let dir = scratch_dir("run_timeout");
+    let out = ferry_run(&dir, &["--timeout", "2s", "--", "sleep", "60"])?;
+    status_is(&out, 124)?;
+    // The 2 s count from the start; booting takes a few more. A bound
+    // against hanging, not a performance figure.
+    check(
+        out.elapsed < Duration::from_secs(30),
+        "the timeout did not stop the VM",
+        &out,
+    )
+}
+
+fn large_host_file_reads_back() -> TestResult {
+    let base = scratch_dir("run_large");
+    let file = base.join("big.bin");
+    let mut data = vec![0u8; 64 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        // xorshift: incompressible and reproducible.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&file, &data)?;
+    let host = Command::new("sha256sum").arg(&file).output()?;
+    let host_sum = String::from_utf8_lossy(&host.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    // Read through the read-only root share (it is not the cwd).
+    let cwd = base.join("cwd");
+    std::fs::create_dir_all(&cwd)?;
+    let out = ferry_run(&cwd, &["sha256sum", &file.display().to_string()])?;
+    status_is(&out, 0)?;
+    check(
+        !host_sum.is_empty() && out.stdout.starts_with(&host_sum),
+        &format!("guest sha256 differs from the host's {host_sum}"),
+        &out,
+    )
+}
+
+fn environment_and_identity_pass_through() -> TestResult {
+    let dir = scratch_dir("run_env");
+    let out = ferry_run_with(
+        &dir,
+        &[
+            "sh",
+            "-c",
+            "echo \"probe=$FERRY_PROBE\"; echo \"display=${DISPLAY-unset}\"; \
+             echo \"ids=$(id -u):$(id -g)\"; echo \"pwd=$PWD\"; echo \"umask=$(umask)\"",
+        ],
+        |c| {
+            c.env("FERRY_PROBE", "a b  c").env("DISPLAY", ":9");
+        },
+    )?;
+    status_is(&out, 0)?;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let expect = format!(
+        "probe=a b  c\ndisplay=unset\nids={uid}:{gid}\npwd={}\n",
+        dir.canonicalize()?.display()
+    );
+    check(
+        out.stdout.starts_with(&expect),
+        &format!("expected the caller's environment and ids:\n{expect}"),
+        &out,
+    )
+}
+
+fn missing_command_is_127() -> TestResult {
+    let dir = scratch_dir("run_missing");
+    let out = ferry_run(&dir, &["no-such-command-for-ferry"])?;
+    status_is(&out, 127)?;
+    check(
+        out.stderr.contains("no-such-command-for-ferry"),
+        "stderr should name the missing command",
+        &out,
+    )
+}
+
+fn default_kernel_is_found() -> TestResult {
+    let dir = scratch_dir("run_kernel");
+    let empty_cache = dir.join("empty-cache");
+    std::fs::create_dir_all(&empty_cache)?;
+    // Only the kernel beside the ferry binary (target/guest) can be found.
+    let out = ferry_run_with(&dir, &["true"], |c| {
+        c.env_remove("FERRY_KERNEL")
+            .env("FERRY_CACHE", &empty_cache);
+    })?;
+    status_is(&out, 0)
+}
+
+/// Starts `ferry run` on a command that says "ready" and sleeps, sends
+/// `signal` once the guest is ready, and checks Ferry's exit status.
+fn signal_stops_the_vm(signal: i32, status: i32) -> TestResult {
+    require_kvm()?;
+    let dir = scratch_dir(&format!("run_signal_{signal}"));
+    let mut child = Command::new(ferry_bin()?)
+        .args(["run", "--", "sh", "-c", "echo ready; exec sleep 60"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line == "ready" {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(DEADLINE).is_err() {
+        let _ = child.kill();
+        return Err("the guest never became ready".into());
+    }
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let sent = Instant::now();
+    let code = loop {
+        if let Some(st) = child.try_wait()? {
+            break st.code();
+        }
+        if sent.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            return Err(format!("ferry still ran 20 s after signal {signal}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if code != Some(status) {
+        return Err(format!("signal {signal}: exit {code:?}, expected {status}").into());
+    }
+    Ok(())
+}
+
+fn run_rejects(args: &[&str], expect: &str) -> TestResult {
+    let mut all = vec!["run".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    rejects(&all, expect)
+}
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        Trial::test("run::exit_statuses", exit_statuses_pass_through),
+        Trial::test("run::stdout_and_stderr", stdout_and_stderr_stay_apart),
+        Trial::test("run::cwd_read_write", cwd_is_shared_read_write),
+        Trial::test("run::host_root_read_only", host_root_is_read_only),
+        Trial::test("run::timeout", timeout_stops_the_vm),
+        Trial::test("run::large_host_file", large_host_file_reads_back),
+        Trial::test(
+            "run::environment_and_ids",
+            environment_and_identity_pass_through,
+        ),
+        Trial::test("run::missing_command", missing_command_is_127),
+        Trial::test("run::default_kernel", default_kernel_is_found),
+        Trial::test("run::sigterm", || signal_stops_the_vm(libc::SIGTERM, 143)),
+        Trial::test("run::sigint", || signal_stops_the_vm(libc::SIGINT, 130)),
+        Trial::test("run::bad_input::no_command", || run_rejects(&[], "CMD")),
+        Trial::test("run::bad_input::missing_rw_dir", || {
+            run_rejects(&["--rw", "/no/such/dir", "--", "true"], "/no/such/dir")
+        }),
+        Trial::test("run::bad_input::missing_kernel", || {
+            run_rejects(
+                &["--kernel", "/no/such/bzImage", "--", "true"],
+                "/no/such/bzImage",
+            )
+        }),
+        Trial::test("run::bad_input::bad_timeout", || {
+            run_rejects(&["--timeout", "soon", "--", "true"], "duration")
+        }),
+    ]
+}

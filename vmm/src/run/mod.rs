@@ -1,0 +1,428 @@
+//! `ferry run`: boot a throwaway microVM whose root is the host's `/`
+//! (read-only), run one command in it with the caller's directory, user and
+//! environment, and hand back its output and exit status.
+//!
+//! The host side (this module) plans the shares, writes the [`RunSpec`] for
+//! the guest init ([`guest_init`], which is this same binary running as the
+//! guest's PID 1) and maps how the VM ended to an exit status.
+
+pub mod guest_init;
+mod kernel_path;
+mod spec;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+
+use ferry_devices::virtio::fs::{CacheMode, FsShare};
+
+use crate::cli::{BootArgs, RunArgs};
+use crate::exit::ExitReason;
+use crate::vm::{self, ConsoleMode, VmConfig};
+use guest_init::{SPEC_ENV, STATUS_SETUP_FAILED};
+use spec::{GuestMount, RunSpec};
+
+pub const ROOT_TAG: &str = "ferry-root";
+const STATUS_TIMEOUT: i32 = 124;
+/// How much of the guest's console to show when the guest fails.
+const CONSOLE_TAIL: usize = 16 << 10;
+
+/// Variables that describe the caller's session on this host and mean
+/// nothing (or mislead) inside the VM.
+const HOST_ONLY_ENV: &[&str] = &[
+    "DBUS_SESSION_BUS_ADDRESS",
+    "DISPLAY",
+    "GPG_AGENT_INFO",
+    "INVOCATION_ID",
+    "JOURNAL_STREAM",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "NOTIFY_SOCKET",
+    "OLDPWD",
+    "PWD",
+    "SHLVL",
+    "SSH_AGENT_PID",
+    "SSH_AUTH_SOCK",
+    "SSH_CLIENT",
+    "SSH_CONNECTION",
+    "SSH_TTY",
+    "STY",
+    "TMPDIR",
+    "TMUX",
+    "TMUX_PANE",
+    "WAYLAND_DISPLAY",
+    "WINDOWID",
+    "XAUTHORITY",
+    "XDG_RUNTIME_DIR",
+    "XDG_SESSION_ID",
+    "_",
+];
+
+/// Runs `args` and returns Ferry's exit status.
+pub fn run(args: &RunArgs) -> i32 {
+    match run_vm(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            STATUS_SETUP_FAILED
+        }
+    }
+}
+
+fn run_vm(args: &RunArgs) -> Result<i32> {
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => kernel_path::default_kernel()?,
+    };
+    let cwd = std::env::current_dir().context("the current directory")?;
+    let (shares, mounts) = plan_shares(&cwd, &args.rw, &args.machine.fs)?;
+    let spec = RunSpec {
+        argv: args.command.clone(),
+        env: guest_env(std::env::vars_os(), &cwd),
+        cwd,
+        uid: current_ids().0,
+        gid: current_ids().1,
+        groups: current_groups(),
+        umask: current_umask(),
+        mounts,
+    };
+    let spec_file = SpecFile::write(&spec)?;
+    let init = std::env::current_exe().context("the path of the ferry binary")?;
+    let mut cmdline = vec![
+        format!("root={ROOT_TAG}"),
+        "rootfstype=virtiofs".into(),
+        "ro".into(),
+        format!("init={}", cmdline_word(&init)?),
+        format!("{SPEC_ENV}={}", cmdline_word(spec_file.path())?),
+    ];
+    let verbose = log::log_enabled!(log::Level::Info);
+    if !verbose {
+        cmdline.push("quiet".into());
+    }
+    cmdline.push(args.cmdline.clone());
+
+    let console = Arc::new(Mutex::new(ConsoleTail::new(verbose)));
+    let config = VmConfig {
+        boot: BootArgs {
+            kernel: Some(kernel),
+            initramfs: None,
+            cmdline: cmdline.join(" "),
+            machine: crate::cli::MachineArgs {
+                fs: shares,
+                ..args.machine.clone()
+            },
+        },
+        console: ConsoleMode::Captured(Box::new(SharedConsole(console.clone()))),
+        timeout: args.timeout,
+    };
+    let reason = vm::run(config)?;
+    let failed = |what: &str| {
+        let tail = console.lock().unwrap_or_else(|e| e.into_inner()).text();
+        if tail.trim().is_empty() || verbose {
+            eprintln!("ferry: {what}");
+        } else {
+            eprintln!("ferry: {what}; the guest console ended with:\n{tail}");
+        }
+        STATUS_SETUP_FAILED
+    };
+    Ok(match reason {
+        ExitReason::GuestStatus(s) => i32::from(s),
+        ExitReason::Signal(_) => reason.exit_code(),
+        ExitReason::Timeout(d) => {
+            eprintln!(
+                "ferry: --timeout {} reached; the VM was stopped",
+                humantime::format_duration(d)
+            );
+            STATUS_TIMEOUT
+        }
+        ExitReason::Reset | ExitReason::TripleFault => {
+            failed("the guest stopped (reboot, panic or crash) before the command finished")
+        }
+        ExitReason::Stalled(msg) | ExitReason::KvmError(msg) => failed(&msg),
+    })
+}
+
+/// One word of the kernel command line: it splits at white space and has no
+/// quoting that Ferry could rely on.
+fn cmdline_word(path: &Path) -> Result<String> {
+    let s = path
+        .to_str()
+        .with_context(|| format!("{}: not UTF-8", path.display()))?;
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '"') {
+        bail!("{s}: a path with white space or quotes cannot go on the kernel command line");
+    }
+    Ok(s.to_string())
+}
+
+/// The virtio-fs devices and the guest mounts: the root read-only, then
+/// each read-write directory (the current one and `--rw`), then the user's
+/// own `--fs` shares, each mounted at its host path.
+fn plan_shares(
+    cwd: &Path,
+    rw: &[PathBuf],
+    extra: &[FsShare],
+) -> Result<(Vec<FsShare>, Vec<GuestMount>)> {
+    let mut dirs = Vec::new();
+    for p in std::iter::once(cwd).chain(rw.iter().map(PathBuf::as_path)) {
+        let dir = p
+            .canonicalize()
+            .with_context(|| format!("--rw {}", p.display()))?;
+        if !dir.is_dir() {
+            bail!("--rw {}: not a directory", p.display());
+        }
+        dirs.push(dir);
+    }
+    let dirs = outermost(dirs);
+    let root_writable = dirs.iter().any(|d| d == Path::new("/"));
+    let mut shares = vec![share(ROOT_TAG, PathBuf::from("/"), !root_writable)];
+    let mut mounts = Vec::new();
+    for (i, dir) in dirs.into_iter().filter(|d| d != Path::new("/")).enumerate() {
+        let tag = format!("ferry-rw{i}");
+        mounts.push(GuestMount {
+            tag: tag.clone(),
+            path: dir.clone(),
+            options: String::new(),
+        });
+        shares.push(share(&tag, dir, false));
+    }
+    for s in extra {
+        let path = s
+            .path
+            .canonicalize()
+            .with_context(|| format!("--fs tag={}", s.tag))?;
+        mounts.push(GuestMount {
+            tag: s.tag.clone(),
+            path,
+            options: if s.dax_window.is_some() {
+                "dax".into()
+            } else {
+                String::new()
+            },
+        });
+        shares.push(s.clone());
+    }
+    // Parents before what is mounted inside them.
+    mounts.sort_by_key(|m| m.path.components().count());
+    Ok((shares, mounts))
+}
+
+fn share(tag: &str, path: PathBuf, readonly: bool) -> FsShare {
+    FsShare {
+        tag: tag.into(),
+        path,
+        request_queues: 1,
+        readonly,
+        cache: CacheMode::Auto,
+        dax_window: None,
+    }
+}
+
+/// Drops directories that lie inside another one in the list (and
+/// duplicates): one share per tree keeps one cache per file.
+fn outermost(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+    dirs.sort();
+    dirs.dedup();
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for d in dirs {
+        if !kept.iter().any(|k| d.starts_with(k)) {
+            kept.push(d);
+        }
+    }
+    kept
+}
+
+/// The caller's environment as the command gets it.
+fn guest_env(vars: impl Iterator<Item = (OsString, OsString)>, cwd: &Path) -> Vec<OsString> {
+    let mut env: Vec<OsString> = vars
+        .filter(|(k, _)| {
+            !HOST_ONLY_ENV.iter().any(|h| k.as_bytes() == h.as_bytes())
+                && k.as_bytes() != SPEC_ENV.as_bytes()
+        })
+        .map(|(k, v)| {
+            let mut e = k;
+            e.push("=");
+            e.push(v);
+            e
+        })
+        .collect();
+    let mut pwd = OsString::from("PWD=");
+    pwd.push(cwd);
+    env.push(pwd);
+    env
+}
+
+fn current_ids() -> (u32, u32) {
+    // SAFETY: getuid/getgid cannot fail.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+fn current_groups() -> Vec<u32> {
+    // SAFETY: the first call asks for the count; the second fills a buffer
+    // of that size.
+    unsafe {
+        let n = libc::getgroups(0, std::ptr::null_mut());
+        if n <= 0 {
+            return Vec::new();
+        }
+        let mut groups = vec![0; n as usize];
+        let n = libc::getgroups(n, groups.as_mut_ptr());
+        groups.truncate(n.max(0) as usize);
+        groups
+    }
+}
+
+fn current_umask() -> u32 {
+    // SAFETY: umask only swaps the mask; it is put back at once. Called
+    // before any thread exists.
+    unsafe {
+        let mask = libc::umask(0o022);
+        libc::umask(mask);
+        mask
+    }
+}
+
+/// The spec in a private directory of its own, removed when Ferry is done.
+struct SpecFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl SpecFile {
+    fn write(spec: &RunSpec) -> Result<Self> {
+        let base = std::env::temp_dir();
+        let mut last_err = None;
+        for attempt in 0..16u32 {
+            let dir = base.join(format!("ferry-run-{}-{attempt}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {
+                    let file = SpecFile {
+                        path: dir.join("spec"),
+                        dir,
+                    };
+                    std::fs::write(&file.path, spec.encode())
+                        .with_context(|| format!("cannot write {}", file.path.display()))?;
+                    return Ok(file);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.map_or_else(|| anyhow::anyhow!("no attempt"), anyhow::Error::from))
+            .with_context(|| format!("cannot create a directory in {}", base.display()))
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SpecFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The guest's kernel console: kept (the last [`CONSOLE_TAIL`] bytes) to
+/// explain a failed boot, and shown on stderr at `--log-level info` and up.
+pub struct ConsoleTail {
+    tail: std::collections::VecDeque<u8>,
+    echo: bool,
+}
+
+impl ConsoleTail {
+    fn new(echo: bool) -> Self {
+        ConsoleTail {
+            tail: std::collections::VecDeque::new(),
+            echo,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.echo {
+            let _ = std::io::stderr().write_all(bytes);
+        }
+        self.tail.extend(bytes);
+        let excess = self.tail.len().saturating_sub(CONSOLE_TAIL);
+        self.tail.drain(..excess);
+    }
+
+    fn text(&self) -> String {
+        let bytes: Vec<u8> = self.tail.iter().copied().collect();
+        String::from_utf8_lossy(&bytes).replace('\r', "")
+    }
+}
+
+struct SharedConsole(Arc<Mutex<ConsoleTail>>);
+
+impl Write for SharedConsole {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_directories_share_once() {
+        let dirs = outermost(vec![
+            "/a/b".into(),
+            "/a".into(),
+            "/ab".into(),
+            "/a".into(),
+            "/c/d".into(),
+        ]);
+        assert_eq!(dirs, [PathBuf::from("/a"), "/ab".into(), "/c/d".into()]);
+    }
+
+    #[test]
+    fn host_session_variables_stay_behind() {
+        let vars = [
+            ("PATH", "/bin"),
+            ("DISPLAY", ":0"),
+            ("PWD", "/old"),
+            ("HOME", "/h"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = guest_env(vars.into_iter(), Path::new("/work"));
+        assert_eq!(env, ["PATH=/bin", "HOME=/h", "PWD=/work"]);
+    }
+
+    #[test]
+    fn shares_cover_cwd_rw_and_extra() {
+        let tmp = std::env::temp_dir().join(format!("ferry-plan-{}", std::process::id()));
+        let (a, b) = (tmp.join("a"), tmp.join("a/b"));
+        std::fs::create_dir_all(&b).unwrap();
+        let (shares, mounts) = plan_shares(&b, std::slice::from_ref(&a), &[]).unwrap();
+        assert_eq!(shares.len(), 2);
+        assert!(shares[0].readonly && shares[0].path == Path::new("/"));
+        assert!(!shares[1].readonly);
+        assert_eq!(mounts.len(), 1, "cwd lies inside --rw: one share");
+        assert_eq!(mounts[0].path, a.canonicalize().unwrap());
+        assert!(plan_shares(&b, &[tmp.join("missing")], &[]).is_err());
+        let file = tmp.join("f");
+        std::fs::write(&file, b"").unwrap();
+        assert!(plan_shares(&b, &[file], &[]).is_err());
+        // `--rw /` makes the root itself writable.
+        let (shares, mounts) = plan_shares(&b, &["/".into()], &[]).unwrap();
+        assert!(!shares[0].readonly && mounts.is_empty());
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+
+    #[test]
+    fn kernel_words_refuse_white_space() {
+        assert!(cmdline_word(Path::new("/usr/bin/ferry")).is_ok());
+        assert!(cmdline_word(Path::new("/my dir/ferry")).is_err());
+        assert!(cmdline_word(Path::new("")).is_err());
+    }
+}
