@@ -14,18 +14,9 @@ repo=$(dirname "$here")
 cd "$repo"
 size_mib=${1:-1024}
 
-if [ -z "${FERRY_BENCH_INSIDE:-}" ]; then
-    resources/prepare.sh
-    mode=${FERRY_KVM_MODE:-auto}
-    if [ "$mode" = auto ]; then
-        if grep -qwE 'vmx|svm' /proc/cpuinfo; then mode=direct; else mode=emulated; fi
-    fi
-    export FERRY_BENCH_INSIDE=1
-    if [ "$mode" = emulated ]; then
-        echo "[bench] no vmx/svm on this CPU: running inside the emulated KVM host" >&2
-        exec resources/emulated-host.sh "$0" "$@"
-    fi
-fi
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
+bench_enter "$0" "$@"
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/ferry-bench-dax.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
@@ -34,8 +25,8 @@ head -c "$((size_mib << 20))" /dev/urandom > "$dir/big.bin"
 
 run() { # $1: label, $2: extra --fs options, $3: mount options
     local out
-    out=$(target/debug/ferry --kernel target/guest/bzImage \
-        --initramfs target/guest/initramfs.cpio --memory 2G \
+    out=$("$ferry" --kernel "$kernel" \
+        --initramfs "$initramfs" --memory 2G \
         --fs "tag=bench,path=$dir$2" \
         --cmdline "quiet cmd=\"mount -t virtiofs $3 bench /mnt && ferry-dax bench /mnt/big.bin\"" \
         </dev/null 2>&1) || true

@@ -11,7 +11,7 @@ cache=${FERRY_CACHE:-$HOME/.cache/ferry}
 peer="$cache/peer"
 
 need=()
-for p in qemu-system-x86 libseccomp-dev libcap-ng-dev pkg-config build-essential; do
+for p in qemu-system-x86 libseccomp-dev libcap-ng-dev pkg-config build-essential time gnuplot-nox python3; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

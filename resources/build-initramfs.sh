@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the guest initramfs: busybox-static, Ferry's /init, the exit-port
-# helper, ferry-fsutil (xattr, flock, fsync, statfs for tests) and ferry-dax
-# (mmap tools and the DAX model checker), as a newc
+# helper, ferry-fsutil (xattr, flock, fsync, statfs for tests), ferry-dax
+# (mmap tools and the DAX model checker) and ferry-bench (the workloads of
+# bench/bench.sh), as a newc
 # cpio archive at target/guest/initramfs.cpio.
 # Prints the archive's path on its last line.
 set -euo pipefail
@@ -27,6 +28,7 @@ gcc -static -Os -s -o "$out/ferry-exit" "$here/guest/ferry-exit.c"
 cp "$out/ferry-exit" "$root/bin/ferry-exit"
 gcc -static -Os -s -o "$root/bin/ferry-fsutil" "$here/guest/ferry-fsutil.c"
 gcc -static -Os -s -o "$root/bin/ferry-dax" "$here/guest/ferry-dax.c"
+gcc -static -O2 -s -o "$root/bin/ferry-bench" "$here/guest/ferry-bench.c"
 
 mkdir -p "$out"
 # Fixed owners and times: the same inputs give the same archive.

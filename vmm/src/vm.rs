@@ -118,13 +118,41 @@ fn add_legacy_devices(
     let exit_port = Arc::new(Mutex::new(ExitPort::new(exit.clone())));
     io_bus.insert(exit_port, EXIT_PORT, 1)?;
 
-    let streams = HostStreams::new(Box::new(FdWriter::STDOUT), Box::new(FdWriter::STDERR));
+    // Nobody reads Ferry's stdout any more (`ferry run -- yes | head -1`):
+    // end the VM as SIGPIPE would end a host process.
+    let stdout = StopOnBrokenPipe {
+        out: FdWriter::STDOUT,
+        exit: exit.clone(),
+    };
+    let streams = HostStreams::new(Box::new(stdout), Box::new(FdWriter::STDERR));
     io_bus.insert(
         Arc::new(Mutex::new(streams)),
         HOST_STREAM_PORT,
         HOST_STREAM_PORT_COUNT,
     )?;
     Ok(LegacyDevices { serial, reset })
+}
+
+/// A writer that ends the VM with `Signal(SIGPIPE)` when its reader is gone.
+struct StopOnBrokenPipe {
+    out: FdWriter,
+    exit: Arc<VmExit>,
+}
+
+impl std::io::Write for StopOnBrokenPipe {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.out.write(buf);
+        if let Err(e) = &written {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                self.exit.request(ExitReason::Signal(libc::SIGPIPE));
+            }
+        }
+        written
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What the VM keeps of its virtio-fs devices after building them.
@@ -241,6 +269,24 @@ fn repair_dax_windows(windows: &[Arc<DaxWindow>]) {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: the file server
+/// keeps a descriptor per inode the guest holds, and a guest creating 2,000
+/// files in a directory went past the usual soft limit of 1,024 (EMFILE in
+/// the guest).
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit read and write a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                log::debug!("open file limit raised from {old} to {}", lim.rlim_cur);
+            }
+        }
+    }
+}
+
 /// Boots the guest described by `config` and returns why it ended.
 pub fn run(config: VmConfig) -> Result<ExitReason> {
     let VmConfig {
@@ -250,6 +296,7 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
     } = config;
     let kernel = cli.kernel.as_deref().context("no kernel given")?;
     let machine = &cli.machine;
+    raise_open_file_limit();
     let kvm = open_kvm()?;
     let vm = create_vm(&kvm)?;
 

@@ -232,6 +232,21 @@ fn default_kernel_is_found() -> TestResult {
     status_is(&out, 0)
 }
 
+/// Ferry's exit code once it exits, which must be within 20 s of `what`.
+fn exit_within(child: &mut std::process::Child, what: &str) -> Result<Option<i32>, Failed> {
+    let since = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st.code());
+        }
+        if since.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            return Err(format!("ferry still ran 20 s after {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Starts `ferry run` on a command that says "ready" and sleeps, sends
 /// `signal` once the guest is ready, and checks Ferry's exit status.
 fn signal_stops_the_vm(signal: i32, status: i32) -> TestResult {
@@ -259,19 +274,33 @@ fn signal_stops_the_vm(signal: i32, status: i32) -> TestResult {
     }
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, signal) };
-    let sent = Instant::now();
-    let code = loop {
-        if let Some(st) = child.try_wait()? {
-            break st.code();
-        }
-        if sent.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            return Err(format!("ferry still ran 20 s after signal {signal}").into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = exit_within(&mut child, &format!("signal {signal}"))?;
     if code != Some(status) {
         return Err(format!("signal {signal}: exit {code:?}, expected {status}").into());
+    }
+    Ok(())
+}
+
+/// `ferry run -- yes | head -1`: once nobody reads Ferry's stdout the VM
+/// ends, as SIGPIPE ends a host process (128 + 13).
+fn closed_stdout_ends_the_vm() -> TestResult {
+    require_kvm()?;
+    let dir = scratch_dir("run_sigpipe");
+    let mut child = Command::new(ferry_bin()?)
+        .args(["run", "--", "yes"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut first = String::new();
+    {
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        BufReader::new(stdout).read_line(&mut first)?;
+    }
+    let code = exit_within(&mut child, "its stdout closed")?;
+    if first != "y\n" || code != Some(141) {
+        return Err(format!("first line {first:?}, exit {code:?}; expected \"y\", 141").into());
     }
     Ok(())
 }
@@ -298,6 +327,7 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("run::default_kernel", default_kernel_is_found),
         Trial::test("run::sigterm", || signal_stops_the_vm(libc::SIGTERM, 143)),
         Trial::test("run::sigint", || signal_stops_the_vm(libc::SIGINT, 130)),
+        Trial::test("run::stdout_closed", closed_stdout_ends_the_vm),
         Trial::test("run::bad_input::no_command", || run_rejects(&[], "CMD")),
         Trial::test("run::bad_input::missing_rw_dir", || {
             run_rejects(&["--rw", "/no/such/dir", "--", "true"], "/no/such/dir")

@@ -5,6 +5,7 @@
 
 mod dax;
 mod filter;
+mod init_reply;
 mod stats;
 mod worker;
 
@@ -216,5 +217,7 @@ impl VirtioDevice for VirtioFs {
     }
 }
 
+#[cfg(any(test, feature = "harness"))]
+pub mod harness;
 #[cfg(test)]
 mod tests;

@@ -1,236 +1,16 @@
 //! The fs queue worker fed hostile descriptor chains and FUSE messages
-//! through a split virtqueue laid out in plain memory: every bad request gets
-//! an error reply or is dropped, and the worker serves the next one.
+//! through a split virtqueue laid out in plain memory (see `harness`): every
+//! bad request gets an error reply or is dropped, and the worker serves the
+//! next one.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::QueueWorker;
+use super::harness::*;
 use super::*;
-use crate::virtio::VirtioInterrupt;
-
-const QUEUE_LEN: u16 = 16;
-// Ring layout in plain guest memory.
-const DESC_TABLE: u64 = 0x0;
-const AVAIL_RING: u64 = 0x1000;
-const USED_RING: u64 = 0x2000;
-const REQ_ADDR: u64 = 0x10_0000;
-const REPLY_ADDR: u64 = 0x20_0000;
-const REPLY_LEN: u32 = 0x2000;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
-
-const LOOKUP: u32 = 1;
-const GETATTR: u32 = 3;
-const INIT: u32 = 26;
-const ROOT: u64 = 1;
-
-#[derive(Default)]
-struct CountingInterrupt(AtomicUsize);
-impl VirtioInterrupt for CountingInterrupt {
-    fn notify(&self, _vector: u16) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-struct Harness {
-    mem: GuestMemoryMmap,
-    worker: QueueWorker,
-    next_desc: u16,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn fuse_request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
-    v.extend_from_slice(&opcode.to_le_bytes());
-    v.extend_from_slice(&unique.to_le_bytes());
-    v.extend_from_slice(&nodeid.to_le_bytes());
-    v.extend_from_slice(&[0; 16]); // uid, gid, pid, padding
-    v.extend_from_slice(body);
-    v
-}
-
-fn init_body() -> Vec<u8> {
-    let mut b = Vec::new();
-    for w in [7u32, 31, 0x20000, 0] {
-        b.extend_from_slice(&w.to_le_bytes());
-    }
-    b
-}
-
-fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-}
-
-impl Harness {
-    fn new(readonly: bool) -> Harness {
-        Harness::with_dax(readonly, None)
-    }
-
-    fn with_dax(readonly: bool, dax: Option<Arc<DaxWindow>>) -> Harness {
-        let dir = std::env::temp_dir().join(format!(
-            "ferry-fs-unit-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(dir.join("share")).unwrap();
-        std::fs::write(dir.join("share/file"), "content").unwrap();
-        std::fs::write(dir.join("secret"), "outside").unwrap();
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
-        let mut queue = Queue::new(QUEUE_LEN).unwrap();
-        queue
-            .try_set_desc_table_address(GuestAddress(DESC_TABLE))
-            .unwrap();
-        queue
-            .try_set_avail_ring_address(GuestAddress(AVAIL_RING))
-            .unwrap();
-        queue
-            .try_set_used_ring_address(GuestAddress(USED_RING))
-            .unwrap();
-        queue.set_ready(true);
-        let fs = VirtioFs::new(FsShare {
-            tag: "t".into(),
-            path: dir.join("share"),
-            request_queues: 1,
-            readonly,
-            cache: CacheMode::Never,
-            dax_window: None,
-        })
-        .unwrap();
-        let worker = QueueWorker {
-            tag: "t".into(),
-            index: 1,
-            queue,
-            kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            vector: 0,
-            stop: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            mem: GuestMemoryAtomic::new(mem.clone()),
-            interrupt: Arc::new(CountingInterrupt::default()),
-            server: Arc::new(fs.server().unwrap()),
-            readonly,
-            stats: fs.stats(),
-            dax: dax.map(super::dax::DaxRequests),
-        };
-        Harness {
-            mem,
-            worker,
-            next_desc: 0,
-            _dir: TempDir(dir),
-        }
-    }
-
-    /// Places raw descriptors (as given, `next` fields included) in the
-    /// table, makes the first one available and runs the worker. Returns the
-    /// used length.
-    fn submit_raw(&mut self, descs: &[RawDescriptor]) -> u32 {
-        let head = self.next_desc;
-        for (i, d) in descs.iter().enumerate() {
-            let at = DESC_TABLE + 16 * u64::from(head + i as u16);
-            self.mem.write_obj(*d, GuestAddress(at)).unwrap();
-        }
-        let avail = GuestAddress(AVAIL_RING);
-        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
-        self.mem
-            .write_obj(
-                head,
-                avail.unchecked_add(4 + 2 * u64::from(idx % QUEUE_LEN)),
-            )
-            .unwrap();
-        self.mem
-            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
-            .unwrap();
-        self.next_desc = (head + descs.len() as u16) % (QUEUE_LEN - 4);
-        self.worker_round();
-        let used = GuestAddress(USED_RING);
-        let used_idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
-        assert_eq!(
-            used_idx,
-            idx.wrapping_add(1),
-            "the chain was not returned as used"
-        );
-        let slot = u64::from(used_idx.wrapping_sub(1) % QUEUE_LEN);
-        self.mem
-            .read_obj(used.unchecked_add(4 + 8 * slot + 4))
-            .unwrap()
-    }
-
-    fn worker_round(&mut self) {
-        self.worker.process_for_test();
-    }
-
-    /// Puts a GETATTR of the root at REQ_ADDR (56 bytes).
-    fn put_getattr(&self) {
-        self.mem
-            .write_slice(
-                &fuse_request(GETATTR, 3, ROOT, &[0; 16]),
-                GuestAddress(REQ_ADDR),
-            )
-            .unwrap();
-    }
-
-    /// Submits a two-descriptor chain: readable, then writable.
-    fn submit_pair(&mut self, read: (u64, u32), write: (u64, u32)) -> u32 {
-        let n = self.next_desc;
-        self.submit_raw(&[
-            desc(read.0, read.1, F_NEXT, n + 1),
-            desc(write.0, write.1, F_WRITE, 0),
-        ])
-    }
-
-    /// A well-formed request: one readable, one writable descriptor.
-    fn request(&mut self, bytes: &[u8]) -> (u32, i32, Vec<u8>) {
-        self.mem.write_slice(bytes, GuestAddress(REQ_ADDR)).unwrap();
-        self.mem
-            .write_slice(&vec![0xaa; REPLY_LEN as usize], GuestAddress(REPLY_ADDR))
-            .unwrap();
-        let len = self.submit_pair((REQ_ADDR, bytes.len() as u32), (REPLY_ADDR, REPLY_LEN));
-        let mut reply = vec![0u8; len as usize];
-        self.mem
-            .read_slice(&mut reply, GuestAddress(REPLY_ADDR))
-            .unwrap();
-        let error = if len >= 16 {
-            i32::from_le_bytes(reply[4..8].try_into().unwrap())
-        } else {
-            0
-        };
-        (len, error, reply)
-    }
-
-    fn init(&mut self) {
-        let (len, error, _) = self.request(&fuse_request(INIT, 1, 0, &init_body()));
-        assert!(
-            len >= 16 && error == 0,
-            "INIT failed: len {len} error {error}"
-        );
-    }
-
-    /// The worker still serves: GETATTR on the root succeeds.
-    fn still_serves(&mut self) {
-        let (len, error, _) = self.request(&fuse_request(GETATTR, 77, ROOT, &[0; 16]));
-        assert_eq!(error, 0, "GETATTR after a bad request failed");
-        assert!(len > 16);
-    }
-
-    fn lookup(&mut self, name: &[u8]) -> (u32, i32, Vec<u8>) {
-        let mut body = name.to_vec();
-        body.push(0);
-        self.request(&fuse_request(LOOKUP, 5, ROOT, &body))
-    }
-}
 
 /// `struct fuse_entry_out` starts after the 16-byte header: nodeid, then at
 /// offset 40 the attr, whose first field is ino.
@@ -254,7 +34,7 @@ fn dotdot_at_the_root_stays_at_the_root() {
     let mut h = Harness::new(false);
     h.init();
     let (_, error, reply) = h.lookup(b"..");
-    let root_ino = std::fs::metadata(h._dir.0.join("share")).unwrap().ino();
+    let root_ino = std::fs::metadata(h.share_dir()).unwrap().ino();
     if error == 0 {
         assert_eq!(
             entry_ino(&reply),
@@ -415,7 +195,7 @@ fn readonly_share_refuses_writes_before_the_server() {
     body.extend_from_slice(b"newdir\0");
     let (_, error, _) = h.request(&fuse_request(9, 8, ROOT, &body));
     assert_eq!(error, -libc::EROFS);
-    assert!(!h._dir.0.join("share/newdir").exists());
+    assert!(!h.share_dir().join("newdir").exists());
     h.still_serves();
 }
 
@@ -505,7 +285,7 @@ fn device_nodes_are_never_created() {
     body.extend_from_slice(b"sda\0");
     let (_, error, _) = h.request(&fuse_request(8, 8, ROOT, &body));
     assert_eq!(error, -libc::EPERM);
-    assert!(!h._dir.0.join("share/sda").exists());
+    assert!(!h.share_dir().join("sda").exists());
     h.still_serves();
 }
 

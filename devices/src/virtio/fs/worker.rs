@@ -13,7 +13,9 @@ use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::dax::DaxRequests;
-use super::{filter, FsServer, FsStats};
+use super::{filter, init_reply, FsServer, FsStats};
+
+const FUSE_INIT: u32 = 26;
 use crate::virtio::{GuestMemoryShared, VirtioInterrupt};
 
 pub(super) struct QueueWorker {
@@ -74,7 +76,7 @@ impl QueueWorker {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "harness"))]
     pub fn process_for_test(&mut self) {
         self.process();
     }
@@ -162,7 +164,8 @@ impl QueueWorker {
                 .map_err(|e| e.to_string())?;
             return Ok(reply.len as usize);
         }
-        let reader = Reader::from_descriptor_chain(mem, chain).map_err(|e| e.to_string())?;
+        let reader =
+            Reader::from_descriptor_chain(mem, chain.clone()).map_err(|e| e.to_string())?;
         let dax = self
             .dax
             .as_mut()
@@ -171,6 +174,11 @@ impl QueueWorker {
             .server
             .handle_message(reader, writer.into(), dax, None)
             .map_err(|e| e.to_string());
+        if header.opcode == FUSE_INIT && served.is_ok() {
+            if let Some(added) = init_reply::amend(mem, chain) {
+                log::info!("virtio-fs '{}': FUSE INIT also takes {added:?}", self.tag);
+            }
+        }
         drop(pin);
         // A file the guest truncated (its DAX pages parked) may have grown
         // again: map it back before the guest hears of the new size.

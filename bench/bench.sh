@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Ferry side by side with QEMU + virtiofsd: one command, one report.
+#
+#   bench/bench.sh [ROUNDS [WORKLOAD...]]     (default: 5 rounds, all)
+#
+# Workloads: boot seqread randread write mmap smallfiles walk run. `run` is
+# `ferry run -- true` end to end against the same job done the way
+# virtme-ng and vmtest do it: QEMU, the host's / read-only through virtiofsd
+# as the guest's root, the working directory as a second, writable
+# virtiofsd share, and a compiled init (bench/peer-init.c) that mounts what
+# Ferry's init mounts, runs the command and powers off.
+#
+# Prepares both (the peer: Debian's qemu-system-x86 and virtiofsd built from
+# crates.io, run the standard way: vhost-user-fs-pci, memfd-backed shared
+# guest memory, --cache=auto), then for every workload runs Ferry and the
+# peer alternately (A B A B ...), ROUNDS times each, with the same guest
+# kernel and initramfs, 1 vCPU and 1 GiB. Where this CPU has no vmx/svm
+# everything runs inside the emulated KVM host, as the tests do.
+#
+# Each run boots a fresh VM that mounts the shared data directory and runs
+# one workload (resources/guest/ferry-bench.c), timed inside the guest; the
+# host times the whole VM and records the VMM's CPU seconds and peak RSS
+# (QEMU plus its virtiofsd processes for the peer). It never asserts a
+# timing: it reports. Results: bench/results/latest.{md,json,png} and the raw
+# samples beside them; the table is printed too.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
+rounds=${1:-5}
+[ $# -gt 0 ] && shift
+only=("$@")
+memory=1G
+
+if [ -z "${FERRY_BENCH_INSIDE:-}" ]; then
+    bench_prepare
+    mode=$(bench_kvm_mode)
+    export FERRY_BENCH_INSIDE=1 FERRY_BENCH_MODE=$mode
+    results="$repo/bench/results"
+    mkdir -p "$results"
+    raw="$results/latest-samples.txt"
+    {
+        echo "meta date $(date -u +%Y-%m-%dT%H:%MZ)"
+        echo "meta host $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores, $(($(awk '/MemTotal/ {print $2}' /proc/meminfo) >> 20)) GiB"
+        echo "meta mode $mode"
+        echo "meta rounds $rounds"
+        echo "meta guest 1 vCPU, $memory, $(basename "$(readlink -f "$kernel")")"
+        echo "meta ferry $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)"
+        echo "meta peer $(qemu-system-x86_64 --version | head -1), $("$virtiofsd" --version | head -1)"
+    } > "$raw"
+    if [ "$mode" = emulated ]; then
+        echo "[bench] no vmx/svm on this CPU: running inside the emulated KVM host" >&2
+        "$repo/resources/emulated-host.sh" "$0" "$rounds" "${only[@]}" | tee -a "$raw"
+    else
+        "$0" "$rounds" "${only[@]}" | tee -a "$raw"
+    fi
+    python3 "$here/report.py" "$raw" "$results"
+    exit 0
+fi
+
+data=$(mktemp -d "${TMPDIR:-/tmp}/ferry-bench.XXXXXX")
+# `run` needs a working directory outside the guests' own /tmp.
+mkdir -p "$repo/target/scratch"
+work=$(mktemp -d "$repo/target/scratch/bench.XXXXXX")
+trap 'rm -rf "$data" "$work"' EXIT
+
+echo "[bench] preparing data: a 256 MiB file and a tree of 20,000 entries" >&2
+head -c $((256 << 20)) /dev/urandom > "$data/big.bin"
+for d in $(seq 1 200); do
+    mkdir -p "$data/tree/d$d"
+    (cd "$data/tree/d$d" && touch $(seq -f 'f%g' 1 99))
+done
+mkdir -p "$work/cwd"
+
+sample() { echo "sample $*"; }
+
+# Emits the samples of one VM run: wall time, VMM CPU seconds and peak RSS
+# (summed over the /usr/bin/time files given), and every `result k=v` the
+# guest printed in $out.
+emit() {
+    local workload=$1 system=$2 wall=$3 out=$4
+    shift 4
+    local cpu rss
+    cpu=$(cat "$@" | awk '{ s += $1 + $2 } END { printf "%.2f", s }')
+    rss=$(cat "$@" | awk '{ s += $3 } END { printf "%.1f", s / 1024 }')
+    sample "$workload" "$system" wall-ms "$wall"
+    sample "$workload" "$system" vmm-cpu-s "$cpu"
+    sample "$workload" "$system" vmm-rss-mib "$rss"
+    local kv
+    for kv in $(grep -o 'result .*' "$out" | head -1 | cut -d' ' -f2-); do
+        case $kv in
+            *=[0-9]*) sample "$workload" "$system" "${kv%%=*}" "${kv#*=}" ;;
+        esac
+    done
+}
+
+guest_failed() {
+    echo "[bench] $1 failed on $2; its output:" >&2
+    tail -20 "$3" >&2
+    exit 1
+}
+
+# A VM booted from the initramfs with the data shared as "bench" and
+# mounted at /mnt (no mount for the boot workload), running $3.
+ferry_vm() {
+    local workload=$1 system=$2 cmd=$3 fsopt="" mopt="" t0 t1
+    if [ "$system" = ferry-dax ]; then fsopt=",dax=on" mopt="-o dax"; fi
+    [ "$workload" = boot ] || cmd="mount -t virtiofs $mopt bench /mnt && $cmd"
+    t0=$(now_ms)
+    /usr/bin/time -f '%U %S %M' -o "$work/ferry.time" \
+        "$ferry" --kernel "$kernel" --initramfs "$initramfs" --memory "$memory" --cpus 1 \
+        --fs "tag=bench,path=$data$fsopt" --cmdline "quiet cmd=\"$cmd\"" \
+        </dev/null >"$work/out.txt" 2>&1 || true
+    t1=$(now_ms)
+    grep -q 'ferry-init: exit status 0' "$work/out.txt" || guest_failed "$workload" "$system" "$work/out.txt"
+    emit "$workload" "$system" $((t1 - t0)) "$work/out.txt" "$work/ferry.time"
+}
+
+peer_vm() {
+    local workload=$1 cmd=$2 t0 t1
+    [ "$workload" = boot ] || cmd="mount -t virtiofs bench /mnt && $cmd"
+    t0=$(now_ms)
+    peer_time="$work/vfs.time" peer_virtiofsd "$work/bench.sock" "$data"
+    # shellcheck disable=SC2046
+    /usr/bin/time -f '%U %S %M' -o "$work/qemu.time" \
+        qemu-system-x86_64 $(peer_qemu_base "$memory") \
+        -chardev socket,id=fs,path="$work/bench.sock" -device vhost-user-fs-pci,chardev=fs,tag=bench \
+        -kernel "$kernel" -initrd "$initramfs" -serial file:"$work/out.txt" \
+        -append "console=ttyS0 quiet reboot=k panic=-1 cmd=\"$cmd\"" </dev/null || true
+    t1=$(now_ms)
+    # virtiofsd leaves when QEMU disconnects; its time file follows.
+    wait "$peer_pid" || true
+    grep -q 'ferry-init: exit status 0' "$work/out.txt" || guest_failed "$workload" peer "$work/out.txt"
+    emit "$workload" peer $((t1 - t0)) "$work/out.txt" "$work/qemu.time" "$work/vfs.time"
+}
+
+# `ferry run -- true` against the virtme-ng/vmtest way (see the top).
+ferry_run_vm() {
+    local t0 t1
+    t0=$(now_ms)
+    (cd "$work/cwd" && /usr/bin/time -f '%U %S %M' -o "$work/ferry.time" \
+        "$ferry" run --kernel "$kernel" --memory "$memory" --cpus 1 -- true) ||
+        guest_failed run ferry /dev/null
+    t1=$(now_ms)
+    echo "result" > "$work/out.txt"
+    emit run ferry $((t1 - t0)) "$work/out.txt" "$work/ferry.time"
+}
+
+peer_run_vm() {
+    local t0 t1 root_pid
+    t0=$(now_ms)
+    peer_time="$work/vfs-root.time" peer_virtiofsd "$work/root.sock" / --readonly
+    root_pid=$peer_pid
+    peer_time="$work/vfs.time" peer_virtiofsd "$work/cwd.sock" "$work/cwd"
+    # shellcheck disable=SC2046
+    /usr/bin/time -f '%U %S %M' -o "$work/qemu.time" \
+        qemu-system-x86_64 $(peer_qemu_base "$memory") \
+        -chardev socket,id=root,path="$work/root.sock" -device vhost-user-fs-pci,chardev=root,tag=root \
+        -chardev socket,id=cwd,path="$work/cwd.sock" -device vhost-user-fs-pci,chardev=cwd,tag=cwd \
+        -kernel "$kernel" -serial file:"$work/out.txt" \
+        -append "console=ttyS0 quiet reboot=k panic=-1 root=root rootfstype=virtiofs ro init=$peer_init peer_cmd=true peer_cwd=$work/cwd" \
+        </dev/null || true
+    t1=$(now_ms)
+    wait "$root_pid" "$peer_pid" || true
+    grep -q 'peer-init: status 0' "$work/out.txt" || guest_failed run peer "$work/out.txt"
+    emit run peer $((t1 - t0)) "$work/out.txt" "$work/qemu.time" "$work/vfs.time" "$work/vfs-root.time"
+}
+
+workloads=(
+    "boot|true"
+    "seqread|ferry-bench seqread /mnt/big.bin"
+    "randread|ferry-bench randread /mnt/big.bin 2000"
+    "write|ferry-bench seqwrite /mnt/written.bin 128"
+    "mmap|ferry-bench mmapread /mnt/big.bin"
+    "smallfiles|ferry-bench smallfiles /mnt/small 2000"
+    "walk|ferry-bench walk /mnt/tree"
+    "run|"
+)
+for entry in "${workloads[@]}"; do
+    workload=${entry%%|*} cmd=${entry#*|}
+    if [ ${#only[@]} -gt 0 ] && [[ " ${only[*]} " != *" $workload "* ]]; then
+        continue
+    fi
+    for r in $(seq 1 "$rounds"); do
+        echo "[bench] $workload round $r/$rounds" >&2
+        if [ "$workload" = run ]; then
+            ferry_run_vm
+            peer_run_vm
+            continue
+        fi
+        ferry_vm "$workload" ferry "$cmd"
+        # DAX changes how file data moves: worth a column where data moves.
+        case $workload in seqread | randread | mmap) ferry_vm "$workload" ferry-dax "$cmd" ;; esac
+        peer_vm "$workload" "$cmd"
+    done
+done
+echo "[bench] done" >&2

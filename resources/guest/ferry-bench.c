@@ -1,0 +1,211 @@
+/*
+ * ferry-bench: file system workloads timed inside the guest, for
+ * bench/bench.sh. Each prints one line `result NAME=VALUE ...` (throughput
+ * in MB/s, 1 MB = 10^6 bytes; operations per second; milliseconds).
+ *
+ *   ferry-bench seqread FILE         cold (guest cache dropped) and warm read
+ *   ferry-bench randread FILE N      N random 4 KiB preads, guest cache dropped
+ *   ferry-bench seqwrite FILE MIB    write MIB MiB in 1 MiB writes, then fsync
+ *   ferry-bench mmapread FILE        touch every byte of a shared mapping
+ *   ferry-bench smallfiles DIR N     create+write, stat, unlink N small files
+ *   ferry-bench walk DIR             stat every entry of a tree (as find -exec stat)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static char chunk[1 << 20];
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static int fail(const char *what)
+{
+    fprintf(stderr, "ferry-bench: %s: %s\n", what, strerror(errno));
+    return 1;
+}
+
+static void drop_caches(void)
+{
+    sync();
+    int fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
+    if (fd >= 0) {
+        if (write(fd, "3", 1) != 1)
+            fail("drop_caches");
+        close(fd);
+    }
+}
+
+/* Reads the whole file; returns the bytes read, or -1. */
+static long long read_all(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return -1;
+    long long total = 0;
+    for (ssize_t n; (n = read(fd, chunk, sizeof(chunk))) > 0;)
+        total += n;
+    close(fd);
+    return total;
+}
+
+static int cmd_seqread(const char *path)
+{
+    drop_caches();
+    double t0 = now();
+    long long cold = read_all(path);
+    double t1 = now();
+    long long warm = read_all(path);
+    double t2 = now();
+    if (cold <= 0 || warm != cold)
+        return fail("read");
+    printf("result cold-read-mbps=%.1f warm-read-mbps=%.1f\n", cold / (t1 - t0) / 1e6,
+           warm / (t2 - t1) / 1e6);
+    return 0;
+}
+
+static int cmd_randread(const char *path, long n)
+{
+    drop_caches();
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return fail("open");
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < 4096)
+        return fail("fstat");
+    uint64_t blocks = st.st_size / 4096, x = 0x9e3779b97f4a7c15ull;
+    double t0 = now();
+    for (long i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        if (pread(fd, chunk, 4096, (off_t)(x % blocks) * 4096) != 4096)
+            return fail("pread");
+    }
+    double t = now() - t0;
+    close(fd);
+    printf("result rand4k-read-iops=%.0f\n", n / t);
+    return 0;
+}
+
+static int cmd_seqwrite(const char *path, long mib)
+{
+    memset(chunk, 0x5a, sizeof(chunk));
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return fail("open");
+    double t0 = now();
+    for (long i = 0; i < mib; i++)
+        if (write(fd, chunk, sizeof(chunk)) != (ssize_t)sizeof(chunk))
+            return fail("write");
+    if (fsync(fd) != 0)
+        return fail("fsync");
+    double t = now() - t0;
+    close(fd);
+    unlink(path);
+    printf("result write-fsync-mbps=%.1f\n", mib * (double)sizeof(chunk) / t / 1e6);
+    return 0;
+}
+
+static int cmd_mmapread(const char *path)
+{
+    drop_caches();
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return fail("open");
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return fail("fstat");
+    double t0 = now();
+    const volatile uint64_t *p = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        return fail("mmap");
+    uint64_t sum = 0;
+    for (off_t i = 0; i < st.st_size / 8; i++)
+        sum += p[i];
+    double t = now() - t0;
+    printf("result mmap-read-mbps=%.1f (sum %llx)\n", st.st_size / t / 1e6,
+           (unsigned long long)sum);
+    return 0;
+}
+
+static int cmd_smallfiles(const char *dir, long n)
+{
+    char path[4096];
+    struct stat st;
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return fail("mkdir");
+    double t0 = now();
+    for (long i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s/f%ld", dir, i);
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0 || write(fd, "small file\n", 11) != 11 || close(fd) != 0)
+            return fail("create");
+    }
+    for (long i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s/f%ld", dir, i);
+        if (stat(path, &st) != 0)
+            return fail("stat");
+    }
+    for (long i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s/f%ld", dir, i);
+        if (unlink(path) != 0)
+            return fail("unlink");
+    }
+    double t = now() - t0;
+    rmdir(dir);
+    printf("result smallfiles-ms=%.1f\n", t * 1e3);
+    return 0;
+}
+
+static long walked;
+
+static int visit(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+    struct stat st;
+    (void)sb, (void)type, (void)ftw;
+    if (lstat(path, &st) == 0)
+        walked++;
+    return 0;
+}
+
+static int cmd_walk(const char *dir)
+{
+    drop_caches();
+    double t0 = now();
+    if (nftw(dir, visit, 64, FTW_PHYS) != 0)
+        return fail("nftw");
+    double t = now() - t0;
+    printf("result walk-ms=%.1f (entries %ld)\n", t * 1e3, walked);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *op = argc > 1 ? argv[1] : "";
+    if (!strcmp(op, "seqread") && argc == 3)
+        return cmd_seqread(argv[2]);
+    if (!strcmp(op, "randread") && argc == 4)
+        return cmd_randread(argv[2], atol(argv[3]));
+    if (!strcmp(op, "seqwrite") && argc == 4)
+        return cmd_seqwrite(argv[2], atol(argv[3]));
+    if (!strcmp(op, "mmapread") && argc == 3)
+        return cmd_mmapread(argv[2]);
+    if (!strcmp(op, "smallfiles") && argc == 4)
+        return cmd_smallfiles(argv[2], atol(argv[3]));
+    if (!strcmp(op, "walk") && argc == 3)
+        return cmd_walk(argv[2]);
+    fprintf(stderr, "usage: ferry-bench seqread|randread|seqwrite|mmapread|smallfiles|walk ...\n");
+    return 2;
+}
