@@ -88,6 +88,9 @@ def markdown(meta, rows):
                f"KVM mode {meta.get('mode', '?')}; {meta.get('rounds', '?')} rounds, "
                f"alternating; guest {meta.get('guest', '?')}; ferry {meta.get('ferry', '?')}; "
                f"peer {meta.get('peer', '?')}.")
+    if meta.get("note"):
+        out.append("")
+        out.append(f"Note: {meta['note']}.")
     out.append("")
     out.append("Median (min–max). ferry/peer is the plain ratio of medians; "
                "\"better\" says which way the metric improves.")

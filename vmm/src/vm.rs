@@ -269,16 +269,34 @@ fn repair_dax_windows(windows: &[Arc<DaxWindow>]) {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit: the file server
-/// keeps a descriptor per inode the guest holds, and a guest creating 2,000
-/// files in a directory went past the usual soft limit of 1,024 (EMFILE in
-/// the guest).
+/// Raises the limit on open files: the file server keeps a descriptor per
+/// inode the guest holds, and a guest creating 2,000 files went past the
+/// usual soft limit of 1,024, and one walking a 20,000-entry tree past a
+/// hard limit of 4,096 (EMFILE in the guest). The soft limit goes to the
+/// hard one; with CAP_SYS_RESOURCE (root) both go to the kernel's
+/// `fs.nr_open`.
 fn raise_open_file_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
     // SAFETY: getrlimit/setrlimit read and write a local struct.
     unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let old = lim.rlim_cur;
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let old = lim.rlim_cur;
+        if let Some(max) = nr_open.filter(|&m| m > lim.rlim_max) {
+            let wider = libc::rlimit {
+                rlim_cur: max,
+                rlim_max: max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wider) == 0 {
+                log::debug!("open file limit raised from {old} to {max}");
+                return;
+            }
+        }
+        if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
                 log::debug!("open file limit raised from {old} to {}", lim.rlim_cur);
