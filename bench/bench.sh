@@ -61,8 +61,9 @@ fi
 
 data=$(mktemp -d "${TMPDIR:-/tmp}/ferry-bench.XXXXXX")
 # `run` needs a working directory outside the guests' own /tmp.
-mkdir -p "$repo/target/scratch"
-work=$(mktemp -d "$repo/target/scratch/bench.XXXXXX")
+scratch=${FERRY_TEST_SCRATCH:-$repo/target/scratch}
+mkdir -p "$scratch"
+work=$(mktemp -d "$scratch/bench.XXXXXX")
 trap 'rm -rf "$data" "$work"' EXIT
 
 echo "[bench] preparing data: a 256 MiB file and a tree of 20,000 entries" >&2

@@ -13,8 +13,11 @@ for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs "$d"; done
 # The repository again, in case it lies under one of those tmpfs mounts.
 mkdir -p "$ferry_repo" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro ferryrepo "$ferry_repo"
-# Writable scratch space outside /tmp for tests (see ferry_tests::scratch_dir).
-mount -t tmpfs tmpfs "$ferry_repo/target/scratch"
+# Writable scratch space outside /tmp, /run and /var/tmp (which `ferry run`
+# guests replace with their own tmpfs), for tests and benchmarks.
+if [ -d /mnt ] && mount -t tmpfs tmpfs /mnt; then
+    export FERRY_TEST_SCRATCH=/mnt
+fi
 mkdir -p /run/job
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 ferryjob /run/job
 

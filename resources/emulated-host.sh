@@ -8,8 +8,9 @@
 #
 # The command runs in the same directory with the same environment; /tmp,
 # /run and /var/tmp are fresh tmpfs inside, and this repository is mounted
-# read-only at its own path on top (so a clone under /tmp works too), with a
-# fresh tmpfs at its target/scratch. Its output streams to the
+# read-only at its own path on top (so a clone under /tmp works too), and
+# /mnt is a fresh tmpfs named by FERRY_TEST_SCRATCH (scratch space outside
+# the paths `ferry run` guests replace). Its output streams to the
 # console (stdout and stderr merged) and its exit status becomes this
 # script's. Environment: FERRY_EMU_MEMORY (default 6G), FERRY_EMU_CPUS
 # (default: this host's CPU count, at least 4: with only 2, guests with 2
@@ -46,14 +47,12 @@ case "$repo" in
     *[[:space:]]*) echo "emulated-host: the repository path '$repo' contains white space; move it" >&2; exit 1 ;;
 esac
 
-# Becomes a tmpfs inside: tests' scratch space outside /tmp.
-mkdir -p "$repo/target/scratch"
 job=$(mktemp -d "${TMPDIR:-/tmp}/ferry-emu.XXXXXX")
 trap 'rm -rf "$job"' EXIT
 {
     echo "cd $(printf %q "$PWD")"
     # The caller's environment, less what only describes this host session.
-    export -p | grep -v -E '^declare -x (OLDPWD|PWD|SHLVL|_|TMPDIR)='
+    export -p | grep -v -E '^declare -x (OLDPWD|PWD|SHLVL|_|TMPDIR|FERRY_TEST_SCRATCH)='
     printf 'exec'
     printf ' %q' "$@"
     echo

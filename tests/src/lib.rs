@@ -392,13 +392,30 @@ pub fn test_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Where [`scratch_dir`]s go: `FERRY_TEST_SCRATCH` (the emulated KVM host
+/// sets it to a tmpfs of its own at /mnt), else `target/scratch`, else,
+/// when the repository itself lies under a path `ferry run` guests replace
+/// with their own tmpfs, `~/.cache/ferry/test-scratch`.
+pub fn scratch_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_TEST_SCRATCH") {
+        return PathBuf::from(p);
+    }
+    let target = repo_root().join("target/scratch");
+    let real = repo_root().canonicalize().unwrap_or_else(|_| repo_root());
+    let guest_private = ["/tmp", "/run", "/var/tmp", "/dev"]
+        .iter()
+        .any(|d| real.starts_with(d));
+    match std::env::var_os("HOME") {
+        Some(home) if guest_private => PathBuf::from(home).join(".cache/ferry/test-scratch"),
+        _ => target,
+    }
+}
+
 /// A fresh, empty directory for one test outside `/tmp`, `/run` and
 /// `/var/tmp` (which `ferry run` guests replace with their own tmpfs), so
-/// the guest sees it through the host root: `target/scratch` (a tmpfs of
-/// its own inside the emulated KVM host).
+/// the guest sees it through the host root; see [`scratch_root`].
 pub fn scratch_dir(name: &str) -> PathBuf {
-    let dir = repo_root()
-        .join("target/scratch")
+    let dir = scratch_root()
         .join(format!("ferry-tests-{}", std::process::id()))
         .join(name);
     let _ = std::fs::remove_dir_all(&dir);

@@ -209,6 +209,28 @@ fn environment_and_identity_pass_through() -> TestResult {
     )
 }
 
+/// The use the command exists for: a project's own check, with make (from
+/// the host's /usr/bin) writing in the project directory.
+fn make_check_runs_in_the_project() -> TestResult {
+    let dir = scratch_dir("run_make");
+    std::fs::write(
+        dir.join("Makefile"),
+        "check: result.txt\n\tgrep -q built result.txt && echo check-passed\n\
+         result.txt:\n\techo built > $@\n",
+    )?;
+    let out = ferry_run(&dir, &["make", "check"])?;
+    status_is(&out, 0)?;
+    check(
+        out.stdout.contains("check-passed")
+            && std::fs::read_to_string(dir.join("result.txt"))
+                .ok()
+                .as_deref()
+                == Some("built\n"),
+        "make check did not run in the project directory",
+        &out,
+    )
+}
+
 fn missing_command_is_127() -> TestResult {
     let dir = scratch_dir("run_missing");
     let out = ferry_run(&dir, &["no-such-command-for-ferry"])?;
@@ -323,6 +345,7 @@ pub fn trials() -> Vec<Trial> {
             "run::environment_and_ids",
             environment_and_identity_pass_through,
         ),
+        Trial::test("run::make_check", make_check_runs_in_the_project),
         Trial::test("run::missing_command", missing_command_is_127),
         Trial::test("run::default_kernel", default_kernel_is_found),
         Trial::test("run::sigterm", || signal_stops_the_vm(libc::SIGTERM, 143)),
