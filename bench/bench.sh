@@ -35,6 +35,7 @@ memory=1G
 
 if [ -z "${FERRY_BENCH_INSIDE:-}" ]; then
     bench_prepare
+    "$here/install-peer.sh"
     mode=$(bench_kvm_mode)
     export FERRY_BENCH_INSIDE=1 FERRY_BENCH_MODE=$mode
     results="$repo/bench/results"

@@ -1,10 +1,9 @@
 # Shared by the benchmarks in bench/ (sourced, not run). Expects $repo.
 
-# Builds what every benchmark needs, once: the guest kernel and initramfs,
-# the peer (QEMU, virtiofsd, its init) and a release build of Ferry.
+# Builds what every benchmark needs, once: the guest kernel and initramfs
+# and a release build of Ferry. (The peer is bench/install-peer.sh's.)
 bench_prepare() {
-    (cd "$repo" && resources/prepare.sh && bench/install-peer.sh &&
-        cargo build --release --quiet -p ferry)
+    (cd "$repo" && resources/prepare.sh && cargo build --release --quiet -p ferry)
 }
 
 # direct (this host's /dev/kvm has vmx/svm) or emulated (the emulated KVM

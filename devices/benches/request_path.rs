@@ -9,14 +9,12 @@
 //! (`cargo test` runs each once, as a smoke test.)
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ferry_devices::virtio::fs::harness::{fuse_request, Harness};
+use ferry_devices::virtio::fs::harness::{fuse_request, Harness, GETATTR, LOOKUP, ROOT};
+use fuse_backend_rs::abi::fuse_abi::Opcode;
 
-const LOOKUP: u32 = 1;
-const GETATTR: u32 = 3;
-const OPEN: u32 = 14;
-const READ: u32 = 15;
-const WRITE: u32 = 16;
-const ROOT: u64 = 1;
+const OPEN: u32 = Opcode::Open as u32;
+const READ: u32 = Opcode::Read as u32;
+const WRITE: u32 = Opcode::Write as u32;
 const O_RDWR: u32 = 2;
 const BLOCK: usize = 4096;
 

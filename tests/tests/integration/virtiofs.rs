@@ -375,6 +375,45 @@ fn large_file_round_trip() -> TestResult {
     )
 }
 
+/// Ferry's transport terms in FUSE INIT and its open-file limit, in a real
+/// guest: 16 MiB written with `dd bs=1M` goes in requests far larger than
+/// the server's own 4 KiB default (at most 64 WRITEs, not 4,096), and 5,000
+/// files held at once by the guest (one host descriptor each, past the
+/// usual limits of 1,024 and 4,096) create, stat and unlink without EMFILE.
+fn large_requests_and_many_files() -> TestResult {
+    let big = Share::new("fs_big_requests");
+    let many = Share::new("fs_many_files");
+    let script = "mount -t virtiofs big /mnt || exit 90\n\
+                  mkdir -p /many && mount -t virtiofs many /many || exit 91\n\
+                  dd if=/dev/zero of=/mnt/w.bin bs=1M count=16 2>/dev/null || exit 92\n\
+                  ferry-bench smallfiles /many/files 5000 || exit 93";
+    let out = Guest::command(script)
+        .fs(&big.spec("big", ""))
+        .fs(&many.spec("many", ""))
+        .arg("--log-level")
+        .arg("debug")
+        .deadline(Duration::from_secs(600))
+        .run()?;
+    guest_ok(&out, 0)?;
+    check(
+        fs::metadata(big.path("w.bin"))?.len() == 16 << 20,
+        "size of the written file",
+        &out,
+    )?;
+    check(
+        line_with(&out.stderr, "FUSE INIT also takes").contains("MAX_PAGES"),
+        "Ferry did not grant MAX_PAGES",
+        &out,
+    )?;
+    let writes = field(line_with(&out.stderr, "virtio-fs 'big' requests:"), "write")
+        .and_then(|n| n.parse::<u64>().ok());
+    check(
+        writes.is_some_and(|n| (16..=64).contains(&n)),
+        &format!("16 MiB took {writes:?} WRITE requests"),
+        &out,
+    )
+}
+
 fn four_queues_four_writers() -> TestResult {
     let s = Share::new("fs_queues");
     let script = r#"mount -t virtiofs share /mnt || exit 90
@@ -673,6 +712,10 @@ pub fn trials() -> Vec<Trial> {
         ),
         Trial::test("fs::eight_shares", many_shares_at_once),
         Trial::test("fs::large_file_round_trip", large_file_round_trip),
+        Trial::test(
+            "fs::large_requests_and_many_files",
+            large_requests_and_many_files,
+        ),
         Trial::test("fs::four_queues_four_writers", four_queues_four_writers),
         Trial::test("fs::driver_rebind", driver_rebind_mounts_again),
     ];

@@ -81,12 +81,13 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
     };
     let cwd = std::env::current_dir().context("the current directory")?;
     let (shares, mounts) = plan_shares(&cwd, &args.rw, &args.machine.fs)?;
+    let (uid, gid) = current_ids();
     let spec = RunSpec {
         argv: args.command.clone(),
         env: guest_env(std::env::vars_os(), &cwd),
         cwd,
-        uid: current_ids().0,
-        gid: current_ids().1,
+        uid,
+        gid,
         groups: current_groups(),
         umask: current_umask(),
         mounts,

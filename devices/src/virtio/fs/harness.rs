@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use fuse_backend_rs::abi::fuse_abi::Opcode;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
@@ -27,9 +28,9 @@ pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
 pub const F_INDIRECT: u16 = 4;
 
-pub const LOOKUP: u32 = 1;
-pub const GETATTR: u32 = 3;
-pub const INIT: u32 = 26;
+pub const LOOKUP: u32 = Opcode::Lookup as u32;
+pub const GETATTR: u32 = Opcode::Getattr as u32;
+pub const INIT: u32 = Opcode::Init as u32;
 pub const ROOT: u64 = 1;
 
 #[derive(Default)]

@@ -118,10 +118,8 @@ pub(super) fn amend(mem: &GuestMemoryMmap, chain: Chain<'_>) -> Option<FsOptions
 
 #[cfg(test)]
 mod tests {
-    use super::super::harness::{fuse_request, Harness};
+    use super::super::harness::{fuse_request, Harness, INIT};
     use super::*;
-
-    const INIT: u32 = 26;
 
     fn init_with_flags(flags: u32) -> InitOut {
         let mut h = Harness::new(false);

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryMmap};
@@ -14,8 +14,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::dax::DaxRequests;
 use super::{filter, init_reply, FsServer, FsStats};
-
-const FUSE_INIT: u32 = 26;
 use crate::virtio::{GuestMemoryShared, VirtioInterrupt};
 
 pub(super) struct QueueWorker {
@@ -174,7 +172,7 @@ impl QueueWorker {
             .server
             .handle_message(reader, writer.into(), dax, None)
             .map_err(|e| e.to_string());
-        if header.opcode == FUSE_INIT && served.is_ok() {
+        if header.opcode == Opcode::Init as u32 && served.is_ok() {
             if let Some(added) = init_reply::amend(mem, chain) {
                 log::info!("virtio-fs '{}': FUSE INIT also takes {added:?}", self.tag);
             }
