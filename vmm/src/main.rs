@@ -1,21 +1,7 @@
 //! `ferry`: boot a Linux guest under KVM.
 
-mod allocator;
-mod cli;
-mod console;
-mod control;
-mod exit;
-mod fs_option;
-mod loader;
-mod memory;
-mod run;
-mod terminal;
-mod vcpu;
-mod vm;
-mod vm_ops;
-mod watchdog;
-
 use clap::Parser;
+use ferry::{cli, exit, run, vm};
 
 fn main() {
     // Under `ferry run` this binary is also the guest's init.
