@@ -16,6 +16,12 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The fuzz targets' kept corpus, replayed through the same code (seconds;
+# fuzz/ is a workspace of its own).
+echo "[test] fuzz corpus replay" >&2
+cargo test --manifest-path fuzz/Cargo.toml 2>&1 | tee -a "$log"
+fuzz_status=${PIPESTATUS[0]}
+[ "$status" -ne 0 ] || status=$fuzz_status
 set -e
 # One closing line for the whole run, summed over every test binary.
 sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '

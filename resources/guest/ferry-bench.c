@@ -8,6 +8,8 @@
  *   ferry-bench seqwrite FILE MIB    write MIB MiB in 1 MiB writes, then fsync
  *   ferry-bench mmapread FILE        touch every byte of a shared mapping
  *   ferry-bench smallfiles DIR N     create+write, stat, unlink N small files
+ *   ferry-bench manyfiles DIR N      create N empty files (mknod), then stat
+ *                                    each, all held at once (limits tests)
  *   ferry-bench walk DIR             stat every entry of a tree (as find -exec stat)
  */
 #define _GNU_SOURCE
@@ -169,6 +171,28 @@ static int cmd_smallfiles(const char *dir, long n)
     return 0;
 }
 
+static int cmd_manyfiles(const char *dir, long n)
+{
+    char path[4096];
+    struct stat st;
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return fail("mkdir");
+    double t0 = now();
+    for (long i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s/f%ld", dir, i);
+        if (mknod(path, S_IFREG | 0644, 0) != 0)
+            return fail("mknod");
+    }
+    double t1 = now();
+    for (long i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s/f%ld", dir, i);
+        if (stat(path, &st) != 0)
+            return fail("stat");
+    }
+    printf("result manyfiles created=%ld create-s=%.1f stat-s=%.1f\n", n, t1 - t0, now() - t1);
+    return 0;
+}
+
 static long walked;
 
 static int visit(const char *path, const struct stat *sb, int type, struct FTW *ftw)
@@ -202,10 +226,12 @@ int main(int argc, char **argv)
         return cmd_seqwrite(argv[2], atol(argv[3]));
     if (!strcmp(op, "mmapread") && argc == 3)
         return cmd_mmapread(argv[2]);
+    if (!strcmp(op, "manyfiles") && argc == 4)
+        return cmd_manyfiles(argv[2], atol(argv[3]));
     if (!strcmp(op, "smallfiles") && argc == 4)
         return cmd_smallfiles(argv[2], atol(argv[3]));
     if (!strcmp(op, "walk") && argc == 3)
         return cmd_walk(argv[2]);
-    fprintf(stderr, "usage: ferry-bench seqread|randread|seqwrite|mmapread|smallfiles|walk ...\n");
+    fprintf(stderr, "usage: ferry-bench seqread|randread|seqwrite|mmapread|smallfiles|manyfiles|walk ...\n");
     return 2;
 }

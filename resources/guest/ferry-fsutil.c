@@ -1,8 +1,12 @@
 /* File-system calls busybox lacks, for Ferry's guest tests:
  *   ferry-fsutil setxattr PATH NAME VALUE | getxattr PATH NAME | listxattr PATH
  *              | removexattr PATH NAME | fsync PATH | flock PATH | statfs PATH
+ *              | byhandle PATH   (name_to_handle_at + open_by_handle_at, then a
+ *                                 forged handle on the same mount)
  * Prints results on stdout; exits non-zero with the errno text on failure. */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -72,6 +76,37 @@ int main(int argc, char **argv)
         printf("bsize=%ld blocks=%llu bfree=%llu files=%llu\n", (long)s.f_bsize,
                (unsigned long long)s.f_blocks, (unsigned long long)s.f_bfree,
                (unsigned long long)s.f_files);
+    } else if (!strcmp(op, "byhandle")) {
+        /* Its own handle may open (the guest can reach PATH anyway). Exits
+         * 0 only if a forged handle opened something: an escape route. */
+        struct file_handle *h = malloc(sizeof(*h) + MAX_HANDLE_SZ);
+        int mount_id;
+        h->handle_bytes = MAX_HANDLE_SZ;
+        int mfd = open(path, O_RDONLY);
+        if (mfd < 0)
+            return fail("open");
+        if (name_to_handle_at(AT_FDCWD, path, h, &mount_id, 0) == 0) {
+            int fd = open_by_handle_at(mfd, h, O_RDONLY);
+            printf("own handle (type %#x): %s\n", h->handle_type,
+                   fd >= 0 ? "opened" : strerror(errno));
+        } else {
+            printf("name_to_handle_at: %s\n", strerror(errno));
+        }
+        /* FUSE's handle layout (type 0x81: nodeid high, low, generation)
+         * with node ids the guest was never given. */
+        static const unsigned nodeids[] = {0xdeadbeef, 0x7fffffff, 0x100000};
+        int opened = 0;
+        for (unsigned i = 0; i < sizeof(nodeids) / sizeof(nodeids[0]); i++) {
+            unsigned words[3] = {0, nodeids[i], 0};
+            h->handle_bytes = sizeof(words);
+            h->handle_type = 0x81;
+            memcpy(h->f_handle, words, sizeof(words));
+            int fd = open_by_handle_at(mfd, h, O_RDONLY);
+            printf("forged handle for node %#x: %s\n", nodeids[i],
+                   fd >= 0 ? "opened" : strerror(errno));
+            opened |= fd >= 0;
+        }
+        return opened ? 0 : 1;
     } else {
         fprintf(stderr, "ferry-fsutil: bad arguments\n");
         return 2;

@@ -127,6 +127,12 @@ pub struct MachineArgs {
     /// off) for this many seconds. 0 turns the check off.
     #[arg(long, default_value_t = 3, value_name = "SECONDS")]
     pub stall_timeout: u64,
+
+    /// Confine Ferry once the VM is set up: seccomp filters per thread
+    /// role, Landlock limiting each file server to its share, no_new_privs.
+    /// `off` is for debugging only.
+    #[arg(long, default_value = "on", value_name = "on|off")]
+    pub sandbox: crate::sandbox::SandboxMode,
 }
 
 impl Cli {

@@ -11,6 +11,7 @@ pub mod fs_option;
 pub mod loader;
 pub mod memory;
 pub mod run;
+pub mod sandbox;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

@@ -7,8 +7,20 @@ fn main() {
     // Under `ferry run` this binary is also the guest's init.
     run::guest_init::run_if_guest_init();
     let cli = cli::Cli::parse();
+    let level = cli.machine().log_level;
+    // fuse-backend-rs and virtio-queue log what a guest causes (every stat
+    // in a deleted share, every pop from a broken ring) at error level,
+    // once per request: a guest could flood the host's log. Shown from
+    // --log-level debug on.
+    let library = if level >= log::LevelFilter::Debug {
+        level
+    } else {
+        log::LevelFilter::Off
+    };
     env_logger::Builder::new()
-        .filter_level(cli.machine().log_level)
+        .filter_level(level)
+        .filter_module("fuse_backend_rs", library)
+        .filter_module("virtio_queue", library)
         .parse_env("RUST_LOG")
         .format_target(false)
         .init();
@@ -26,6 +38,7 @@ fn boot(args: cli::BootArgs) -> i32 {
         boot: args,
         console: vm::ConsoleMode::Terminal,
         timeout: None,
+        violation_status: 1,
     };
     match vm::run(config) {
         Ok(reason) => {

@@ -11,6 +11,7 @@ use ferry_devices::virtio::fs::DaxWindow;
 use ferry_devices::Bus;
 
 use crate::exit::{ExitReason, VmExit};
+use crate::sandbox::Sandbox;
 use crate::watchdog::{is_stuck, Epoch, VcpuProgress};
 
 /// Signal used to kick a vCPU out of `KVM_RUN`.
@@ -40,6 +41,8 @@ pub struct Vcpu {
     pub dax_windows: Vec<Arc<DaxWindow>>,
     /// KVM_RUN failed with EFAULT and was retried with nothing repaired.
     pub efault_retried: bool,
+    /// Confines the thread before it runs the guest.
+    pub sandbox: Sandbox,
 }
 
 enum Step {
@@ -51,12 +54,21 @@ enum Step {
 
 impl Vcpu {
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        // Read now, before the thread is confined (used in error messages).
+        host_has_hardware_virtualization();
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
             .spawn(move || self.run())
     }
 
     fn run(mut self) {
+        if let Err(e) = self.sandbox.confine_vcpu() {
+            self.exit.request(ExitReason::KvmError(format!(
+                "vCPU {}: cannot confine the thread: {e}",
+                self.id
+            )));
+            return;
+        }
         loop {
             let step = self.step();
             let reason = match step {
@@ -203,13 +215,17 @@ impl Vcpu {
     }
 }
 
-/// Whether `/proc/cpuinfo` lists Intel VT-x or AMD-V.
+/// Whether `/proc/cpuinfo` lists Intel VT-x or AMD-V. Read once: a
+/// confined vCPU may not open files.
 pub fn host_has_hardware_virtualization() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .map(|s| {
-            s.lines()
-                .filter(|l| l.starts_with("flags"))
-                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-        })
-        .unwrap_or(false)
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.starts_with("flags"))
+                    .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+            })
+            .unwrap_or(false)
+    })
 }

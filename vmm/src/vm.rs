@@ -25,6 +25,7 @@ use vm_memory::GuestMemoryAtomic;
 
 use crate::allocator::AddressAllocator;
 use crate::fs_option::check_unique_tags;
+use crate::sandbox::Sandbox;
 use crate::vm_ops::KvmVmOps;
 
 use crate::cli::BootArgs;
@@ -51,6 +52,8 @@ pub struct VmConfig {
     pub console: ConsoleMode,
     /// Stop the VM after this long (`ExitReason::Timeout`).
     pub timeout: Option<Duration>,
+    /// Ferry's exit status should a sandbox violation stop it.
+    pub violation_status: i32,
 }
 
 /// Where COM1 goes.
@@ -167,6 +170,7 @@ struct FsDevices {
 /// The PCI root bus with one virtio-fs device per share.
 fn add_pci_devices(
     cli: &BootArgs,
+    sandbox: &Sandbox,
     vm: &Arc<VmFd>,
     mem: &GuestMemoryFerry,
     first_free_slot: u32,
@@ -180,9 +184,10 @@ fn add_pci_devices(
     let mut bars64 = AddressAllocator::new(mmio64, MMIO64_END.saturating_sub(mmio64));
     let mut root = PciRoot::new(mmio_bus.clone());
     let mut devices = FsDevices::default();
+    let confine = sandbox.file_server();
     for share in &cli.machine.fs {
         let context = || format!("virtio-fs '{}'", share.tag);
-        let fs = VirtioFs::new(share.clone()).with_context(context)?;
+        let fs = VirtioFs::new(share.clone(), confine.clone()).with_context(context)?;
         devices.stats.push((share.tag.clone(), fs.stats()));
         devices.dax_windows.extend(fs.dax_window());
         let bar = bars.allocate(VIRTIO_PCI_BAR_SIZE)?;
@@ -311,10 +316,12 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
         boot: cli,
         console: console_mode,
         timeout,
+        violation_status,
     } = config;
     let kernel = cli.kernel.as_deref().context("no kernel given")?;
     let machine = &cli.machine;
     raise_open_file_limit();
+    let sandbox = Sandbox::prepare(machine.sandbox, violation_status)?;
     let kvm = open_kvm()?;
     let vm = create_vm(&kvm)?;
 
@@ -337,13 +344,21 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
         ConsoleMode::Terminal => (Box::new(FdWriter::STDOUT), true),
         ConsoleMode::Captured(sink) => (sink, false),
     };
-    let legacy = add_legacy_devices(&vm, &io_bus, &exit, console_out)?;
-    let fs = add_pci_devices(&cli, &vm, &mem, first_free_slot, &io_bus, &mmio_bus)?;
-    let vcpu_fds = create_vcpus(&kvm, &vm, &mem, machine.cpus, entry)?;
-
-    // Blocked before any thread starts, so only the signalfd sees them.
+    // Blocked before any thread starts (the file servers' start with the
+    // devices), so only the signalfd sees them.
     let signals = take_stop_signals().context("signalfd")?;
     install_kick_handler().context("vCPU kick signal handler")?;
+    let legacy = add_legacy_devices(&vm, &io_bus, &exit, console_out)?;
+    let fs = add_pci_devices(
+        &cli,
+        &sandbox,
+        &vm,
+        &mem,
+        first_free_slot,
+        &io_bus,
+        &mmio_bus,
+    )?;
+    let vcpu_fds = create_vcpus(&kvm, &vm, &mem, machine.cpus, entry)?;
 
     let mut event_manager = EventManager::<Subscriber>::new().context("event loop")?;
     let console = if interactive {
@@ -380,9 +395,12 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
             progress: p,
             dax_windows: fs.dax_windows.clone(),
             efault_retried: false,
+            sandbox: sandbox.clone(),
         };
         threads.push(vcpu.spawn().context("cannot start a vCPU thread")?);
     }
+    // Last: a thread started after this would inherit the main filter.
+    sandbox.confine_main().map_err(anyhow::Error::msg)?;
     log::info!(
         "guest started: {} vCPU(s), {} MiB",
         machine.cpus,

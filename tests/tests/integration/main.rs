@@ -5,6 +5,8 @@
 
 mod boot;
 mod dax;
+mod escape;
+mod limits;
 mod run;
 mod virtiofs;
 
@@ -72,6 +74,8 @@ fn main() {
     let mut trials = boot::trials();
     trials.extend(virtiofs::trials());
     trials.extend(dax::trials());
+    trials.extend(escape::trials());
+    trials.extend(limits::trials());
     trials.extend(run::trials());
     libtest_mimic::run(&args, trials).exit();
 }

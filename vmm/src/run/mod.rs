@@ -120,6 +120,7 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
         },
         console: ConsoleMode::Captured(Box::new(SharedConsole(console.clone()))),
         timeout: args.timeout,
+        violation_status: guest_init::STATUS_SETUP_FAILED,
     };
     let reason = vm::run(config)?;
     let failed = |what: &str| {

@@ -130,6 +130,11 @@ impl DaxWindow {
         (start < end).then(|| (start - base, end - start))
     }
 
+    /// Whether guest range `[gpa, gpa + len)` touches the window.
+    pub fn overlaps(&self, gpa: u64, len: u64) -> bool {
+        self.window_part(gpa, len).is_some()
+    }
+
     /// Checks that every part of `buffers` (guest address, length, whether
     /// the device writes it) inside the window is mapped, within its file
     /// and writable as needed, and keeps it so until the pin is dropped.

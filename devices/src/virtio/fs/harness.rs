@@ -114,14 +114,17 @@ impl Harness {
             .try_set_used_ring_address(GuestAddress(USED_RING))
             .unwrap();
         queue.set_ready(true);
-        let fs = VirtioFs::new(FsShare {
-            tag: "t".into(),
-            path: dir.join("share"),
-            request_queues: 1,
-            readonly,
-            cache: CacheMode::Never,
-            dax_window: None,
-        })
+        let fs = VirtioFs::new(
+            FsShare {
+                tag: "t".into(),
+                path: dir.join("share"),
+                request_queues: 1,
+                readonly,
+                cache: CacheMode::Never,
+                dax_window: None,
+            },
+            None,
+        )
         .unwrap();
         let worker = QueueWorker {
             tag: "t".into(),
@@ -132,8 +135,7 @@ impl Harness {
             stop: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             mem: GuestMemoryAtomic::new(mem.clone()),
             interrupt: Arc::new(CountingInterrupt::default()),
-            server: Arc::new(fs.server().unwrap()),
-            readonly,
+            server: fs.server.clone(),
             stats: fs.stats(),
             dax: dax.map(super::dax::DaxRequests),
         };

@@ -4,8 +4,11 @@
 //! window the guest maps host files straight into its memory.
 
 mod dax;
+mod file_handles;
 mod filter;
 mod init_reply;
+mod policy;
+mod spawner;
 mod stats;
 mod worker;
 
@@ -56,28 +59,49 @@ pub struct FsShare {
 /// virtio-fs shared memory region ids: the DAX cache.
 const SHMID_CACHE: u8 = 0;
 
-pub(crate) type FsServer = Server<Arc<PassthroughFs<()>>>;
+pub(crate) type FsServer = Server<Arc<policy::SharePolicy<PassthroughFs<()>>>>;
+
+/// Confines the calling thread as the file server of a share (the VMM's
+/// sandbox). The device runs it once, on the thread that later starts the
+/// share's queue workers, before the guest can send a request.
+pub type ConfineFileServer = Arc<dyn Fn(&FsShare) -> Result<(), String> + Send + Sync>;
 
 pub struct VirtioFs {
     share: FsShare,
     dax: Option<Arc<DaxWindow>>,
     stats: Arc<FsStats>,
+    /// One server for the device's life: it is built (and the share's root
+    /// opened) before the sandbox closes, and a new driver's INIT starts it
+    /// afresh.
+    server: Arc<FsServer>,
+    spawner: spawner::Spawner,
     stop: Option<EventFd>,
     workers: Vec<JoinHandle<()>>,
 }
 
 impl VirtioFs {
-    /// Sets up the device (and reserves its DAX window, if any).
-    pub fn new(share: FsShare) -> std::io::Result<Self> {
+    /// Sets up the device: opens the share, reserves the DAX window (if
+    /// any) and starts the thread that will start the queue workers,
+    /// confined by `confine`.
+    pub fn new(share: FsShare, confine: Option<ConfineFileServer>) -> std::io::Result<Self> {
         let queues = 1 + usize::from(share.request_queues);
         let dax = match share.dax_window {
             Some(size) => Some(Arc::new(DaxWindow::new(size)?)),
             None => None,
         };
+        let server = Arc::new(server(&share)?);
+        let confined_share = share.clone();
+        let spawner =
+            spawner::Spawner::start(format!("fs-{}", share.tag), move || match confine {
+                Some(confine) => confine(&confined_share),
+                None => Ok(()),
+            })?;
         Ok(VirtioFs {
             share,
             dax,
             stats: Arc::new(FsStats::new(queues)),
+            server,
+            spawner,
             stop: None,
             workers: Vec::new(),
         })
@@ -91,26 +115,40 @@ impl VirtioFs {
     pub fn stats(&self) -> Arc<FsStats> {
         self.stats.clone()
     }
+}
 
-    fn server(&self) -> std::io::Result<FsServer> {
-        let (timeout, policy) = match self.share.cache {
-            CacheMode::Never => (Duration::ZERO, CachePolicy::Never),
-            CacheMode::Auto => (Duration::from_secs(1), CachePolicy::Auto),
-            CacheMode::Always => (Duration::from_secs(86400), CachePolicy::Always),
-        };
-        let cfg = Config {
-            root_dir: self.share.path.to_string_lossy().into_owned(),
-            do_import: true,
-            xattr: true,
-            cache_policy: policy,
-            attr_timeout: timeout,
-            entry_timeout: timeout,
-            ..Default::default()
-        };
-        let fs = PassthroughFs::<()>::new(cfg)?;
-        fs.import()?;
-        Ok(Server::new(Arc::new(fs)))
-    }
+fn server(share: &FsShare) -> std::io::Result<FsServer> {
+    let (timeout, policy) = match share.cache {
+        CacheMode::Never => (Duration::ZERO, CachePolicy::Never),
+        CacheMode::Auto => (Duration::from_secs(1), CachePolicy::Auto),
+        CacheMode::Always => (Duration::from_secs(86400), CachePolicy::Always),
+    };
+    let inode_file_handles = file_handles::usable(&share.path);
+    log::info!(
+        "virtio-fs '{}': inodes kept as {}",
+        share.tag,
+        if inode_file_handles {
+            "file handles"
+        } else {
+            "open descriptors (no file handles here: they need CAP_DAC_READ_SEARCH and a file system that exports them)"
+        }
+    );
+    let cfg = Config {
+        root_dir: share.path.to_string_lossy().into_owned(),
+        do_import: true,
+        inode_file_handles,
+        xattr: true,
+        cache_policy: policy,
+        attr_timeout: timeout,
+        entry_timeout: timeout,
+        ..Default::default()
+    };
+    let fs = PassthroughFs::<()>::new(cfg)?;
+    fs.import()?;
+    Ok(Server::new(Arc::new(policy::SharePolicy::new(
+        fs,
+        share.readonly,
+    ))))
 }
 
 impl VirtioDevice for VirtioFs {
@@ -158,9 +196,6 @@ impl VirtioDevice for VirtioFs {
             return Err(ActivateError::NoRequestQueue);
         }
         self.reset();
-        let server = Arc::new(self.server().map_err(|e| {
-            ActivateError::Start(format!("share {}: {e}", self.share.path.display()))
-        })?);
         let stop =
             EventFd::new(libc::EFD_NONBLOCK).map_err(|e| ActivateError::Start(e.to_string()))?;
         log::info!(
@@ -182,14 +217,15 @@ impl VirtioDevice for VirtioFs {
                     .map_err(|e| ActivateError::Start(e.to_string()))?,
                 mem: activation.mem.clone(),
                 interrupt: activation.interrupt.clone(),
-                server: server.clone(),
-                readonly: self.share.readonly,
+                server: self.server.clone(),
                 stats: self.stats.clone(),
                 dax: self.dax.clone().map(dax::DaxRequests),
             };
-            let handle = std::thread::Builder::new()
-                .name(format!("fs-{}-q{}", self.share.tag, q.index))
-                .spawn(move || worker.run())
+            let handle = self
+                .spawner
+                .spawn(format!("fs-{}-q{}", self.share.tag, q.index), move || {
+                    worker.run()
+                })
                 .map_err(|e| ActivateError::Start(e.to_string()))?;
             self.workers.push(handle);
         }
@@ -217,6 +253,8 @@ impl VirtioDevice for VirtioFs {
     }
 }
 
+#[cfg(test)]
+mod escape_tests;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 #[cfg(test)]

@@ -201,7 +201,8 @@ fn readonly_share_refuses_writes_before_the_server() {
 
 #[test]
 fn readonly_share_refuses_writable_dax_mappings() {
-    let mut h = Harness::new(true);
+    let window = Arc::new(DaxWindow::new(4 << 20).unwrap());
+    let mut h = Harness::with_dax(true, Some(window.clone()));
     h.init();
     let setupmapping = |flags: u64| {
         // struct fuse_setupmapping_in { fh, foffset, len, flags, moffset }
@@ -214,6 +215,7 @@ fn readonly_share_refuses_writable_dax_mappings() {
     // FUSE_SETUPMAPPING_FLAG_WRITE is bit 0.
     let (_, error, _) = h.request(&setupmapping(1));
     assert_eq!(error, -libc::EROFS);
+    assert_eq!(window.mapped_bytes(), 0);
     let (_, error, _) = h.request(&setupmapping(2));
     assert_ne!(error, -libc::EROFS, "a read-only mapping is no write");
     h.still_serves();
@@ -310,14 +312,17 @@ fn activation(indexes: &[usize]) -> crate::virtio::Activation {
 #[test]
 fn driver_may_use_fewer_request_queues_than_offered() {
     let dir = std::env::temp_dir();
-    let mut fs = VirtioFs::new(FsShare {
-        tag: "q".into(),
-        path: dir,
-        request_queues: 4,
-        readonly: false,
-        cache: CacheMode::Auto,
-        dax_window: None,
-    })
+    let mut fs = VirtioFs::new(
+        FsShare {
+            tag: "q".into(),
+            path: dir,
+            request_queues: 4,
+            readonly: false,
+            cache: CacheMode::Auto,
+            dax_window: None,
+        },
+        None,
+    )
     .unwrap();
     // Linux sets up no more request queues than it has CPUs.
     assert!(fs.activate(activation(&[0, 1, 2])).is_ok());
@@ -326,4 +331,51 @@ fn driver_may_use_fewer_request_queues_than_offered() {
         fs.activate(activation(&[0])),
         Err(ActivateError::NoRequestQueue)
     ));
+}
+
+#[test]
+fn destroy_is_answered_and_a_new_init_serves_again() {
+    // DESTROY (unmount) is answered by the worker; the server keeps its
+    // root, so the next mount's INIT works even where the share's mount
+    // point could not be reopened (the sandbox).
+    let mut h = Harness::new(false);
+    h.init();
+    let (_, error, _) = h.lookup(b"file");
+    assert_eq!(error, 0);
+    let destroy = fuse_backend_rs::abi::fuse_abi::Opcode::Destroy as u32;
+    let (len, error, _) = h.request(&fuse_request(destroy, 9, 0, &[]));
+    assert_eq!((len, error), (16, 0));
+    h.init();
+    let (_, error, _) = h.lookup(b"file");
+    assert_eq!(error, 0);
+    h.still_serves();
+}
+
+#[test]
+fn a_wild_available_index_does_not_spin_the_worker() {
+    // Found by the fuzzer: the ring claimed more entries than it can hold,
+    // pop_descriptor_chain answered "empty" and the worker looped forever.
+    let mut h = Harness::new(false);
+    h.init();
+    let avail_idx = GuestAddress(AVAIL_RING + 2);
+    let before: u16 = h.mem.read_obj(avail_idx).unwrap();
+    h.mem
+        .write_obj(before.wrapping_add(3 * QUEUE_LEN), avail_idx)
+        .unwrap();
+    h.worker_round(); // returns: the test would hang otherwise
+    h.mem.write_obj(before, avail_idx).unwrap();
+    h.still_serves();
+}
+
+#[test]
+fn opcodes_in_the_gaps_get_enosys() {
+    // 0, 7 and 19 have no variant in the library's Opcode enum (its
+    // conversion is a transmute): answered before the server sees them.
+    let mut h = Harness::new(false);
+    h.init();
+    for gap in [0u32, 7, 19] {
+        let (len, error, _) = h.request(&fuse_request(gap, 50, ROOT, &[0; 16]));
+        assert_eq!((len, error), (16, -libc::ENOSYS), "opcode {gap}");
+    }
+    h.still_serves();
 }

@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::dax::DaxRequests;
+use super::dax::{DaxRequests, DaxWindow};
 use super::{filter, init_reply, FsServer, FsStats};
 use crate::virtio::{GuestMemoryShared, VirtioInterrupt};
 
@@ -26,7 +28,6 @@ pub(super) struct QueueWorker {
     pub mem: GuestMemoryShared,
     pub interrupt: Arc<dyn VirtioInterrupt>,
     pub server: Arc<FsServer>,
-    pub readonly: bool,
     pub stats: Arc<FsStats>,
     /// Serves SETUPMAPPING and REMOVEMAPPING when the share has a window.
     pub dax: Option<DaxRequests>,
@@ -82,6 +83,17 @@ impl QueueWorker {
     fn process(&mut self) {
         let guard = self.mem.memory();
         let mem: &GuestMemoryMmap = &guard;
+        if self.rings_in_window() {
+            // The window's pages come and go with mappings: a ring there
+            // would fault in Ferry (the fuzzer placed one there: SIGSEGV).
+            log::warn!(
+                "virtio-fs '{}' q{}: the guest placed the queue's rings in the DAX window; \
+                 requests ignored",
+                self.tag,
+                self.index
+            );
+            return;
+        }
         match self.drain(mem) {
             Ok(true) => match self.queue.needs_notification(mem) {
                 Ok(true) => self.interrupt.notify(self.vector),
@@ -91,23 +103,82 @@ impl QueueWorker {
             Ok(false) => {}
             // A broken ring (bad addresses, wild indexes) stops this round;
             // the next kick tries again. Ferry itself carries on.
-            Err(e) => log::warn!("virtio-fs {} q{}: queue error: {e:?}", self.tag, self.index),
+            Err(e) => log::warn!("virtio-fs '{}' q{}: queue error: {e}", self.tag, self.index),
         }
     }
 
+    fn rings_in_window(&self) -> bool {
+        let Some(dax) = &self.dax else {
+            return false;
+        };
+        let size = u64::from(self.queue.size());
+        [
+            (self.queue.desc_table(), 16 * size),
+            (self.queue.avail_ring(), 6 + 2 * size),
+            (self.queue.used_ring(), 6 + 8 * size),
+        ]
+        .into_iter()
+        .any(|(addr, len)| dax.0.overlaps(addr, len))
+    }
+
+    /// Whether the chain from `head` uses an indirect table inside the
+    /// window (read before the chain is walked: the walk itself would read
+    /// the table). The direct descriptors lie in the descriptor table,
+    /// which `rings_in_window` keeps out of the window.
+    fn indirect_table_in(&self, window: &DaxWindow, mem: &GuestMemoryMmap, head: u16) -> bool {
+        let table = self.queue.desc_table();
+        let size = self.queue.size();
+        let mut index = head;
+        for _ in 0..size {
+            let at = GuestAddress(table + 16 * u64::from(index % size.max(1)));
+            let Ok(d) = mem.read_obj::<RawDescriptor>(at) else {
+                return false;
+            };
+            let d = SplitDescriptor::from(d);
+            if d.flags() & VRING_DESC_F_INDIRECT as u16 != 0 {
+                return window.overlaps(d.addr().0, u64::from(d.len()));
+            }
+            if d.flags() & VRING_DESC_F_NEXT as u16 == 0 {
+                return false;
+            }
+            index = d.next();
+        }
+        false
+    }
+
     /// Serves chains until the ring is empty; returns whether any were used.
-    fn drain(&mut self, mem: &GuestMemoryMmap) -> Result<bool, virtio_queue::Error> {
+    fn drain(&mut self, mem: &GuestMemoryMmap) -> Result<bool, String> {
         let mut used = false;
+        let mut empty_rounds = 0;
         loop {
-            self.queue.disable_notification(mem)?;
+            self.queue
+                .disable_notification(mem)
+                .map_err(|e| format!("{e:?}"))?;
+            let mut popped = false;
             while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 let len = self.serve(mem, chain);
-                self.queue.add_used(mem, head, len)?;
+                self.queue
+                    .add_used(mem, head, len)
+                    .map_err(|e| format!("{e:?}"))?;
                 used = true;
+                popped = true;
             }
-            if !self.queue.enable_notification(mem)? {
+            if !self
+                .queue
+                .enable_notification(mem)
+                .map_err(|e| format!("{e:?}"))?
+            {
                 return Ok(used);
+            }
+            // The ring says more is there, yet nothing could be popped:
+            // `pop_descriptor_chain` reports a broken ring (an index past
+            // its size, an element outside memory) as empty. One empty
+            // round is a race with the guest; two mean popping again would
+            // spin forever (found by the fuzzer). Wait for the next kick.
+            empty_rounds = if popped { 0 } else { empty_rounds + 1 };
+            if empty_rounds >= 2 {
+                return Err("the available ring is broken (index or element out of range)".into());
             }
         }
     }
@@ -130,12 +201,15 @@ impl QueueWorker {
     }
 
     fn try_serve(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Result<usize, String> {
-        let mut peek =
-            Reader::from_descriptor_chain(mem, chain.clone()).map_err(|e| e.to_string())?;
-        let header: InHeader = peek.read_obj().map_err(|e| format!("FUSE header: {e}"))?;
-        self.stats.request(self.index, header.opcode);
-        // Buffers in the DAX window must be backed while the server copies.
+        // Buffers in the DAX window must be backed while anything reads or
+        // writes them, the header included (a header in an unmapped part
+        // of the window faulted in Ferry: found by the fuzzer).
         let window = self.dax.as_ref().map(|d| d.0.clone());
+        if let Some(w) = &window {
+            if self.indirect_table_in(w, mem, chain.head_index()) {
+                return Err("an indirect descriptor table in the DAX window".into());
+            }
+        }
         let buffers = chain
             .clone()
             .map(|d| (d.addr().0, u64::from(d.len()), d.is_write_only()));
@@ -143,15 +217,30 @@ impl QueueWorker {
             Some(w) => w.pin(buffers).map_err(|e| e.to_string())?,
             None => None,
         };
+        let mut peek =
+            Reader::from_descriptor_chain(mem, chain.clone()).map_err(|e| e.to_string())?;
+        // Only the header is read here, to route the request; what the
+        // guest may do is decided on the server's own copy (`policy`).
+        let header: InHeader = peek.read_obj().map_err(|e| format!("FUSE header: {e}"))?;
+        self.stats.request(self.index, header.opcode);
         let mut writer = VirtioFsWriter::new(mem, chain.clone()).map_err(|e| e.to_string())?;
-        let refused = if pin.is_some() && filter::changes_dax_mappings(header.opcode) {
+        let answer = if pin.is_some() && filter::changes_dax_mappings(header.opcode) {
             // Mapping changes wait for pins to go: this one would wait
             // for itself.
             Some(libc::EINVAL)
+        } else if !filter::is_known(header.opcode) {
+            Some(libc::ENOSYS)
+        } else if header.opcode == Opcode::Destroy as u32 {
+            // Answered here: the library's DESTROY drops every inode and
+            // reopens the share's root and its mount by path, which the
+            // sandboxed server may not do (the mount point lies outside
+            // the share). The guest has forgotten its inodes by now, and
+            // the next INIT imports the root afresh.
+            Some(0)
         } else {
-            filter::refuse(&header, &mut peek, self.readonly)
+            None
         };
-        if let Some(errno) = refused {
+        if let Some(errno) = answer {
             let reply = OutHeader {
                 len: std::mem::size_of::<OutHeader>() as u32,
                 error: -errno,

@@ -1,0 +1,125 @@
+//! The thread that starts a share's queue workers.
+//!
+//! Queue workers start when the guest activates the device, on a vCPU
+//! thread. A thread starts with its parent's seccomp filters and Landlock
+//! domain, and can only narrow them, so a worker spawned by a vCPU would
+//! carry the vCPU's sandbox, not its own. Instead each share has this one
+//! thread, started (and confined as a file server) while Ferry sets up;
+//! the vCPU asks it to start the workers, which then inherit exactly the
+//! file server's sandbox.
+
+use std::io;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct Order {
+    name: String,
+    job: Job,
+    reply: mpsc::SyncSender<io::Result<JoinHandle<()>>>,
+}
+
+pub(super) struct Spawner {
+    orders: Option<mpsc::Sender<Order>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Spawner {
+    /// Starts the spawner thread `name`, which runs `confine` first; fails
+    /// if `confine` does.
+    pub fn start(
+        name: String,
+        confine: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) -> io::Result<Spawner> {
+        let (orders, inbox) = mpsc::channel::<Order>();
+        let (ready_tx, ready) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let confined = confine();
+            let ok = confined.is_ok();
+            let _ = ready_tx.send(confined);
+            if !ok {
+                return;
+            }
+            for order in inbox {
+                let started = std::thread::Builder::new()
+                    .name(order.name)
+                    .spawn(order.job);
+                let _ = order.reply.send(started);
+            }
+        })?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(Spawner {
+                orders: Some(orders),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(io::Error::other(format!(
+                    "cannot confine the file server: {e}"
+                )))
+            }
+            Err(_) => Err(io::Error::other("the worker spawner thread died")),
+        }
+    }
+
+    /// Starts `job` on a new thread `name`, a child of the spawner.
+    pub fn spawn(
+        &self,
+        name: String,
+        job: impl FnOnce() + Send + 'static,
+    ) -> io::Result<JoinHandle<()>> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let gone = || io::Error::other("the worker spawner thread is gone");
+        self.orders
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(Order {
+                name,
+                job: Box::new(job),
+                reply,
+            })
+            .map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        // Closing the channel ends the spawner's loop.
+        self.orders.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn jobs_run_on_threads_the_spawner_started() {
+        let s = Spawner::start("spawner-test".into(), || Ok(())).unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let h = s
+            .spawn("job-test".into(), move || {
+                assert_eq!(std::thread::current().name(), Some("job-test"));
+                r.store(true, Ordering::SeqCst);
+            })
+            .unwrap();
+        h.join().unwrap();
+        assert!(ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_failed_confinement_fails_the_start() {
+        let e = Spawner::start("spawner-fail".into(), || Err("no".into()))
+            .err()
+            .expect("must fail");
+        assert!(e.to_string().contains("cannot confine the file server: no"));
+    }
+}

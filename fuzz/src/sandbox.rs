@@ -1,0 +1,219 @@
+//! Where the targets put host files, and the limits around them.
+//!
+//! Every share the targets serve lives under one sandbox directory:
+//! `$FERRY_FUZZ_SANDBOX` if set (`run.sh` mounts a size-limited tmpfs there
+//! in a private mount namespace when it can), else `$TMPDIR/ferry-fuzz-PID`,
+//! removed at exit. `TMPDIR` is pointed at it so that the fs harness, which
+//! makes its directories under `std::env::temp_dir()`, does too. A guest can
+//! make files as large as it likes (WRITE at a huge offset, FALLOCATE,
+//! COPY_FILE_RANGE), so the process also gets an `RLIMIT_FSIZE`.
+//!
+//! Log records are formatted and thrown away (set `FERRY_FUZZ_LOG=off` to
+//! skip them, `=stderr` to see them): a user may run Ferry with
+//! `--log-level debug`, so the formatting of what a guest can put in a log
+//! line is part of what is fuzzed. Up to debug level only, by default:
+//! `--log-level trace` has a known crash (see README.md, "Findings"):
+//! fuse-backend-rs 0.14's `trace!("fuse: new req {:?}", Opcode::from(op))`
+//! in `Server::handle_message` transmutes any opcode below 50 into
+//! `Opcode`, and one that is no variant (0, 7, 19) is undefined behaviour
+//! (a panic with debug assertions, SIGILL in a release build), so every
+//! target would find it at once. `FERRY_FUZZ_LOG=trace` (or
+//! `=stderr-trace`) includes trace records.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Largest file the targets may write (`RLIMIT_FSIZE`).
+pub const FILE_SIZE_LIMIT: u64 = 256 << 20;
+
+static SANDBOX: OnceLock<PathBuf> = OnceLock::new();
+static OWNED: OnceLock<PathBuf> = OnceLock::new();
+
+/// The sandbox directory, set up on first use.
+pub fn sandbox() -> &'static Path {
+    SANDBOX.get_or_init(|| {
+        let dir = match std::env::var_os("FERRY_FUZZ_SANDBOX") {
+            Some(d) => PathBuf::from(d),
+            None => {
+                let d = std::env::temp_dir().join(format!("ferry-fuzz-{}", std::process::id()));
+                let _ = OWNED.set(d.clone());
+                // SAFETY: registers a plain function; it runs once at exit.
+                unsafe { libc::atexit(remove_owned_sandbox) };
+                d
+            }
+        };
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("fuzz sandbox {}: {e}", dir.display()));
+        let dir = dir.canonicalize().expect("canonical sandbox path");
+        // Done before the targets start any thread of their own.
+        std::env::set_var("TMPDIR", &dir);
+        limit_file_size();
+        install_logger();
+        dir
+    })
+}
+
+extern "C" fn remove_owned_sandbox() {
+    if let Some(d) = OWNED.get() {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+fn limit_file_size() {
+    let lim = libc::rlimit {
+        rlim_cur: FILE_SIZE_LIMIT,
+        rlim_max: FILE_SIZE_LIMIT,
+    };
+    // SAFETY: plain syscalls on this process. A write past the limit then
+    // fails with EFBIG instead of killing the process with SIGXFSZ.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+            eprintln!(
+                "ferry-fuzz: cannot limit file sizes: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+struct Sink {
+    stderr: bool,
+}
+
+impl log::Log for Sink {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!("{} {}: {}", record.level(), record.target(), record.args());
+        if self.stderr {
+            eprintln!("{line}");
+        }
+        std::hint::black_box(line);
+    }
+
+    fn flush(&self) {}
+}
+
+fn install_logger() {
+    let mode = std::env::var("FERRY_FUZZ_LOG").unwrap_or_default();
+    if mode == "off" {
+        return;
+    }
+    let sink: &'static Sink = Box::leak(Box::new(Sink {
+        stderr: mode.starts_with("stderr"),
+    }));
+    let level = if mode.ends_with("trace") {
+        log::LevelFilter::Trace
+    } else {
+        log::LevelFilter::Debug
+    };
+    if log::set_logger(sink).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// `FERRY_FUZZ_SKIP_KNOWN=1`: the targets steer clear of the bugs already
+/// found (README.md, "Findings"), so that a long run looks for new ones
+/// instead of finding those again every few seconds.
+pub fn skip_known() -> bool {
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| std::env::var_os("FERRY_FUZZ_SKIP_KNOWN").is_some_and(|v| v != "0"))
+}
+
+/// `FERRY_FUZZ_VERBOSE=1`: the targets say what they do, on stderr (for
+/// reading a crash or a seed).
+pub fn verbose() -> bool {
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| std::env::var_os("FERRY_FUZZ_VERBOSE").is_some_and(|v| v != "0"))
+}
+
+/// Names in `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<OsString> {
+    let mut names: Vec<OsString> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
+        Err(e) => panic!("cannot list {}: {e}", dir.display()),
+    };
+    names.sort();
+    names
+}
+
+/// Panics if the sandbox holds anything but `allowed`: a file made outside
+/// the share it was made through.
+pub fn check_sandbox(allowed: &[&std::ffi::OsStr]) {
+    let dir = sandbox();
+    for name in entries(dir) {
+        assert!(
+            allowed.iter().any(|a| *a == name),
+            "something outside every share appeared in the sandbox: {}",
+            dir.join(&name).display()
+        );
+    }
+}
+
+/// Removes `dir` and everything in it; panics if that fails, since a later
+/// run would then not start from an empty share.
+pub fn remove_tree(dir: &Path) {
+    if std::fs::symlink_metadata(dir).is_err() {
+        return;
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        panic!("cannot remove {}: {e}", dir.display());
+    }
+}
+
+fn open_fds() -> Vec<i32> {
+    match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The descriptors open when a run starts.
+///
+/// fuse-backend-rs 0.14 leaks one descriptor each time it makes a mount
+/// descriptor for file handles (`MountFds::get`, `passthrough/mount_fd.rs`:
+/// the `O_PATH` descriptor of the mount point from `libc::open` is never
+/// closed), so every file server a run builds leaves one behind, and a
+/// process runs out of descriptors after some 20,000 runs (README.md,
+/// "Findings"). With `FERRY_FUZZ_SKIP_KNOWN`, the `O_PATH` descriptors a run
+/// leaves open are closed after it: nothing owns them.
+pub struct FdWatch(Vec<i32>);
+
+impl FdWatch {
+    pub fn new() -> Self {
+        FdWatch(if skip_known() { open_fds() } else { Vec::new() })
+    }
+
+    /// Closes the `O_PATH` descriptors opened since `new`; returns how many.
+    pub fn close_leaked_mount_fds(&self) -> usize {
+        if !skip_known() {
+            return 0;
+        }
+        let mut closed = 0;
+        for fd in open_fds() {
+            if self.0.contains(&fd) {
+                continue;
+            }
+            // SAFETY: fcntl(F_GETFL) reads flags only; an fd this run opened,
+            // that outlived everything the run made and is O_PATH, is the
+            // library's unowned leak, closed once here.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                if flags >= 0 && flags & libc::O_PATH != 0 {
+                    libc::close(fd);
+                    closed += 1;
+                }
+            }
+        }
+        if verbose() && closed > 0 {
+            eprintln!("closed {closed} leaked O_PATH descriptor(s)");
+        }
+        closed
+    }
+}
