@@ -4,9 +4,9 @@
 //! process, targets in turn, so that the sandbox set-up (which points
 //! `TMPDIR` at it) happens before any thread of the targets' own.
 //!
-//! Like `run.sh`, it steers clear of the bugs already found unless
-//! `FERRY_FUZZ_SKIP_KNOWN=0` is set (the corpus was grown that way; once
-//! they are fixed, the corpus must replay without it too).
+//! The bugs the fuzzer found are fixed: the corpus replays without
+//! `FERRY_FUZZ_SKIP_KNOWN`, and every input in `findings/` (the crashes and
+//! hangs, named by target) replays as a regression test.
 
 use std::path::Path;
 use std::time::Instant;
@@ -41,6 +41,35 @@ fn replay(target: &str, run: fn(&[u8])) -> usize {
     files.len()
 }
 
+/// Every finding (`findings/**/TARGET-*.bin`) through its target.
+fn replay_findings() -> usize {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("findings");
+    let mut files = Vec::new();
+    for dir in [root.clone(), root.join("fuzzer-found")] {
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let p = e.expect("findings entry").path();
+            if p.extension().is_some_and(|x| x == "bin") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(!files.is_empty(), "no findings in {}", root.display());
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let data = std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        eprintln!("finding {name}");
+        if name.starts_with("fs_request") {
+            ferry_fuzz::fs_request(&data);
+        } else if name.starts_with("pci_config") {
+            ferry_fuzz::pci_config(&data);
+        } else {
+            panic!("finding {name}: no target named in its file name");
+        }
+    }
+    files.len()
+}
+
 fn main() {
     // A panic on a queue worker thread must fail the run too, not only
     // stop that thread.
@@ -56,12 +85,10 @@ fn main() {
         println!("replay_corpus: test");
         return;
     }
-    if std::env::var_os("FERRY_FUZZ_SKIP_KNOWN").is_none() {
-        std::env::set_var("FERRY_FUZZ_SKIP_KNOWN", "1");
-    }
     let _ = ferry_fuzz::sandbox::sandbox();
     let n = replay("fs_request", ferry_fuzz::fs_request)
         + replay("pci_config", ferry_fuzz::pci_config)
         + replay("cli", ferry_fuzz::cli);
-    println!("replay_corpus: ok, {n} inputs");
+    let found = replay_findings();
+    println!("replay_corpus: ok, {n} inputs, {found} findings");
 }

@@ -123,6 +123,7 @@ const NUL: &str = "names end at the first NUL (CStr); the rest is not a path";
 const NAME_MAX: &str = "host kernel: NAME_MAX (255) on openat";
 const NODE_TABLE: &str = "node ids index Ferry's inode table; forged ones match nothing";
 const HANDLE_TABLE: &str = "file handles index Ferry's handle table; forged ones match nothing";
+const OPATH: &str = "share policy: no O_PATH in FUSE OPEN (EINVAL)";
 const DEVICES: &str = "share policy: no device nodes (EPERM)";
 const SETID: &str = "share policy: no setuid/setgid files (EPERM)";
 const XATTRS: &str = "share policy: security.* and trusted.* are the host's (EPERM)";
@@ -274,6 +275,17 @@ fn raw_fuse_escape_attempts_are_blocked() {
         HANDLE_TABLE,
         fuse_request(op(Read), 23, file, &read_in),
         None,
+    );
+    b.attempt(
+        "open with O_PATH (the library then closes a live handle's fd)",
+        OPATH,
+        fuse_request(
+            op(Open),
+            37,
+            file,
+            &words32(&[(libc::O_RDWR | libc::O_PATH) as u32, 0]),
+        ),
+        Some(libc::EINVAL),
     );
     b.attempt(
         "mknod block device 8:0",

@@ -231,6 +231,14 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         fuse_flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions, Option<u32>)> {
         let f = flags as i32;
+        if f & libc::O_PATH != 0 {
+            // No Linux guest sends it (O_PATH opens never reach FUSE). The
+            // server would open the handle's file O_PATH, fail its first
+            // fcntl(F_SETFL) and close the descriptor the handle still
+            // owns: the next request on the handle then used a closed or
+            // reused descriptor (found by the fuzzer).
+            return refuse(libc::EINVAL);
+        }
         if f & libc::O_ACCMODE != libc::O_RDONLY || f & libc::O_TRUNC != 0 {
             self.writable()?;
         }
@@ -245,6 +253,9 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
+        if args.flags as i32 & libc::O_PATH != 0 {
+            return refuse(libc::EINVAL);
+        }
         if grants_ids(args.mode, false) {
             return refuse(libc::EPERM);
         }
@@ -399,6 +410,9 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         inode: Self::Inode,
         flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions)> {
+        if flags as i32 & libc::O_PATH != 0 {
+            return refuse(libc::EINVAL);
+        }
         self.inner.opendir(ctx, inode, flags)
     }
 
