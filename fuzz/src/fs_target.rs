@@ -66,12 +66,12 @@ fn sensitive(addr: u64, len: u64) -> bool {
     overlaps(0, RING_END) || overlaps(INDIRECT_ADDR, INDIRECT_END)
 }
 
-/// With `FERRY_FUZZ_SKIP_KNOWN`: keeps the device from writing over the
+/// With `FERRY_FUZZ_SKIP_KNOWN` 3: keeps the device from writing over the
 /// rings or the indirect table area, and indirect tables in that area, so
 /// that the available index only changes through `submit` (a wild one
 /// makes the worker spin forever: README.md, "Findings").
 fn guard(addr: u64, len: u32, flags: u16) -> u64 {
-    if !sandbox::skip_known() {
+    if !sandbox::skip(3) {
         return addr;
     }
     if flags & F_INDIRECT != 0 {
@@ -376,7 +376,7 @@ fn op_write_memory(h: &mut Harness, st: &mut State, inp: &mut Input<'_>) {
     let addr = gen_addr(inp);
     let data = inp.bytes(4096);
     if sensitive(addr, data.len() as u64) {
-        if sandbox::skip_known() {
+        if sandbox::skip(3) {
             return;
         }
         st.ring_dirty = true;
@@ -386,7 +386,7 @@ fn op_write_memory(h: &mut Harness, st: &mut State, inp: &mut Input<'_>) {
 
 fn op_poke_ring(h: &mut Harness, st: &mut State, inp: &mut Input<'_>) {
     st.ring_dirty = true;
-    let addr = if sandbox::skip_known() {
+    let addr = if sandbox::skip(3) {
         // Ring entries and the used ring only: not the descriptor table, not
         // the available index.
         AVAIL_RING + 4 + inp.below((RING_END - AVAIL_RING - 4) as usize) as u64

@@ -406,21 +406,24 @@ pub fn request(inp: &mut Input<'_>, known: &mut Known) -> (u32, Vec<u8>) {
     };
     let nodeid = known.node(inp);
     let mut body = body(inp, known, opcode);
-    if crate::sandbox::skip_known() {
-        // README.md, "Findings": no O_PATH handles (READ or WRITE on one
-        // closes its descriptor); no umask bits over the file type in MKNOD
-        // (they turn a type the policy lets through into a device).
-        let clear = |body: &mut Vec<u8>, at: usize, bits: u32| {
-            if let Some(w) = body.get_mut(at..at + 4) {
-                let v = u32::from_le_bytes((&*w).try_into().unwrap()) & !bits;
-                w.copy_from_slice(&v.to_le_bytes());
-            }
-        };
-        match opcode {
-            OPEN | OPENDIR | CREATE | TMPFILE => clear(&mut body, 0, libc::O_PATH as u32),
-            MKNOD => clear(&mut body, 8, libc::S_IFMT),
-            _ => {}
+    // README.md, "Findings", with `FERRY_FUZZ_SKIP_KNOWN`: no O_PATH handles
+    // (4: READ or WRITE on one closed its descriptor); no umask bits over
+    // the file type in MKNOD (6: they turned a type the policy let through
+    // into a device); no xattr or readdir reply sizes above 128 KiB (8:
+    // allocated as asked, up to 4 GiB).
+    let clear = |body: &mut Vec<u8>, at: usize, bits: u32| {
+        if let Some(w) = body.get_mut(at..at + 4) {
+            let v = u32::from_le_bytes((&*w).try_into().unwrap()) & !bits;
+            w.copy_from_slice(&v.to_le_bytes());
         }
+    };
+    let skip = crate::sandbox::skip;
+    match opcode {
+        OPEN | OPENDIR | CREATE | TMPFILE if skip(4) => clear(&mut body, 0, libc::O_PATH as u32),
+        MKNOD if skip(6) => clear(&mut body, 8, libc::S_IFMT),
+        GETXATTR | LISTXATTR if skip(8) => clear(&mut body, 0, !0x1_ffff),
+        READDIR | READDIRPLUS if skip(8) => clear(&mut body, 16, !0x1_ffff),
+        _ => {}
     }
     let mut req =
         ferry_devices::virtio::fs::harness::fuse_request(opcode, known.unique, nodeid, &body);

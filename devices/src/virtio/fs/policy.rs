@@ -57,6 +57,13 @@ fn settable_flags(flags: u32) -> u32 {
     flags & !((libc::O_DIRECT | libc::O_NOATIME) as u32)
 }
 
+/// The most a reply buffer may take: fuse-backend-rs allocates the size the
+/// guest names (up to 4 GiB) before it reads anything (found by the
+/// fuzzer). An xattr value or list is at most 64 KiB (XATTR_SIZE_MAX), a
+/// directory reply at most one request (MAX_PAGES: 1 MiB).
+const XATTR_REPLY_MAX: u32 = 64 << 10;
+const DIR_REPLY_MAX: u32 = 1 << 20;
+
 /// Extended attributes only the host may set.
 fn host_only_xattr(name: &CStr) -> bool {
     let n = name.to_bytes();
@@ -384,6 +391,7 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         if name.to_bytes().starts_with(b"trusted.") {
             return refuse(libc::EPERM);
         }
+        let size = size.min(XATTR_REPLY_MAX);
         self.inner.getxattr(ctx, inode, name, size)
     }
 
@@ -393,6 +401,7 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         inode: Self::Inode,
         size: u32,
     ) -> io::Result<ListxattrReply> {
+        let size = size.min(XATTR_REPLY_MAX);
         self.inner.listxattr(ctx, inode, size)
     }
 
@@ -425,6 +434,7 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let size = size.min(DIR_REPLY_MAX);
         self.inner
             .readdir(ctx, inode, handle, size, offset, add_entry)
     }
@@ -438,6 +448,7 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let size = size.min(DIR_REPLY_MAX);
         self.inner
             .readdirplus(ctx, inode, handle, size, offset, add_entry)
     }
