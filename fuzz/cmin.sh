@@ -16,10 +16,7 @@ target=$1
 shift
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
-export RUSTC_BOOTSTRAP=1
-export FERRY_FUZZ_SKIP_KNOWN=${FERRY_FUZZ_SKIP_KNOWN:-5,8}
-sanitizer=${FUZZ_SANITIZER:-address}
-tmp=${TMPDIR:-/tmp}
+. ./env.sh
 dirs=("$@")
 [ ${#dirs[@]} -gt 0 ] || dirs=("${FUZZ_SCRATCH:-$tmp/ferry-fuzz-corpus/$target}")
 mkdir -p "corpus/$target"
@@ -31,6 +28,6 @@ mkdir -p "$sandbox"
 trap 'rm -rf "$sandbox"' EXIT
 export FERRY_FUZZ_SANDBOX=$sandbox
 nice -n 19 cargo fuzz build -s "$sanitizer" "$target"
-nice -n 19 cargo fuzz cmin -s "$sanitizer" "$target" "corpus/$target" -- -timeout="${FUZZ_TIMEOUT:-30}" -rss_limit_mb="${FUZZ_RSS_MB:-4096}" -malloc_limit_mb="${FUZZ_MALLOC_MB:-1024}" \
+nice -n 19 cargo fuzz cmin -s "$sanitizer" "$target" "corpus/$target" -- "${limits[@]}" \
     ${FUZZ_CMIN_ARGS--set_cover_merge=1 -use_counters=0}
 echo "corpus/$target: $(find "corpus/$target" -type f | wc -l) inputs, $(du -sh "corpus/$target" | cut -f1)"

@@ -38,13 +38,7 @@ fi
 
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
-export RUSTC_BOOTSTRAP=1
-# Steer clear of the findings not fixed in Ferry (README.md, "Findings": 5
-# and 8 are fuse-backend-rs's); FERRY_FUZZ_SKIP_KNOWN=all for every one of
-# them, =0 for none.
-export FERRY_FUZZ_SKIP_KNOWN=${FERRY_FUZZ_SKIP_KNOWN:-5,8}
-sanitizer=${FUZZ_SANITIZER:-address}
-tmp=${TMPDIR:-/tmp}
+. ./env.sh
 scratch=${FUZZ_SCRATCH:-$tmp/ferry-fuzz-corpus/$target}
 sandbox=$tmp/ferry-fuzz-sandbox-$target-$$
 mkdir -p "$scratch" "corpus/$target" "artifacts/$target" "$sandbox"
@@ -52,10 +46,7 @@ trap 'rmdir "$sandbox" 2>/dev/null || rm -rf "$sandbox"' EXIT
 
 nice -n 19 cargo fuzz build -s "$sanitizer" "$target"
 
-# -malloc_limit_mb: a single allocation above 1 GiB is a finding (with the
-# default, the RSS limit, a 4 GiB - 1 allocation went unreported).
-args=(-max_total_time="$secs" -timeout="${FUZZ_TIMEOUT:-30}" -rss_limit_mb="${FUZZ_RSS_MB:-4096}"
-    -malloc_limit_mb="${FUZZ_MALLOC_MB:-1024}" -print_final_stats=1)
+args=(-max_total_time="$secs" "${limits[@]}" -print_final_stats=1)
 if [ -f "dict/$target.dict" ]; then
     args+=(-dict="dict/$target.dict")
 fi

@@ -926,5 +926,5 @@ pub fn run(data: &[u8]) {
         "the file beside the share changed"
     );
     sandbox::check_sandbox(&[std::ffi::OsStr::new("pci")]);
-    fds.close_leaked_mount_fds();
+    fds.check_none_leaked();
 }

@@ -188,15 +188,13 @@ fn open_fds() -> Vec<i32> {
     }
 }
 
-/// The descriptors open when a run starts.
+/// The descriptors open when a run starts: a run that ends with more open
+/// is a finding (a guest could repeat it until Ferry runs out).
 ///
-/// fuse-backend-rs 0.14 leaks one descriptor each time it makes a mount
-/// descriptor for file handles (`MountFds::get`, `passthrough/mount_fd.rs`:
-/// the `O_PATH` descriptor of the mount point from `libc::open` is never
-/// closed), so every file server a run builds leaves one behind, and a
-/// process runs out of descriptors after some 20,000 runs (README.md,
-/// "Findings", 5). With `FERRY_FUZZ_SKIP_KNOWN` 5, the `O_PATH` descriptors a run
-/// leaves open are closed after it: nothing owns them.
+/// This is how fuse-backend-rs 0.14's `MountFds` leak showed up (README.md,
+/// "Findings", 5: one `O_PATH` descriptor per mount descriptor made, fixed
+/// in third_party/fuse-backend-rs). The first run in a process is not
+/// judged: it opens what lazy statics keep for good.
 pub struct FdWatch(Vec<i32>);
 
 impl Default for FdWatch {
@@ -207,33 +205,28 @@ impl Default for FdWatch {
 
 impl FdWatch {
     pub fn new() -> Self {
-        FdWatch(if skip(5) { open_fds() } else { Vec::new() })
+        FdWatch(open_fds())
     }
 
-    /// Closes the `O_PATH` descriptors opened since `new`; returns how many.
-    pub fn close_leaked_mount_fds(&self) -> usize {
-        if !skip(5) {
-            return 0;
+    /// Panics if the run left descriptors open (after the first run).
+    pub fn check_none_leaked(&self) {
+        static FIRST_RUN_DONE: std::sync::atomic::AtomicBool =
+            std::sync::atomic::AtomicBool::new(false);
+        if !FIRST_RUN_DONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
         }
-        let mut closed = 0;
-        for fd in open_fds() {
-            if self.0.contains(&fd) {
-                continue;
-            }
-            // SAFETY: fcntl(F_GETFL) reads flags only; an fd this run opened,
-            // that outlived everything the run made and is O_PATH, is the
-            // library's unowned leak, closed once here.
-            unsafe {
-                let flags = libc::fcntl(fd, libc::F_GETFL);
-                if flags >= 0 && flags & libc::O_PATH != 0 {
-                    libc::close(fd);
-                    closed += 1;
-                }
-            }
-        }
-        if verbose() && closed > 0 {
-            eprintln!("closed {closed} leaked O_PATH descriptor(s)");
-        }
-        closed
+        // A number whose link is gone was the listing's own descriptor.
+        let leaked: Vec<String> = open_fds()
+            .into_iter()
+            .filter(|fd| !self.0.contains(fd))
+            .filter_map(|fd| {
+                let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+                Some(format!("{fd} -> {}", target.display()))
+            })
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "the run left descriptors open: {leaked:?}"
+        );
     }
 }

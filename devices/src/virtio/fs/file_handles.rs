@@ -101,3 +101,107 @@ mod tests {
         }
     }
 }
+
+/// A guest that looks up and forgets a directory on another mount beneath
+/// the share, over and over, must not leak Ferry's descriptors. With file
+/// handles, each first use of a mount opens that mount's root; the opening
+/// must be closed again (fuse-backend-rs 0.14 leaked it: see
+/// third_party/fuse-backend-rs/FERRY-PATCHES.md). The mount needs a mount
+/// namespace of its own, so the case runs in a child under `unshare`.
+#[cfg(test)]
+mod submount_tests {
+    use super::super::harness::{fuse_request, Harness, LOOKUP, ROOT};
+    use super::usable;
+
+    const CHILD_ENV: &str = "FERRY_SUBMOUNT_TEST_CHILD";
+    const FORGET: u32 = fuse_backend_rs::abi::fuse_abi::Opcode::Forget as u32;
+    const ROUNDS: usize = 200;
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// The child: a tmpfs mounted at share/sub, then ROUNDS lookup/forget
+    /// rounds of it.
+    #[test]
+    fn submount_child() {
+        if std::env::var_os(CHILD_ENV).is_none() {
+            return;
+        }
+        let mut h = Harness::new(false);
+        h.init();
+        let sub = h.share_dir().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let target = std::ffi::CString::new(sub.to_str().unwrap()).unwrap();
+        // SAFETY: mounts a fresh tmpfs on a directory we made, in the
+        // private mount namespace `unshare` gave this process.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            // The case is about handles: make sure they are in use.
+            assert!(usable(&h.share_dir()), "root, yet no file handles");
+        }
+        let round = |h: &mut Harness| {
+            let (_, error, reply) = h.request(&fuse_request(LOOKUP, 5, ROOT, b"sub\0"));
+            assert_eq!(error, 0, "LOOKUP sub");
+            let node = u64::from_le_bytes(reply[16..24].try_into().unwrap());
+            // FORGET has no reply; nlookup 1 drops the only reference.
+            h.request(&fuse_request(FORGET, 6, node, &1u64.to_le_bytes()));
+        };
+        // The first round may open what is kept for good.
+        round(&mut h);
+        let before = open_fds();
+        for _ in 0..ROUNDS {
+            round(&mut h);
+        }
+        let after = open_fds();
+        h.still_serves();
+        println!("descriptors: {before} before, {after} after {ROUNDS} rounds");
+        assert!(
+            after <= before + 2,
+            "{} descriptors leaked in {ROUNDS} lookup/forget rounds of a submount",
+            after - before
+        );
+    }
+
+    #[test]
+    fn forgetting_a_submount_closes_what_its_lookup_opened() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        // Root gets a mount namespace of its own; anyone else a user
+        // namespace too (then there are no file handles, but the rounds
+        // still must not leak).
+        let mut args = vec!["--mount", "--propagation", "private"];
+        if !root {
+            args.insert(0, "--map-root-user");
+        }
+        let out = std::process::Command::new("unshare")
+            .args(&args)
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "virtio::fs::file_handles::submount_tests::submount_child",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "1")
+            .output()
+            .expect("run unshare (util-linux)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "child failed:\n{text}");
+        assert!(text.contains("1 passed"), "the child ran no case:\n{text}");
+        assert!(text.contains("descriptors:"), "{text}");
+    }
+}

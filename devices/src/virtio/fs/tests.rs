@@ -379,3 +379,99 @@ fn opcodes_in_the_gaps_get_enosys() {
     }
     h.still_serves();
 }
+
+/// Sets or clears the append-only attribute (`chattr +a`) on a host file.
+fn set_append_only(path: &std::path::Path, on: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path)?;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read and write one long we own.
+    unsafe {
+        if libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        flags = if on { flags | 0x20 } else { flags & !0x20 }; // FS_APPEND_FL
+        if libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn open_fh(h: &mut Harness, node: u64, flags: i32) -> u64 {
+    let open = fuse_backend_rs::abi::fuse_abi::Opcode::Open as u32;
+    let mut body = (flags as u32).to_le_bytes().to_vec();
+    body.extend_from_slice(&[0; 4]);
+    let (_, error, reply) = h.request(&fuse_request(open, 8, node, &body));
+    assert_eq!(error, 0, "OPEN");
+    u64::from_le_bytes(reply[16..24].try_into().unwrap())
+}
+
+/// struct fuse_write_in (40 bytes) and the data.
+fn write_request(node: u64, fh: u64, offset: u64, flags: i32, data: &[u8]) -> Vec<u8> {
+    let write = fuse_backend_rs::abi::fuse_abi::Opcode::Write as u32;
+    let mut body = Vec::new();
+    body.extend_from_slice(&fh.to_le_bytes());
+    body.extend_from_slice(&offset.to_le_bytes());
+    body.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes()); // write_flags
+    body.extend_from_slice(&0u64.to_le_bytes()); // lock_owner
+    body.extend_from_slice(&(flags as u32).to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.extend_from_slice(data);
+    fuse_request(write, 9, node, &body)
+}
+
+/// A WRITE whose flags the host refuses to apply (clearing O_APPEND on an
+/// append-only file) fails, and the handle keeps its descriptor: upstream
+/// fuse-backend-rs closed it on that error path, so the handle's next
+/// WRITE landed in whatever file was opened next.
+#[test]
+fn refused_write_flags_leave_the_handle_its_file() {
+    let mut h = Harness::new(false);
+    h.init();
+    let log = h.share_dir().join("log");
+    let other = h.share_dir().join("other");
+    std::fs::write(&log, "A").unwrap();
+    std::fs::write(&other, "other").unwrap();
+    set_append_only(&log, true).expect("chattr +a needs root (CAP_LINUX_IMMUTABLE) and ext4/tmpfs");
+    struct ClearOnDrop(std::path::PathBuf);
+    impl Drop for ClearOnDrop {
+        fn drop(&mut self) {
+            let _ = set_append_only(&self.0, false);
+        }
+    }
+    let _clear = ClearOnDrop(log.clone());
+
+    let (_, error, reply) = h.lookup(b"log");
+    assert_eq!(error, 0);
+    let log_node = u64::from_le_bytes(reply[16..24].try_into().unwrap());
+    let log_fh = open_fh(&mut h, log_node, libc::O_WRONLY | libc::O_APPEND);
+    let (_, error, _) = h.request(&write_request(log_node, log_fh, 1, libc::O_WRONLY, b"x"));
+    assert_eq!(
+        error,
+        -libc::EPERM,
+        "clearing O_APPEND on an append-only file"
+    );
+
+    // The next descriptor the server opens takes the lowest free number.
+    let (_, error, reply) = h.lookup(b"other");
+    assert_eq!(error, 0);
+    let other_node = u64::from_le_bytes(reply[16..24].try_into().unwrap());
+    let _other_fh = open_fh(&mut h, other_node, libc::O_RDWR);
+
+    let (_, error, _) = h.request(&write_request(
+        log_node,
+        log_fh,
+        1,
+        libc::O_WRONLY | libc::O_APPEND,
+        b"B",
+    ));
+    assert_eq!(error, 0, "WRITE on the append-only file's own handle");
+    assert_eq!(
+        std::fs::read(&other).unwrap(),
+        b"other",
+        "the write went astray"
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), b"AB");
+}
