@@ -41,9 +41,9 @@ const INDIRECT_END: u64 = INDIRECT_ADDR + 0x1_0000;
 /// Split requests and replies: one piece every 128 KiB from REQ_ADDR and
 /// REPLY_ADDR.
 const STRIDE: u64 = 0x2_0000;
-/// Where the guest sees the DAX window, when it does (plain RAM in the
-/// harness: the pin checks run, the copies land in RAM).
-const DAX_SHOWN_AT: u64 = 0x80_0000;
+/// Where the guest sees the DAX window, when it does: past RAM, shown in
+/// the worker's memory view as the PCI transport shows it.
+const DAX_SHOWN_AT: u64 = 0x200_0000;
 const MAX_OPS: usize = 64;
 /// INIT flags of a Linux 6.x virtiofs guest without DAX: bits 0 to 30
 /// (INIT_EXT: a 64-byte fuse_init_in) but FILE_OPS, MAP_ALIGNMENT and
@@ -435,8 +435,18 @@ fn op_dax(h: &mut Harness, w: &DaxWindow, inp: &mut Input<'_>) -> bool {
             w.handle_fault(Some(gpa));
         }
         _ => {
+            // The guest moves the BAR: the workers' memory view and the
+            // window's record change at different moments; the input picks
+            // which of them has changed yet.
             let shown = inp.bool().then_some(DAX_SHOWN_AT);
-            w.set_guest_addr(shown);
+            match inp.below(3) {
+                0 => h.show_window(w, shown),
+                1 => w.set_guest_addr(shown),
+                _ => {
+                    h.show_window(w, shown);
+                    w.set_guest_addr(shown);
+                }
+            }
         }
     }
     false
@@ -459,6 +469,9 @@ pub fn run(data: &[u8]) {
         }
     }
     let mut h = Harness::with_dax(readonly, window.clone());
+    if let Some(w) = window.as_ref().filter(|_| cfg & 8 != 0) {
+        h.show_window(w, Some(DAX_SHOWN_AT));
+    }
     let mut before = readonly.then(|| oracle::snapshot(&h.share_dir()));
     let mut st = State {
         known: Known::default(),

@@ -577,7 +577,7 @@ impl VirtioPciDevice {
 
 /// Moves the shared memory region in the memory view of the device's
 /// workers from `old` to `new`.
-fn show_in_memory_view(
+pub(crate) fn show_in_memory_view(
     mem: &GuestMemoryShared,
     old: Option<GuestMapping>,
     new: Option<GuestMapping>,

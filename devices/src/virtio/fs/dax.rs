@@ -24,6 +24,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
 use fuse_backend_rs::transport::FsCacheReqHandler;
+use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
 /// FUSE_SETUPMAPPING_FLAG_WRITE. (_READ, bit 1, needs nothing: every
 /// mapping is readable.)
@@ -118,35 +119,56 @@ impl DaxWindow {
             .store(addr.unwrap_or(NOT_SHOWN), Ordering::Release);
     }
 
+    /// Where the guest sees the window, as last recorded (the vCPUs'
+    /// view: KVM's memory slot).
+    fn shown(&self) -> Option<u64> {
+        let addr = self.guest_addr.load(Ordering::Acquire);
+        (addr != NOT_SHOWN).then_some(addr)
+    }
+
+    /// Where `mem`, a queue worker's view of guest memory, shows the window:
+    /// the guest address of its region backed by the window's reservation.
+    /// When the guest moves the BAR, the view and [`set_guest_addr`] change
+    /// at different moments, and a worker reads buffers through its view,
+    /// so its checks and pins must place the window where that view does
+    /// (a request read from a window page the pin had not judged faulted
+    /// in Ferry: found by the fuzzer).
+    ///
+    /// [`set_guest_addr`]: DaxWindow::set_guest_addr
+    pub fn shown_in(&self, mem: &GuestMemoryMmap) -> Option<u64> {
+        mem.iter()
+            .find(|r| r.as_ptr() as usize == self.base && r.len() == self.size)
+            .map(|r| r.start_addr().0)
+    }
+
     /// The window offsets of guest range `[gpa, gpa + len)` where it
-    /// overlaps the window.
-    fn window_part(&self, gpa: u64, len: u64) -> Option<(u64, u64)> {
-        let base = self.guest_addr.load(Ordering::Acquire);
-        if base == NOT_SHOWN {
-            return None;
-        }
+    /// overlaps the window shown at `shown_at`.
+    fn window_part(&self, shown_at: Option<u64>, gpa: u64, len: u64) -> Option<(u64, u64)> {
+        let base = shown_at?;
         let start = gpa.max(base);
-        let end = gpa.saturating_add(len).min(base + self.size);
+        let end = gpa.saturating_add(len).min(base.saturating_add(self.size));
         (start < end).then(|| (start - base, end - start))
     }
 
-    /// Whether guest range `[gpa, gpa + len)` touches the window.
-    pub fn overlaps(&self, gpa: u64, len: u64) -> bool {
-        self.window_part(gpa, len).is_some()
+    /// Whether guest range `[gpa, gpa + len)` touches the window shown at
+    /// `shown_at`.
+    pub fn overlaps(&self, shown_at: Option<u64>, gpa: u64, len: u64) -> bool {
+        self.window_part(shown_at, gpa, len).is_some()
     }
 
     /// Checks that every part of `buffers` (guest address, length, whether
-    /// the device writes it) inside the window is mapped, within its file
-    /// and writable as needed, and keeps it so until the pin is dropped.
-    /// `None`: no buffer touches the window.
+    /// the device writes it) inside the window shown at `shown_at` is
+    /// mapped, within its file and writable as needed, and keeps it so
+    /// until the pin is dropped. `None`: no buffer touches the window.
     pub fn pin(
         &self,
+        shown_at: Option<u64>,
         buffers: impl IntoIterator<Item = (u64, u64, bool)>,
     ) -> Result<Option<DaxPin<'_>>, PinError> {
         let parts: Vec<_> = buffers
             .into_iter()
             .filter_map(|(gpa, len, write)| {
-                self.window_part(gpa, len)
+                self.window_part(shown_at, gpa, len)
                     .map(|(off, n)| (gpa, len, off, n, write))
             })
             .collect();
@@ -298,7 +320,7 @@ impl DaxWindow {
     /// made accessible; 0 means the fault was not the window's.
     pub fn handle_fault(&self, gpa: Option<u64>) -> u64 {
         let mut repaired = self.repair_truncated();
-        if let Some((off, _)) = gpa.and_then(|g| self.window_part(g, 1)) {
+        if let Some((off, _)) = gpa.and_then(|g| self.window_part(self.shown(), g, 1)) {
             let page = off - off % self.page;
             let mut mappings = self.write();
             let mapped = mappings
@@ -639,10 +661,13 @@ mod tests {
         assert_eq!(w.mapped_bytes(), 3 * 4096);
         w.set_guest_addr(Some(GPA));
         assert!(matches!(
-            w.pin([(GPA + 4096, 10, false)]),
+            w.pin(w.shown(), [(GPA + 4096, 10, false)]),
             Err(PinError::Unmapped { .. })
         ));
-        assert!(w.pin([(GPA + 8192, 8192, false)]).unwrap().is_some());
+        assert!(w
+            .pin(w.shown(), [(GPA + 8192, 8192, false)])
+            .unwrap()
+            .is_some());
         let _ = std::fs::remove_file(path);
     }
 
@@ -655,7 +680,7 @@ mod tests {
         // Pages 2 and 3 now lie past EOF: touching them would SIGBUS.
         w.set_guest_addr(Some(GPA));
         assert!(matches!(
-            w.pin([(GPA + 2 * 4096, 4096, false)]),
+            w.pin(w.shown(), [(GPA + 2 * 4096, 4096, false)]),
             Err(PinError::PastEof { .. })
         ));
         assert_eq!(w.handle_fault(None), 2 * 4096);
@@ -725,22 +750,28 @@ mod tests {
         )
         .unwrap();
         // Not shown to the guest yet, or a buffer elsewhere: no pin needed.
-        assert!(w.pin([(GPA, 4096, false)]).unwrap().is_none());
+        assert!(w.pin(w.shown(), [(GPA, 4096, false)]).unwrap().is_none());
         w.set_guest_addr(Some(GPA));
-        assert!(w.pin([(GPA - 4096, 4096, true)]).unwrap().is_none());
+        assert!(w
+            .pin(w.shown(), [(GPA - 4096, 4096, true)])
+            .unwrap()
+            .is_none());
         // Reads across both mappings are fine; writes only to the second.
         assert!(w
-            .pin([(GPA + 100, 4 * 4096 - 100, false)])
+            .pin(w.shown(), [(GPA + 100, 4 * 4096 - 100, false)])
             .unwrap()
             .is_some());
-        assert!(w.pin([(GPA + 8192, 8192, true)]).unwrap().is_some());
+        assert!(w
+            .pin(w.shown(), [(GPA + 8192, 8192, true)])
+            .unwrap()
+            .is_some());
         assert!(matches!(
-            w.pin([(GPA + 8192, 8192, true), (GPA, 1, true)]),
+            w.pin(w.shown(), [(GPA + 8192, 8192, true), (GPA, 1, true)]),
             Err(PinError::ReadOnly { .. })
         ));
         // Straddling the end of the mapped part.
         assert!(matches!(
-            w.pin([(GPA + 3 * 4096, 8192, false)]),
+            w.pin(w.shown(), [(GPA + 3 * 4096, 8192, false)]),
             Err(PinError::Unmapped { .. })
         ));
         let _ = std::fs::remove_file(path);

@@ -46,6 +46,8 @@ pub struct Harness {
     pub(super) worker: QueueWorker,
     pub next_desc: u16,
     dir: TempDir,
+    /// Where the worker's memory view shows the DAX window.
+    window_shown: Option<u64>,
 }
 
 struct TempDir(std::path::PathBuf);
@@ -144,6 +146,7 @@ impl Harness {
             worker,
             next_desc: 0,
             dir: TempDir(dir),
+            window_shown: None,
         }
     }
 
@@ -244,6 +247,22 @@ impl Harness {
         let (len, error, _) = self.request(&fuse_request(GETATTR, 77, ROOT, &[0; 16]));
         assert_eq!(error, 0, "GETATTR after a bad request failed");
         assert!(len > 16);
+    }
+
+    /// Shows `window` in the worker's view of guest memory at `new`
+    /// (`None`: nowhere), as the PCI transport does when the guest moves
+    /// the BAR. The window's own record (`set_guest_addr`) is left to the
+    /// caller: the two change at different moments in a real VM.
+    pub fn show_window(&mut self, window: &DaxWindow, new: Option<u64>) {
+        let old = std::mem::replace(&mut self.window_shown, new);
+        let at = |guest_addr| crate::vm_ops::GuestMapping {
+            guest_addr,
+            size: window.size(),
+            host_addr: window.host_addr(),
+            readonly: false,
+        };
+        crate::virtio::pci::show_in_memory_view(&self.worker.mem, old.map(at), new.map(at))
+            .expect("show the DAX window in the memory view");
     }
 
     pub fn lookup(&mut self, name: &[u8]) -> (u32, i32, Vec<u8>) {

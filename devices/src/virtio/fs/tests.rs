@@ -475,3 +475,34 @@ fn refused_write_flags_leave_the_handle_its_file() {
     );
     assert_eq!(std::fs::read(&log).unwrap(), b"AB");
 }
+
+/// The guest moves the DAX window's BAR while a worker serves: the worker's
+/// memory view already shows the window at its new place, the window's
+/// record does not yet (or the other way round). A request whose header
+/// lies in an unmapped page of the window as the view shows it is refused,
+/// never read (it faulted in Ferry: found by the fuzzer, pci_config).
+#[test]
+fn a_request_in_the_window_is_judged_where_the_worker_sees_it() {
+    const SHOWN_AT: u64 = 0x200_0000; // past the harness's 16 MiB of RAM
+    let window = Arc::new(DaxWindow::new(2 << 20).unwrap());
+    let mut h = Harness::with_dax(false, Some(window.clone()));
+    h.init();
+    let header = fuse_request(GETATTR, 3, ROOT, &[0; 16]);
+    for recorded in [None, Some(0x400_0000)] {
+        h.show_window(&window, Some(SHOWN_AT));
+        window.set_guest_addr(recorded);
+        let len = h.submit_pair((SHOWN_AT, header.len() as u32), (REPLY_ADDR, REPLY_LEN));
+        assert_eq!(len, 0, "a request in an unmapped window page was served");
+        h.show_window(&window, None);
+        h.still_serves();
+    }
+    // Shown in both, the pin judges it the same way.
+    h.show_window(&window, Some(SHOWN_AT));
+    window.set_guest_addr(Some(SHOWN_AT));
+    let len = h.submit_pair((SHOWN_AT, header.len() as u32), (REPLY_ADDR, REPLY_LEN));
+    assert_eq!(len, 0);
+    assert!(
+        window.shown_in(&h.mem).is_none(),
+        "the harness's own RAM view is untouched"
+    );
+}

@@ -83,7 +83,7 @@ impl QueueWorker {
     fn process(&mut self) {
         let guard = self.mem.memory();
         let mem: &GuestMemoryMmap = &guard;
-        if self.rings_in_window() {
+        if self.rings_in_window(mem) {
             // The window's pages come and go with mappings: a ring there
             // would fault in Ferry (the fuzzer placed one there: SIGSEGV).
             log::warn!(
@@ -107,10 +107,11 @@ impl QueueWorker {
         }
     }
 
-    fn rings_in_window(&self) -> bool {
+    fn rings_in_window(&self, mem: &GuestMemoryMmap) -> bool {
         let Some(dax) = &self.dax else {
             return false;
         };
+        let shown_at = dax.0.shown_in(mem);
         let size = u64::from(self.queue.size());
         [
             (self.queue.desc_table(), 16 * size),
@@ -118,14 +119,20 @@ impl QueueWorker {
             (self.queue.used_ring(), 6 + 8 * size),
         ]
         .into_iter()
-        .any(|(addr, len)| dax.0.overlaps(addr, len))
+        .any(|(addr, len)| dax.0.overlaps(shown_at, addr, len))
     }
 
     /// Whether the chain from `head` uses an indirect table inside the
     /// window (read before the chain is walked: the walk itself would read
     /// the table). The direct descriptors lie in the descriptor table,
     /// which `rings_in_window` keeps out of the window.
-    fn indirect_table_in(&self, window: &DaxWindow, mem: &GuestMemoryMmap, head: u16) -> bool {
+    fn indirect_table_in(
+        &self,
+        window: &DaxWindow,
+        shown_at: Option<u64>,
+        mem: &GuestMemoryMmap,
+        head: u16,
+    ) -> bool {
         let table = self.queue.desc_table();
         let size = self.queue.size();
         let mut index = head;
@@ -136,7 +143,7 @@ impl QueueWorker {
             };
             let d = SplitDescriptor::from(d);
             if d.flags() & VRING_DESC_F_INDIRECT as u16 != 0 {
-                return window.overlaps(d.addr().0, u64::from(d.len()));
+                return window.overlaps(shown_at, d.addr().0, u64::from(d.len()));
             }
             if d.flags() & VRING_DESC_F_NEXT as u16 == 0 {
                 return false;
@@ -205,8 +212,10 @@ impl QueueWorker {
         // writes them, the header included (a header in an unmapped part
         // of the window faulted in Ferry: found by the fuzzer).
         let window = self.dax.as_ref().map(|d| d.0.clone());
+        // Where this worker's memory view has the window: what it reads.
+        let shown_at = window.as_ref().and_then(|w| w.shown_in(mem));
         if let Some(w) = &window {
-            if self.indirect_table_in(w, mem, chain.head_index()) {
+            if self.indirect_table_in(w, shown_at, mem, chain.head_index()) {
                 return Err("an indirect descriptor table in the DAX window".into());
             }
         }
@@ -214,7 +223,7 @@ impl QueueWorker {
             .clone()
             .map(|d| (d.addr().0, u64::from(d.len()), d.is_write_only()));
         let pin = match &window {
-            Some(w) => w.pin(buffers).map_err(|e| e.to_string())?,
+            Some(w) => w.pin(shown_at, buffers).map_err(|e| e.to_string())?,
             None => None,
         };
         let mut peek =
