@@ -116,6 +116,8 @@ pub struct VirtioPciDevice {
     config_generation: u8,
     config_vector: u16,
     queue_select: u16,
+    /// A status write that cleared bits was reported once.
+    warned_status_clear: bool,
 }
 
 /// The shared memory region's BAR and the memory slot behind it.
@@ -215,6 +217,7 @@ impl VirtioPciDevice {
             driver_features: 0,
             status: 0,
             config_generation: 0,
+            warned_status_clear: false,
             config_vector: NO_VECTOR,
             queue_select: 0,
         })
@@ -312,7 +315,22 @@ impl VirtioPciDevice {
             return;
         }
         let old = self.status;
-        let mut new = value;
+        // The driver clears status bits only by writing 0 (virtio 1.2,
+        // 2.1.2). A write that would clear one, DRIVER_OK above all, is
+        // ignored: the workers keep the rings they were given, so the queue
+        // registers must stay locked too (the fuzzer saw them unlocked
+        // under running workers). NEEDS_RESET is the device's to set.
+        let cleared = old & !value & !STATUS_NEEDS_RESET;
+        if cleared != 0 {
+            if !std::mem::replace(&mut self.warned_status_clear, true) {
+                log::warn!(
+                    "virtio-pci: driver wrote status {value:#x} over {old:#x}, clearing bits \
+                     {cleared:#x}; ignored (only a write of 0 resets)"
+                );
+            }
+            return;
+        }
+        let mut new = value | (old & STATUS_NEEDS_RESET);
         if new & STATUS_FEATURES_OK != 0 && old & STATUS_FEATURES_OK == 0 {
             let offered = self.device.features();
             let unknown = self.driver_features & !offered;
@@ -665,4 +683,114 @@ fn get(data: &[u8]) -> u64 {
     let n = data.len().min(8);
     bytes[..n].copy_from_slice(&data[..n]);
     u64::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use vm_memory::GuestMemoryAtomic;
+
+    use super::super::{ActivateError, Activation, VirtioDevice};
+    use super::*;
+
+    struct NoKvm;
+    impl VmOps for NoKvm {
+        fn register_ioevent(&self, _: &EventFd, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn unregister_ioevent(&self, _: &EventFd, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn add_msi_vector(&self, _: &EventFd) -> std::io::Result<u32> {
+            Ok(0)
+        }
+        fn route_msi(&self, _: u32, _: MsiMessage) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn new_memory_slot(&self) -> u32 {
+            0
+        }
+        fn set_memory_slot(&self, _: u32, _: Option<GuestMapping>) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A device with one queue that counts activations and resets.
+    struct Counting(Arc<(AtomicUsize, AtomicUsize)>);
+    impl VirtioDevice for Counting {
+        fn device_type(&self) -> u32 {
+            26
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn queue_max_sizes(&self) -> Vec<u16> {
+            vec![16]
+        }
+        fn read_config(&self, _: u64, _: &mut [u8]) {}
+        fn activate(&mut self, _: Activation) -> Result<(), ActivateError> {
+            self.0 .0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.0 .1.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn read8(d: &mut VirtioPciDevice, offset: u64) -> u8 {
+        let mut b = [0u8; 1];
+        d.read_common(offset, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn a_status_write_that_clears_bits_is_ignored() {
+        let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut d = VirtioPciDevice::new(
+            Box::new(Counting(counts.clone())),
+            Arc::new(NoKvm),
+            GuestMemoryAtomic::new(mem),
+            0xc000_0000,
+            None,
+        )
+        .unwrap();
+        // Driver features: VERSION_1 (bit 32).
+        d.write_common(0x08, &1u32.to_le_bytes());
+        d.write_common(0x0c, &1u32.to_le_bytes());
+        for status in [1u8, 3, 11] {
+            d.write_common(0x14, &[status]);
+        }
+        assert_eq!(read8(&mut d, 0x14), 11, "FEATURES_OK refused");
+        // Queue 0: addresses, then ready.
+        d.write_common(0x16, &0u16.to_le_bytes());
+        d.write_common(0x20, &0x1000u32.to_le_bytes());
+        d.write_common(0x28, &0x2000u32.to_le_bytes());
+        d.write_common(0x30, &0x3000u32.to_le_bytes());
+        d.write_common(0x1c, &1u16.to_le_bytes());
+        d.write_common(0x14, &[15]);
+        assert_eq!(counts.0.load(Ordering::Relaxed), 1, "not activated");
+
+        // DRIVER_OK cleared without a reset: ignored.
+        d.write_common(0x14, &[11]);
+        assert_eq!(read8(&mut d, 0x14), 15);
+        // The running queue's registers stay locked.
+        d.write_common(0x20, &0x8000u32.to_le_bytes());
+        let mut b = [0u8; 4];
+        d.read_common(0x20, &mut b);
+        assert_eq!(
+            u32::from_le_bytes(b),
+            0x1000,
+            "queue moved under a running device"
+        );
+        // Setting DRIVER_OK again starts nothing new.
+        d.write_common(0x14, &[15]);
+        assert_eq!(counts.0.load(Ordering::Relaxed), 1);
+        assert_eq!(counts.1.load(Ordering::Relaxed), 0);
+        // A write of 0 is the reset.
+        d.write_common(0x14, &[0]);
+        assert_eq!(read8(&mut d, 0x14), 0);
+        assert_eq!(counts.1.load(Ordering::Relaxed), 1);
+    }
 }
