@@ -3,6 +3,8 @@
  *              | removexattr PATH NAME | fsync PATH | flock PATH | statfs PATH
  *              | byhandle PATH   (name_to_handle_at + open_by_handle_at, then a
  *                                 forged handle on the same mount)
+ * A setxattr VALUE that starts with 0x is hex (binary values such as
+ * security.capability hold NUL bytes).
  * Prints results on stdout; exits non-zero with the errno text on failure. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -14,6 +16,20 @@
 #include <sys/statfs.h>
 #include <sys/xattr.h>
 #include <unistd.h>
+
+/* Decodes "0x..." hex into buf; returns the length, or -1. */
+static ssize_t hex_value(const char *s, char *buf, size_t size)
+{
+    size_t n = 0;
+    unsigned int byte;
+
+    for (s += 2; s[0] && s[1]; s += 2) {
+        if (n == size || sscanf(s, "%2x", &byte) != 1)
+            return -1;
+        buf[n++] = (char)byte;
+    }
+    return s[0] ? -1 : (ssize_t)n;
+}
 
 static int fail(const char *what)
 {
@@ -32,7 +48,18 @@ int main(int argc, char **argv)
     }
     const char *op = argv[1], *path = argv[2];
     if (!strcmp(op, "setxattr") && argc == 5) {
-        if (setxattr(path, argv[3], argv[4], strlen(argv[4]), 0))
+        const char *value = argv[4];
+        size_t len = strlen(value);
+        if (!strncmp(value, "0x", 2)) {
+            n = hex_value(value, buf, sizeof(buf));
+            if (n < 0) {
+                fprintf(stderr, "ferry-fsutil: bad hex value\n");
+                return 2;
+            }
+            value = buf;
+            len = (size_t)n;
+        }
+        if (setxattr(path, argv[3], value, len, 0))
             return fail("setxattr");
     } else if (!strcmp(op, "getxattr") && argc == 4) {
         n = getxattr(path, argv[3], buf, sizeof(buf) - 1);

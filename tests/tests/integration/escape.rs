@@ -88,7 +88,7 @@ const ATTEMPTS: &[(&str, &str, &str)] = &[
     ),
     (
         "hard_link_to_guest_file",
-        "ln /etc/passwd /mnt/p",
+        "ln /bin/busybox /mnt/p",
         GUEST_VFS,
     ),
     (
@@ -112,7 +112,9 @@ const ATTEMPTS: &[(&str, &str, &str)] = &[
     ("chmod_setgid_file", "chmod 2755 /mnt/sh", POLICY_SETID),
     (
         "file_capability_xattr",
-        "ferry-fsutil setxattr /mnt/sh security.capability AAAAAgAgAAAAAAAAAAAAAAAAAAA=",
+        // struct vfs_cap_data: revision 2, effective, permitted CAP_SYS_ADMIN
+        // (a value the guest kernel accepts and passes on to the server).
+        "ferry-fsutil setxattr /mnt/sh security.capability 0x0100000200002000000000000000000000000000",
         POLICY_XATTR,
     ),
     (
@@ -135,15 +137,39 @@ const ATTEMPTS: &[(&str, &str, &str)] = &[
         "touch /mnt/$(head -c 300 /dev/zero | tr '\\0' a)",
         NAME_MAX,
     ),
+    (
+        "security_label_xattr",
+        "ferry-fsutil setxattr /mnt/sh security.selinux system_u:object_r:shadow_t:s0",
+        POLICY_XATTR,
+    ),
     ("write_readonly_share", "echo x > /ro/file", POLICY_RO),
+    (
+        "truncate_readonly_share",
+        "truncate -s 0 /ro/file",
+        POLICY_RO,
+    ),
+    ("chmod_in_readonly_share", "chmod 0777 /ro/file", POLICY_RO),
+    ("create_in_readonly_share", "touch /ro/new", POLICY_RO),
+    ("mkdir_in_readonly_share", "mkdir /ro/dir", POLICY_RO),
     ("remove_from_readonly_share", "rm /ro/file", POLICY_RO),
     ("rename_into_readonly_share", "mv /mnt/sh /ro/sh", POLICY_RO),
 ];
+
+/// The error message the guest's tools print when `defence` is Ferry's
+/// share policy.
+fn policy_error(defence: &str) -> Option<&'static str> {
+    match defence {
+        POLICY_DEV | POLICY_SETID | POLICY_XATTR => Some("Operation not permitted"),
+        POLICY_RO => Some("Read-only file system"),
+        _ => None,
+    }
+}
 
 fn battery() -> TestResult {
     let s = Share::new("escape_battery");
     let ro = Share::new("escape_battery_ro");
     fs::write(ro.path("file"), "read-only\n")?;
+    let ro_mode = fs::metadata(ro.path("file"))?.permissions().mode();
     let outside = s.outside().to_path_buf();
     std::os::unix::fs::symlink(outside.join("secret"), s.path("abs"))?;
     std::os::unix::fs::symlink("../outside/secret", s.path("rel"))?;
@@ -151,8 +177,8 @@ fn battery() -> TestResult {
     std::os::unix::fs::symlink(&outside, s.path("hostlinkdir"))?;
     // Too long for the kernel command line: the guest runs it from the share.
     let mut script = String::from(
-        "try() { if sh -c \"$2\" >/dev/null 2>&1; then echo \"ATTEMPT $1 ESCAPED\"; \
-         else echo \"ATTEMPT $1 blocked\"; fi; }\n",
+        "try() { if err=$(sh -c \"$2\" 2>&1); then echo \"ATTEMPT $1 ESCAPED\"; \
+         else echo \"ATTEMPT $1 blocked: $(echo \"$err\" | tail -n 1)\"; fi; }\n",
     );
     for (name, cmd, _) in ATTEMPTS {
         script.push_str(&format!("try {name} '{}'\n", cmd.replace('\'', "'\\''")));
@@ -170,14 +196,34 @@ fn battery() -> TestResult {
     guest_ok(&out, 0)?;
     println!("escape battery (guest):");
     for (name, _, defence) in ATTEMPTS {
-        let blocked = out.stdout.contains(&format!("ATTEMPT {name} blocked"));
-        check(blocked, &format!("attempt {name} was not blocked"), &out)?;
+        let line = crate::line_with(&out.stdout, &format!("ATTEMPT {name} blocked"));
+        check(
+            !line.is_empty(),
+            &format!("attempt {name} was not blocked"),
+            &out,
+        )?;
+        // Where Ferry's policy is the defence, the guest must see its errno.
+        if let Some(errno) = policy_error(defence) {
+            check(
+                line.contains(errno),
+                &format!("attempt {name} failed, but not with {errno}: {line}"),
+                &out,
+            )?;
+        }
         println!("  blocked  {name:<34} {defence}");
     }
     s.outside_untouched(&out)?;
     check(
         ro.read("file") == "read-only\n",
         "the read-only share changed",
+        &out,
+    )?;
+    let ro_names: Vec<_> = fs::read_dir(&ro.root)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    check(
+        ro_names == ["file"] && fs::metadata(ro.path("file"))?.permissions().mode() == ro_mode,
+        &format!("the read-only share changed: {ro_names:?}"),
         &out,
     )?;
     for entry in fs::read_dir(&s.root)? {
