@@ -71,6 +71,8 @@ pub struct DaxWindow {
     mappings: RwLock<Mappings>,
     /// How many mappings have parked pages.
     parked: AtomicUsize,
+    /// Zero pages for a host truncation during a worker's copy.
+    sigbus: Option<super::dax_sigbus::Guard>,
 }
 
 fn einval(what: String) -> io::Error {
@@ -110,6 +112,11 @@ impl DaxWindow {
             guest_addr: AtomicU64::new(NOT_SHOWN),
             mappings: RwLock::new(BTreeMap::new()),
             parked: AtomicUsize::new(0),
+            sigbus: Some(super::dax_sigbus::guard(
+                base as usize,
+                size as usize,
+                page as usize,
+            )),
         })
     }
 
@@ -478,6 +485,8 @@ impl DaxWindow {
 
 impl Drop for DaxWindow {
     fn drop(&mut self) {
+        // Unguarded before the range is given back and maybe reused.
+        drop(self.sigbus.take());
         // SAFETY: the reservation made in `new`, unmapped once.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.size as usize) };
     }
@@ -668,6 +677,42 @@ mod tests {
             .pin(w.shown(), [(GPA + 8192, 8192, false)])
             .unwrap()
             .is_some());
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// The host truncates the file between the pin's size check and the
+    /// copy: the copy touches a page past EOF. Without the SIGBUS handler
+    /// this test process dies; with it the page reads as zeros, the write
+    /// lands nowhere, and the VMM's repair then parks the page as usual.
+    #[test]
+    fn truncation_during_a_copy_gives_zeros_not_sigbus() {
+        let w = DaxWindow::new(2 * MIB).unwrap();
+        let (path, f) = temp_file("copy-trunc", &[5u8; 2 * 4096]);
+        w.map(
+            0,
+            0,
+            2 * 4096,
+            MAP_FLAG_READ | MAP_FLAG_WRITE,
+            f.as_raw_fd(),
+        )
+        .unwrap();
+        assert_eq!(byte_at(&w, 4096), 5);
+        f.set_len(100).unwrap();
+        // What a worker's memcpy would do, read and write.
+        assert_eq!(byte_at(&w, 4096 + 7), 0);
+        // SAFETY: inside the window; the handler backs the page.
+        unsafe { std::ptr::write_volatile((w.base + 4096 + 8) as *mut u8, 1) };
+        assert_eq!(
+            byte_at(&w, 0),
+            5,
+            "the page before EOF still shows the file"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            100,
+            "the file grew"
+        );
+        assert_eq!(w.repair_truncated(), 4096);
         let _ = std::fs::remove_file(path);
     }
 

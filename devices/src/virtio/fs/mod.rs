@@ -4,6 +4,7 @@
 //! window the guest maps host files straight into its memory.
 
 mod dax;
+mod dax_sigbus;
 mod file_handles;
 mod filter;
 mod init_reply;
