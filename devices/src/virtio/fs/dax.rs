@@ -51,6 +51,18 @@ type Mappings = BTreeMap<u64, Mapping>;
 /// meanwhile.
 pub struct DaxPin<'a>(#[allow(dead_code)] RwLockReadGuard<'a, Mappings>);
 
+thread_local! {
+    /// This thread holds a pin: a mapping change it asked for would wait
+    /// for its own read lock, forever.
+    static PINNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Drop for DaxPin<'_> {
+    fn drop(&mut self) {
+        PINNED.with(|p| p.set(false));
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     #[error("buffer {gpa:#x}+{len:#x} lies in an unmapped part of the DAX window")]
@@ -71,8 +83,8 @@ pub struct DaxWindow {
     mappings: RwLock<Mappings>,
     /// How many mappings have parked pages.
     parked: AtomicUsize,
-    /// Zero pages for a host truncation during a worker's copy.
-    sigbus: Option<super::dax_sigbus::Guard>,
+    /// Zero pages for faults in the window during a worker's copy.
+    faults: Option<super::window_faults::Guard>,
 }
 
 fn einval(what: String) -> io::Error {
@@ -112,11 +124,7 @@ impl DaxWindow {
             guest_addr: AtomicU64::new(NOT_SHOWN),
             mappings: RwLock::new(BTreeMap::new()),
             parked: AtomicUsize::new(0),
-            sigbus: Some(super::dax_sigbus::guard(
-                base as usize,
-                size as usize,
-                page as usize,
-            )),
+            faults: Some(super::window_faults::guard(base as u64, size, page)),
         })
     }
 
@@ -206,6 +214,7 @@ impl DaxWindow {
                 at = upto;
             }
         }
+        PINNED.with(|p| p.set(true));
         Ok(Some(DaxPin(mappings)))
     }
 
@@ -358,15 +367,43 @@ impl DaxWindow {
     /// keeps its mappings across truncate and extend, so every request
     /// that may grow a file is followed by this. Returns the bytes restored.
     pub fn restore_grown(&self) -> u64 {
-        if self.parked.load(Ordering::SeqCst) == 0 {
+        if self.parked.load(Ordering::SeqCst) == 0 && !self.faults_repaired() {
             return 0;
         }
         self.rebalance(false)
     }
 
+    /// Whether the fault handler put zero pages in the window since the
+    /// last call; if so, every mapping's file-backed part is mapped again
+    /// (what the pages should show) before anything else.
+    fn faults_repaired(&self) -> bool {
+        let Some(guard) = &self.faults else {
+            return false;
+        };
+        if !guard.take_repaired() {
+            return false;
+        }
+        log::warn!(
+            "virtio-fs: a worker touched DAX window pages that were going away (a host \
+             truncation, or a request rewritten after its check); mapping the files again"
+        );
+        let mut mappings = self.write();
+        for (&moffset, m) in mappings.iter_mut() {
+            if m.backed > 0 && self.map_file(m, moffset, 0, m.backed).is_err() {
+                // Leave it to the parking below: zero pages stay.
+                m.backed = 0;
+            }
+        }
+        self.recount(&mappings);
+        true
+    }
+
     /// Parks (`park`) or restores mappings whose file-backed part no longer
     /// matches their file's size.
     fn rebalance(&self, park: bool) -> u64 {
+        if park {
+            self.faults_repaired();
+        }
         if self.out_of_step(&self.read(), park).is_empty() {
             return 0;
         }
@@ -486,7 +523,7 @@ impl DaxWindow {
 impl Drop for DaxWindow {
     fn drop(&mut self) {
         // Unguarded before the range is given back and maybe reused.
-        drop(self.sigbus.take());
+        drop(self.faults.take());
         // SAFETY: the reservation made in `new`, unmapped once.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.size as usize) };
     }
@@ -536,6 +573,20 @@ fn carve(mappings: &mut BTreeMap<u64, Mapping>, start: u64, len: u64) {
 /// The window as fuse-backend-rs's `PassthroughFs` drives it.
 pub(super) struct DaxRequests(pub Arc<DaxWindow>);
 
+impl DaxRequests {
+    /// A SETUPMAPPING or REMOVEMAPPING whose own buffers lie in the window
+    /// (so this thread pinned it) is refused. Judged here, on the call the
+    /// server makes, not on the opcode the worker peeked: the guest may
+    /// rewrite the request between the two reads.
+    fn unpinned(&self) -> io::Result<()> {
+        if PINNED.with(|p| p.get()) {
+            log::debug!("virtio-fs: a DAX mapping change whose request lies in the window: EINVAL");
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(())
+    }
+}
+
 impl FsCacheReqHandler for DaxRequests {
     fn map(
         &mut self,
@@ -545,10 +596,12 @@ impl FsCacheReqHandler for DaxRequests {
         flags: u64,
         fd: RawFd,
     ) -> io::Result<()> {
+        self.unpinned()?;
         self.0.map(foffset, moffset, len, flags, fd)
     }
 
     fn unmap(&mut self, requests: Vec<RemovemappingOne>) -> io::Result<()> {
+        self.unpinned()?;
         self.0.unmap(&requests)
     }
 }
@@ -681,9 +734,9 @@ mod tests {
     }
 
     /// The host truncates the file between the pin's size check and the
-    /// copy: the copy touches a page past EOF. Without the SIGBUS handler
-    /// this test process dies; with it the page reads as zeros, the write
-    /// lands nowhere, and the VMM's repair then parks the page as usual.
+    /// copy: the copy touches a page past EOF. Without the fault handler
+    /// this test process dies of SIGBUS; with it the page reads as zeros,
+    /// and once the file is back the window shows it again.
     #[test]
     fn truncation_during_a_copy_gives_zeros_not_sigbus() {
         let w = DaxWindow::new(2 * MIB).unwrap();
@@ -712,8 +765,25 @@ mod tests {
             100,
             "the file grew"
         );
-        assert_eq!(w.repair_truncated(), 4096);
+        // The file grows back before the VMM's once-a-second repair: the
+        // zero page must not stay in front of it.
+        std::fs::write(&path, [6u8; 2 * 4096]).unwrap();
+        w.restore_grown();
+        assert_eq!(byte_at(&w, 4096 + 7), 6, "the zero page stayed");
         let _ = std::fs::remove_file(path);
+    }
+
+    /// A worker touches a window page that is not mapped (the guest
+    /// rewrote a descriptor after the pin judged it): a zero page, not
+    /// SIGSEGV.
+    #[test]
+    fn an_unmapped_window_page_gives_zeros_not_sigsegv() {
+        let w = DaxWindow::new(2 * MIB).unwrap();
+        assert_eq!(byte_at(&w, 3 * 4096 + 1), 0);
+        // SAFETY: inside the window; the handler backs the page.
+        unsafe { std::ptr::write_volatile((w.base + 5 * 4096) as *mut u8, 1) };
+        assert_eq!(byte_at(&w, 5 * 4096), 1);
+        assert_eq!(w.mapped_bytes(), 0);
     }
 
     #[test]

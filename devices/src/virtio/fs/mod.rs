@@ -4,13 +4,13 @@
 //! window the guest maps host files straight into its memory.
 
 mod dax;
-mod dax_sigbus;
 mod file_handles;
 mod filter;
 mod init_reply;
 mod policy;
 mod spawner;
 mod stats;
+mod window_faults;
 mod worker;
 
 pub use dax::{DaxWindow, DAX_WINDOW_MIN};

@@ -93,9 +93,11 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         self.inner.init(capable)
     }
 
-    fn destroy(&self) {
-        self.inner.destroy()
-    }
+    /// Nothing: the library's DESTROY drops every inode and reopens the
+    /// share's root and its mount by path, which the sandboxed server may
+    /// not do (the mount point can lie outside the share). The guest has
+    /// forgotten its inodes by then, and the next INIT serves afresh.
+    fn destroy(&self) {}
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
         self.inner.lookup(ctx, parent, name)

@@ -233,18 +233,15 @@ impl QueueWorker {
         let header: InHeader = peek.read_obj().map_err(|e| format!("FUSE header: {e}"))?;
         self.stats.request(self.index, header.opcode);
         let mut writer = VirtioFsWriter::new(mem, chain.clone()).map_err(|e| e.to_string())?;
-        let answer = if pin.is_some() && filter::changes_dax_mappings(header.opcode) {
-            // Mapping changes wait for pins to go: this one would wait
-            // for itself.
-            Some(libc::EINVAL)
-        } else if !filter::is_known(header.opcode) {
+        // Unknown opcodes and DESTROY are answered here. Whatever matters
+        // for safety is decided again on the server's own read of the
+        // request (`policy`, `DaxRequests`): the guest may rewrite the
+        // header after this peek.
+        let answer = if !filter::is_known(header.opcode) {
             Some(libc::ENOSYS)
         } else if header.opcode == Opcode::Destroy as u32 {
-            // Answered here: the library's DESTROY drops every inode and
-            // reopens the share's root and its mount by path, which the
-            // sandboxed server may not do (the mount point lies outside
-            // the share). The guest has forgotten its inodes by now, and
-            // the next INIT imports the root afresh.
+            // The library's DESTROY replies but reports 0 bytes written;
+            // answered here (the policy's `destroy` does nothing either).
             Some(0)
         } else {
             None
@@ -277,8 +274,9 @@ impl QueueWorker {
         }
         drop(pin);
         // A file the guest truncated (its DAX pages parked) may have grown
-        // again: map it back before the guest hears of the new size.
-        if let Some(w) = window.filter(|_| filter::may_grow_file(header.opcode)) {
+        // again: map it back before the guest hears of the new size. Cheap
+        // when nothing is parked.
+        if let Some(w) = window {
             w.restore_grown();
         }
         served

@@ -745,7 +745,9 @@ pub enum Opcode {
 
 impl From<u32> for Opcode {
     fn from(op: u32) -> Opcode {
-        if op >= Opcode::MaxOpcode as u32 {
+        // Ferry: 0, 7 and 19 are no variant; transmuting them was undefined
+        // behaviour (a guest's request reached it through `trace!`).
+        if op == 0 || op == 7 || op == 19 || op >= Opcode::MaxOpcode as u32 {
             return Opcode::MaxOpcode;
         }
         unsafe { mem::transmute(op) }
