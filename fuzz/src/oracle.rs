@@ -117,3 +117,19 @@ pub fn check_policy(root: &Path) {
         }
     }
 }
+
+/// Nothing escaped the share: only `secret` and `share` lie in `top`, and
+/// `secret` still holds what the target wrote there.
+pub fn check_beside(top: &Path) {
+    assert_eq!(
+        crate::sandbox::entries(top),
+        ["secret", "share"],
+        "files appeared beside the share in {}",
+        top.display()
+    );
+    assert_eq!(
+        std::fs::read(top.join("secret")).ok().as_deref(),
+        Some(&b"outside"[..]),
+        "the file beside the share changed"
+    );
+}

@@ -49,8 +49,11 @@ pub(super) struct Guard(Option<usize>);
 impl Guard {
     /// Whether the handler replaced pages of this window since last asked.
     pub(super) fn take_repaired(&self) -> bool {
-        self.0
-            .is_some_and(|slot| REPAIRED[slot].swap(false, Ordering::AcqRel))
+        // Asked after every request on a DAX share: a plain load first, so
+        // the common case writes no shared cache line.
+        self.0.is_some_and(|slot| {
+            REPAIRED[slot].load(Ordering::Acquire) && REPAIRED[slot].swap(false, Ordering::AcqRel)
+        })
     }
 }
 

@@ -214,7 +214,8 @@ impl QueueWorker {
         let window = self.dax.as_ref().map(|d| d.0.clone());
         // Where this worker's memory view has the window: what it reads.
         let shown_at = window.as_ref().and_then(|w| w.shown_in(mem));
-        if let Some(w) = &window {
+        // Only a window this view shows can hold a table: no walk otherwise.
+        if let Some(w) = window.as_ref().filter(|_| shown_at.is_some()) {
             if self.indirect_table_in(w, shown_at, mem, chain.head_index()) {
                 return Err("an indirect descriptor table in the DAX window".into());
             }
