@@ -823,6 +823,7 @@ pub fn run(data: &[u8]) {
         readonly: cfg & 8 != 0,
         cache,
         dax_window: dax.then_some(DAX_SIZE),
+        ..Default::default()
     };
     let fs = VirtioFs::new(fs_share, None).expect("virtio-fs device");
     let dax = fs.dax_window();

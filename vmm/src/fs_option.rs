@@ -1,9 +1,11 @@
 //! `--fs tag=NAME,path=DIR[,queues=N][,readonly=on][,cache=auto|always|never]
-//! [,dax=on][,cache-size=SIZE]`.
+//! [,dax=on][,cache-size=SIZE][,dev-suid=on][,uid-map=RULE]...[,gid-map=RULE]...`.
 
 use std::path::PathBuf;
 
-use ferry_devices::virtio::fs::{CacheMode, FsShare, DAX_WINDOW_MIN, TAG_MAX_LEN};
+use ferry_devices::virtio::fs::{
+    CacheMode, FsShare, IdMap, IdMapping, DAX_WINDOW_MIN, TAG_MAX_LEN,
+};
 
 use crate::cli::parse_size;
 
@@ -15,13 +17,32 @@ pub const MAX_QUEUES: u16 = 64;
 pub const DAX_WINDOW_DEFAULT: u64 = 1 << 30;
 pub const DAX_WINDOW_MAX: u64 = 64 << 30;
 
+/// The smallest window a guest can use. Linux hands the window out in
+/// 2 MiB ranges and takes a range back from a file (reclaim) when none is
+/// free; with one or two ranges it reclaims on nearly every access, and
+/// that path can fail a `write(2)` with EBUSY (seen with 2M: EBUSY after a
+/// few hundred mixed operations on an 8 MiB file) or deadlock a copy whose
+/// buffer is itself DAX-mapped (it holds one range and waits for another).
+/// With 8M (four ranges) 30,000 such operations ran clean. No size rules
+/// reclaim out for files larger than the window: the guest's reclaim is
+/// its own, and bigger windows only make it rarer.
+pub const DAX_WINDOW_SMALLEST: u64 = 8 << 20;
+
 fn parse_cache_size(value: &str) -> Result<u64, String> {
     let size = parse_size(value).map_err(|e| format!("cache-size={value}: {e}"))?;
     if !size.is_power_of_two() || !(DAX_WINDOW_MIN..=DAX_WINDOW_MAX).contains(&size) {
         return Err(format!(
             "cache-size={value}: must be a power of two from {}M to {}G",
-            DAX_WINDOW_MIN >> 20,
+            DAX_WINDOW_SMALLEST >> 20,
             DAX_WINDOW_MAX >> 30
+        ));
+    }
+    if size < DAX_WINDOW_SMALLEST {
+        return Err(format!(
+            "cache-size={value}: at least {}M: the guest splits the window into 2 MiB \
+             ranges and with fewer than four its reclaim fails writes with EBUSY or \
+             deadlocks a copy from one DAX mapping to another",
+            DAX_WINDOW_SMALLEST >> 20
         ));
     }
     Ok(size)
@@ -44,6 +65,8 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
     let mut cache = CacheMode::Auto;
     let mut dax = None;
     let mut dax_window = DAX_WINDOW_DEFAULT;
+    let mut dev_suid = false;
+    let (mut uids, mut gids) = (None::<IdMap>, None::<IdMap>);
     for item in s.split(',') {
         let (key, value) = item
             .split_once('=')
@@ -72,10 +95,19 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
                 dax_window = parse_cache_size(value)?;
                 dax = dax.or(Some(true));
             }
+            "dev-suid" => dev_suid = parse_switch(key, value)?,
+            "uid-map" => uids
+                .get_or_insert_with(IdMap::default)
+                .push_rule(value)
+                .map_err(|e| format!("uid-map={e}"))?,
+            "gid-map" => gids
+                .get_or_insert_with(IdMap::default)
+                .push_rule(value)
+                .map_err(|e| format!("gid-map={e}"))?,
             _ => {
                 return Err(format!(
                     "unknown key '{key}' (known: tag, path, queues, readonly, cache, dax, \
-                     cache-size)"
+                     cache-size, dev-suid, uid-map, gid-map)"
                 ))
             }
         }
@@ -102,7 +134,29 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
         readonly,
         cache,
         dax_window: dax.unwrap_or(false).then_some(dax_window),
+        dev_suid,
+        ids: IdMapping {
+            uids: uids.unwrap_or_else(|| default_ids(own_ids().0)),
+            gids: gids.unwrap_or_else(|| default_ids(own_ids().1)),
+        },
     })
+}
+
+/// Ferry's effective uid and gid.
+pub fn own_ids() -> (u32, u32) {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// Without `uid-map`/`gid-map`: root Ferry shows host ids as they are and
+/// acts as each guest user; an unprivileged one cannot, so guest root is
+/// Ferry's own id and every other guest id is squashed to it.
+fn default_ids(own: u32) -> IdMap {
+    if own_ids().0 == 0 {
+        IdMap::default()
+    } else {
+        IdMap::root_is(own)
+    }
 }
 
 /// Rejects two shares with one tag: the guest could mount only one of them.
@@ -141,8 +195,13 @@ mod tests {
     fn defaults() {
         let s = parse_fs(&format!("tag=a,path={}", tmp())).unwrap();
         assert_eq!(
-            (s.request_queues, s.readonly, s.cache),
-            (1, false, CacheMode::Auto)
+            (s.request_queues, s.readonly, s.cache, s.dev_suid),
+            (1, false, CacheMode::Auto, false)
+        );
+        assert!(
+            parse_fs(&format!("tag=a,path={},dev-suid=on", tmp()))
+                .unwrap()
+                .dev_suid
         );
     }
 
@@ -163,8 +222,13 @@ mod tests {
             (format!("tag=a,path={t},cache=lots"), "cache=lots"),
             (format!("tag=a,path={t},junk"), "key=value"),
             (format!("tag=a,path={t},dax=maybe"), "on or off"),
+            (format!("tag=a,path={t},dev-suid=maybe"), "on or off"),
+            (format!("tag=a,path={t},uid-map=0:1"), "uid-map='0:1'"),
+            (format!("tag=a,path={t},gid-map=x:1:2:3"), "unknown rule"),
             (format!("tag=a,path={t},cache-size=3M"), "power of two"),
             (format!("tag=a,path={t},cache-size=1M"), "power of two"),
+            (format!("tag=a,path={t},cache-size=2M"), "at least 8M"),
+            (format!("tag=a,path={t},cache-size=4M"), "EBUSY"),
             (format!("tag=a,path={t},cache-size=128G"), "power of two"),
             (format!("tag=a,path={t},cache-size=lots"), "cache-size=lots"),
         ];
@@ -187,6 +251,32 @@ mod tests {
         assert_eq!(window(",cache-size=64M"), Some(64 << 20));
         assert_eq!(window(",dax=on,cache-size=2G"), Some(2 << 30));
         assert_eq!(window(",dax=off,cache-size=2G"), None);
+    }
+
+    #[test]
+    fn id_maps() {
+        let t = tmp();
+        let s = parse_fs(&format!(
+            "tag=a,path={t},uid-map=0:1000:1,uid-map=squash-guest:1:1000:99,gid-map=map:0:50:1"
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                s.ids.uids.to_host(0),
+                s.ids.uids.to_host(5),
+                s.ids.uids.to_host(100)
+            ),
+            (1000, 1000, 100)
+        );
+        assert_eq!((s.ids.gids.to_host(0), s.ids.gids.to_guest(50)), (50, 0));
+        let s = parse_fs(&format!("tag=a,path={t}")).unwrap();
+        let own = own_ids();
+        if own.0 == 0 {
+            assert!(s.ids.is_identity());
+        } else {
+            assert_eq!(s.ids.uids, IdMap::root_is(own.0));
+            assert_eq!(s.ids.gids, IdMap::root_is(own.1));
+        }
     }
 
     #[test]

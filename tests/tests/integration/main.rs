@@ -4,6 +4,7 @@
 //! whole run (see `ferry_tests::enter_kvm_host`).
 
 mod boot;
+mod conformance;
 mod dax;
 mod escape;
 mod limits;
@@ -75,6 +76,7 @@ fn main() {
     trials.extend(virtiofs::trials());
     trials.extend(dax::trials());
     trials.extend(escape::trials());
+    trials.extend(conformance::trials());
     trials.extend(limits::trials());
     trials.extend(run::trials());
     libtest_mimic::run(&args, trials).exit();

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 
-use ferry_devices::virtio::fs::{CacheMode, FsShare};
+use ferry_devices::virtio::fs::{FsShare, IdMap, IdMapping};
 
 use crate::cli::{BootArgs, RunArgs};
 use crate::exit::ExitReason;
@@ -213,14 +213,25 @@ fn plan_shares(
     Ok((shares, mounts))
 }
 
+/// The command runs as the caller, so host ids show as they are; where
+/// Ferry is unprivileged, whatever a guest user makes is the caller's.
 fn share(tag: &str, path: PathBuf, readonly: bool) -> FsShare {
+    let (uid, gid) = crate::fs_option::own_ids();
+    let ids = if uid == 0 {
+        IdMapping::default()
+    } else {
+        IdMapping {
+            uids: IdMap::all_to(uid),
+            gids: IdMap::all_to(gid),
+        }
+    };
     FsShare {
         tag: tag.into(),
         path,
         request_queues: 1,
         readonly,
-        cache: CacheMode::Auto,
-        dax_window: None,
+        ids,
+        ..Default::default()
     }
 }
 

@@ -80,6 +80,7 @@ fn confine_file_server(share: &Path, readonly: bool) {
         readonly,
         cache: CacheMode::Auto,
         dax_window: None,
+        ..Default::default()
     })
     .unwrap();
 }

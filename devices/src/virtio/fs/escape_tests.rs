@@ -15,28 +15,6 @@ fn op(o: fuse_backend_rs::abi::fuse_abi::Opcode) -> u32 {
     o as u32
 }
 
-fn cstr(name: &[u8]) -> Vec<u8> {
-    let mut v = name.to_vec();
-    v.push(0);
-    v
-}
-
-fn words32(ws: &[u32]) -> Vec<u8> {
-    ws.iter().flat_map(|w| w.to_le_bytes()).collect()
-}
-
-/// struct fuse_setattr_in with only the mode set (FATTR_MODE).
-fn setattr_mode(mode: u32) -> Vec<u8> {
-    let mut b = vec![0u8; 88];
-    b[0..4].copy_from_slice(&1u32.to_le_bytes());
-    b[68..72].copy_from_slice(&mode.to_le_bytes());
-    b
-}
-
-fn entry_node(reply: &[u8]) -> u64 {
-    u64::from_le_bytes(reply[16..24].try_into().unwrap())
-}
-
 struct Battery {
     h: Harness,
     rows: Vec<(&'static str, &'static str, i32)>,
@@ -72,7 +50,7 @@ impl Battery {
     fn lookup_node(&mut self, name: &[u8]) -> u64 {
         let (_, error, reply) = self.h.lookup(name);
         assert_eq!(error, 0, "lookup {:?}", String::from_utf8_lossy(name));
-        entry_node(&reply)
+        node_of(&reply)
     }
 
     /// Nothing appeared beside the share, and the outside file is intact.
@@ -138,10 +116,10 @@ fn raw_fuse_escape_attempts_are_blocked() {
         op(Mkdir),
         3,
         ROOT_ID,
-        &[words32(&[0o755, 0]), cstr(b"dir")].concat(),
+        &[words(&[0o755, 0]), cstr(b"dir")].concat(),
     ));
     assert_eq!(error, 0);
-    let dir = entry_node(&reply);
+    let dir = node_of(&reply);
 
     b.attempt(
         "lookup '../secret'",
@@ -187,7 +165,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
             op(Mkdir),
             15,
             ROOT_ID,
-            &[words32(&[0o755, 0]), cstr(b"a/../../x")].concat(),
+            &[words(&[0o755, 0]), cstr(b"a/../../x")].concat(),
         ),
         None,
     );
@@ -199,7 +177,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
             16,
             ROOT_ID,
             &[
-                words32(&[libc::O_RDWR as u32, 0o644, 0, 0]),
+                words(&[libc::O_RDWR as u32, 0o644, 0, 0]),
                 cstr(b"../created"),
             ]
             .concat(),
@@ -259,15 +237,15 @@ fn raw_fuse_escape_attempts_are_blocked() {
     b.attempt(
         "open a forged node id",
         NODE_TABLE,
-        fuse_request(op(Open), 22, 2_000_000, &words32(&[0, 0])),
+        fuse_request(op(Open), 22, 2_000_000, &words(&[0, 0])),
         None,
     );
     let read_in = [
         12345u64.to_le_bytes().to_vec(),
         0u64.to_le_bytes().to_vec(),
-        words32(&[4096, 0]),
+        words(&[4096, 0]),
         0u64.to_le_bytes().to_vec(),
-        words32(&[0, 0]),
+        words(&[0, 0]),
     ]
     .concat();
     b.attempt(
@@ -283,7 +261,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
             op(Open),
             37,
             file,
-            &words32(&[(libc::O_RDWR | libc::O_PATH) as u32, 0]),
+            &words(&[(libc::O_RDWR | libc::O_PATH) as u32, 0]),
         ),
         Some(libc::EINVAL),
     );
@@ -294,7 +272,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
             op(Mknod),
             24,
             ROOT_ID,
-            &[words32(&[libc::S_IFBLK | 0o600, 0x800, 0, 0]), cstr(b"sda")].concat(),
+            &[words(&[libc::S_IFBLK | 0o600, 0x800, 0, 0]), cstr(b"sda")].concat(),
         ),
         Some(libc::EPERM),
     );
@@ -305,7 +283,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
             op(Mknod),
             25,
             ROOT_ID,
-            &[words32(&[libc::S_IFCHR | 0o600, 0x101, 0, 0]), cstr(b"mem")].concat(),
+            &[words(&[libc::S_IFCHR | 0o600, 0x101, 0, 0]), cstr(b"mem")].concat(),
         ),
         Some(libc::EPERM),
     );
@@ -316,7 +294,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
             op(Mknod),
             26,
             ROOT_ID,
-            &[words32(&[libc::S_IFREG | 0o4755, 0, 0, 0]), cstr(b"suid")].concat(),
+            &[words(&[libc::S_IFREG | 0o4755, 0, 0, 0]), cstr(b"suid")].concat(),
         ),
         Some(libc::EPERM),
     );
@@ -328,7 +306,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
             27,
             ROOT_ID,
             &[
-                words32(&[libc::O_RDWR as u32, libc::S_IFREG | 0o4755, 0, 0]),
+                words(&[libc::O_RDWR as u32, libc::S_IFREG | 0o4755, 0, 0]),
                 cstr(b"suid2"),
             ]
             .concat(),
@@ -355,7 +333,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
             30,
             file,
             &[
-                words32(&[4, 0]),
+                words(&[4, 0]),
                 cstr(b"security.capability"),
                 b"\x01\x00\x00\x02".to_vec(),
             ]
@@ -371,7 +349,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
             31,
             file,
             &[
-                words32(&[1, 0]),
+                words(&[1, 0]),
                 cstr(b"trusted.overlay.opaque"),
                 b"y".to_vec(),
             ]
@@ -386,7 +364,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
             op(Getxattr),
             32,
             file,
-            &[words32(&[64, 0]), cstr(b"trusted.overlay.redirect")].concat(),
+            &[words(&[64, 0]), cstr(b"trusted.overlay.redirect")].concat(),
         ),
         Some(libc::EPERM),
     );
@@ -412,7 +390,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
     ro.attempt(
         "open for writing on a read-only share",
         READONLY,
-        fuse_request(op(Open), 40, file, &words32(&[libc::O_RDWR as u32, 0])),
+        fuse_request(op(Open), 40, file, &words(&[libc::O_RDWR as u32, 0])),
         Some(libc::EROFS),
     );
     ro.attempt(
@@ -422,7 +400,7 @@ fn raw_fuse_escape_attempts_are_blocked() {
             op(Open),
             41,
             file,
-            &words32(&[(libc::O_RDONLY | libc::O_TRUNC) as u32, 0]),
+            &words(&[(libc::O_RDONLY | libc::O_TRUNC) as u32, 0]),
         ),
         Some(libc::EROFS),
     );

@@ -58,14 +58,52 @@ impl Drop for TempDir {
 }
 
 pub fn fuse_request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
+    fuse_request_as((0, 0), opcode, unique, nodeid, body)
+}
+
+/// A request from the guest user with these `(uid, gid)`.
+pub fn fuse_request_as(
+    (uid, gid): (u32, u32),
+    opcode: u32,
+    unique: u64,
+    nodeid: u64,
+    body: &[u8],
+) -> Vec<u8> {
     let mut v = Vec::new();
     v.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
     v.extend_from_slice(&opcode.to_le_bytes());
     v.extend_from_slice(&unique.to_le_bytes());
     v.extend_from_slice(&nodeid.to_le_bytes());
-    v.extend_from_slice(&[0; 16]); // uid, gid, pid, padding
+    v.extend_from_slice(&uid.to_le_bytes());
+    v.extend_from_slice(&gid.to_le_bytes());
+    v.extend_from_slice(&[0; 8]); // pid, padding
     v.extend_from_slice(body);
     v
+}
+
+/// A NUL-terminated name, as FUSE sends names.
+pub fn cstr(name: &[u8]) -> Vec<u8> {
+    let mut v = name.to_vec();
+    v.push(0);
+    v
+}
+
+/// Little-endian 32-bit words: most FUSE request bodies.
+pub fn words(ws: &[u32]) -> Vec<u8> {
+    ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// `struct fuse_setattr_in` with only the mode set (FATTR_MODE).
+pub fn setattr_mode(mode: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 88];
+    b[0..4].copy_from_slice(&1u32.to_le_bytes());
+    b[68..72].copy_from_slice(&mode.to_le_bytes());
+    b
+}
+
+/// The node id of an entry reply (`fuse_entry_out` after the header).
+pub fn node_of(reply: &[u8]) -> u64 {
+    u64::from_le_bytes(reply[16..24].try_into().unwrap())
 }
 
 pub fn init_body() -> Vec<u8> {
@@ -96,6 +134,15 @@ impl Harness {
     }
 
     pub fn with_dax(readonly: bool, dax: Option<Arc<DaxWindow>>) -> Harness {
+        Harness::with_share(readonly, dax, |_| {})
+    }
+
+    /// A harness whose share is amended by `amend` (options of `--fs`).
+    pub fn with_share(
+        readonly: bool,
+        dax: Option<Arc<DaxWindow>>,
+        amend: impl FnOnce(&mut FsShare),
+    ) -> Harness {
         let dir = std::env::temp_dir().join(format!(
             "ferry-fs-unit-{}-{:?}",
             std::process::id(),
@@ -116,18 +163,17 @@ impl Harness {
             .try_set_used_ring_address(GuestAddress(USED_RING))
             .unwrap();
         queue.set_ready(true);
-        let fs = VirtioFs::new(
-            FsShare {
-                tag: "t".into(),
-                path: dir.join("share"),
-                request_queues: 1,
-                readonly,
-                cache: CacheMode::Never,
-                dax_window: None,
-            },
-            None,
-        )
-        .unwrap();
+        let mut share = FsShare {
+            tag: "t".into(),
+            path: dir.join("share"),
+            request_queues: 1,
+            readonly,
+            cache: CacheMode::Never,
+            dax_window: None,
+            ..Default::default()
+        };
+        amend(&mut share);
+        let fs = VirtioFs::new(share, None).unwrap();
         let worker = QueueWorker {
             tag: "t".into(),
             index: 1,

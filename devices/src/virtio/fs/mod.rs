@@ -6,14 +6,17 @@
 mod dax;
 mod file_handles;
 mod filter;
+mod id_map;
 mod init_reply;
 mod policy;
+mod privileges;
 mod spawner;
 mod stats;
 mod window_faults;
 mod worker;
 
 pub use dax::{DaxWindow, DAX_WINDOW_MIN};
+pub use id_map::{IdMap, IdMapping};
 pub use stats::FsStats;
 
 use std::path::PathBuf;
@@ -35,18 +38,19 @@ pub const TAG_MAX_LEN: usize = 36;
 pub const QUEUE_SIZE: u16 = 1024;
 
 /// How much the guest may cache, as with virtiofsd's `--cache`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CacheMode {
     /// Nothing cached: every access asks Ferry; host changes show at once.
     Never,
     /// Attributes and names cached for a second; file data revalidated on open.
+    #[default]
     Auto,
     /// The guest owns the cache: fastest, host changes may go unseen.
     Always,
 }
 
 /// One shared directory, as given with `--fs`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FsShare {
     pub tag: String,
     pub path: PathBuf,
@@ -55,6 +59,11 @@ pub struct FsShare {
     pub cache: CacheMode,
     /// The DAX window's size, if the share has one.
     pub dax_window: Option<u64>,
+    /// Device nodes and setuid/setgid files allowed on every mount of the
+    /// share (`dev-suid=on`), not only where the host mount neuters them.
+    pub dev_suid: bool,
+    /// Guest ids to host ids and back.
+    pub ids: IdMapping,
 }
 
 /// virtio-fs shared memory region ids: the DAX cache.
@@ -139,6 +148,10 @@ fn server(share: &FsShare) -> std::io::Result<FsServer> {
         do_import: true,
         inode_file_handles,
         xattr: true,
+        // The guest kernel asks for setuid/setgid to be cleared where a
+        // local file system would (a write or truncation by a process
+        // without CAP_FSETID): the server writes without CAP_FSETID then.
+        killpriv_v2: true,
         cache_policy: policy,
         attr_timeout: timeout,
         entry_timeout: timeout,
@@ -146,9 +159,12 @@ fn server(share: &FsShare) -> std::io::Result<FsServer> {
     };
     let fs = PassthroughFs::<()>::new(cfg)?;
     fs.import()?;
+    let privileges = privileges::Privileges::new(&share.tag, share.dev_suid);
     Ok(Server::new(Arc::new(policy::SharePolicy::new(
         fs,
         share.readonly,
+        privileges,
+        share.ids.clone(),
     ))))
 }
 
@@ -254,6 +270,8 @@ impl VirtioDevice for VirtioFs {
     }
 }
 
+#[cfg(test)]
+mod credential_tests;
 #[cfg(test)]
 mod escape_tests;
 #[cfg(any(test, feature = "harness"))]

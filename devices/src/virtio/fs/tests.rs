@@ -320,6 +320,7 @@ fn driver_may_use_fewer_request_queues_than_offered() {
             readonly: false,
             cache: CacheMode::Auto,
             dax_window: None,
+            ..Default::default()
         },
         None,
     )

@@ -610,7 +610,7 @@ impl<S: BitmapSlice + Send + Sync> AsyncFileSystem for PassthroughFs<S> {
         let dir_file = dir.async_get_file(&self.mount_fds).await?;
 
         let new_file = {
-            let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
+            let _creds = set_creds(ctx.uid, ctx.gid)?;
 
             let flags = self.get_writeback_open_flags(args.flags as i32);
             Self::create_file_excl(
@@ -637,7 +637,7 @@ impl<S: BitmapSlice + Send + Sync> AsyncFileSystem for PassthroughFs<S> {
                     None
                 };
 
-                let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
+                let _creds = set_creds(ctx.uid, ctx.gid)?;
                 self.async_open_inode(ctx, entry.inode, args.flags as i32)
                     .await?
             }

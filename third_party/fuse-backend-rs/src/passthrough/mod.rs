@@ -888,66 +888,89 @@ impl<S: BitmapSlice + Send + Sync + 'static> BackendFileSystem for PassthroughFs
     }
 }
 
-macro_rules! scoped_cred {
-    ($name:ident, $ty:ty, $syscall_nr:expr) => {
-        #[derive(Debug)]
-        pub(crate) struct $name;
-
-        impl $name {
-            // Changes the effective uid/gid of the current thread to `val`.  Changes
-            // the thread's credentials back to root when the returned struct is dropped.
-            fn new(val: $ty) -> io::Result<Option<$name>> {
-                if val == 0 {
-                    // Nothing to do since we are already uid 0.
-                    return Ok(None);
-                }
-
-                // We want credential changes to be per-thread because otherwise
-                // we might interfere with operations being carried out on other
-                // threads with different uids/gids.  However, posix requires that
-                // all threads in a process share the same credentials.  To do this
-                // libc uses signals to ensure that when one thread changes its
-                // credentials the other threads do the same thing.
-                //
-                // So instead we invoke the syscall directly in order to get around
-                // this limitation.  Another option is to use the setfsuid and
-                // setfsgid systems calls.   However since those calls have no way to
-                // return an error, it's preferable to do this instead.
-
-                // This call is safe because it doesn't modify any memory and we
-                // check the return value.
-                let res = unsafe { libc::syscall($syscall_nr, -1, val, -1) };
-                if res == 0 {
-                    Ok(Some($name))
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            }
-        }
-
-        impl Drop for $name {
-            fn drop(&mut self) {
-                let res = unsafe { libc::syscall($syscall_nr, -1, 0, -1) };
-                if res < 0 {
-                    error!(
-                        "fuse: failed to change credentials back to root: {}",
-                        io::Error::last_os_error(),
-                    );
-                }
-            }
-        }
-    };
+/// Ferry: the requesting guest user's ids, for the calls that make an
+/// inode (so that it gets the guest user's owner and group).
+///
+/// The ids are per thread (raw `setresuid`/`setresgid`, not libc's, which
+/// would change every thread). Changing the effective uid from 0 clears the
+/// thread's effective capabilities, and the published library opened the
+/// parent directory only after that: with inodes kept as file handles,
+/// `open_by_handle_at` needs CAP_DAC_READ_SEARCH, so every mkdir and
+/// symlink by a non-root guest user failed with EPERM. The guest kernel has
+/// already judged the guest user's permission (virtio-fs mounts with
+/// `default_permissions`), with the user's supplementary groups, which this
+/// thread does not have; so CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH are
+/// raised again from the permitted set while the ids are the guest user's.
+/// A guest can name any ids it likes, so the host check gave no safety;
+/// what Ferry's process may do is the limit either way.
+///
+/// Where the ids are the thread's own already (guest root on root Ferry, or
+/// an unprivileged Ferry whose share maps every guest id to its own),
+/// nothing changes.
+#[derive(Debug)]
+pub(crate) struct ScopedCreds {
+    /// The effective uid and gid to go back to, if changed.
+    uid: Option<libc::uid_t>,
+    gid: Option<libc::gid_t>,
 }
-scoped_cred!(ScopedUid, libc::uid_t, libc::SYS_setresuid);
-scoped_cred!(ScopedGid, libc::gid_t, libc::SYS_setresgid);
 
-fn set_creds(
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-) -> io::Result<(Option<ScopedUid>, Option<ScopedGid>)> {
-    // We have to change the gid before we change the uid because if we change the uid first then we
-    // lose the capability to change the gid.  However changing back can happen in any order.
-    ScopedGid::new(gid).and_then(|gid| Ok((ScopedUid::new(uid)?, gid)))
+fn set_effective_ids(nr: libc::c_long, id: u32) -> io::Result<()> {
+    // Safe because this doesn't modify any memory and we check the return value.
+    let res = unsafe { libc::syscall(nr, -1 as libc::c_long, id as libc::c_long, -1 as libc::c_long) };
+    if res == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl ScopedCreds {
+    fn new(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<ScopedCreds> {
+        // Safe: no arguments, cannot fail.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let mut creds = ScopedCreds { uid: None, gid: None };
+        // The gid first: with the uid changed, the thread may not change it.
+        if gid != egid {
+            set_effective_ids(libc::SYS_setresgid, gid)?;
+            creds.gid = Some(egid);
+        }
+        if uid != euid {
+            set_effective_ids(libc::SYS_setresuid, uid)?;
+            creds.uid = Some(euid);
+            for cap in [
+                caps::Capability::CAP_DAC_OVERRIDE,
+                caps::Capability::CAP_DAC_READ_SEARCH,
+            ] {
+                if caps::has_cap(None, caps::CapSet::Permitted, cap).unwrap_or(false) {
+                    if let Err(e) = caps::raise(None, caps::CapSet::Effective, cap) {
+                        warn!("fuse: cannot raise {cap} for a guest user: {e}");
+                    }
+                }
+            }
+        }
+        Ok(creds)
+    }
+}
+
+impl Drop for ScopedCreds {
+    fn drop(&mut self) {
+        // The uid first: going back to 0 restores the effective capabilities
+        // (from the permitted set), which changing the gid back may need.
+        if let Some(uid) = self.uid {
+            if let Err(e) = set_effective_ids(libc::SYS_setresuid, uid) {
+                error!("fuse: failed to change the effective uid back: {e}");
+            }
+        }
+        if let Some(gid) = self.gid {
+            if let Err(e) = set_effective_ids(libc::SYS_setresgid, gid) {
+                error!("fuse: failed to change the effective gid back: {e}");
+            }
+        }
+    }
+}
+
+fn set_creds(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<ScopedCreds> {
+    ScopedCreds::new(uid, gid)
 }
 
 struct CapFsetid {}

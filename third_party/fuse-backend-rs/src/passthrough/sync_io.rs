@@ -429,10 +429,11 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
 
         let data = self.inode_map.get(parent)?;
 
+        // Ferry: the parent is opened before the ids change (see ScopedCreds).
+        let file = data.get_file()?;
         let res = {
-            let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
+            let _creds = set_creds(ctx.uid, ctx.gid)?;
 
-            let file = data.get_file()?;
             // Safe because this doesn't modify any memory and we check the return value.
             unsafe { libc::mkdirat(file.as_raw_fd(), name.as_ptr(), mode & !umask) }
         };
@@ -562,7 +563,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         let dir_file = dir.get_file()?;
 
         let new_file = {
-            let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
+            let _creds = set_creds(ctx.uid, ctx.gid)?;
 
             let flags = self.get_writeback_open_flags(args.flags as i32);
             Self::create_file_excl(&dir_file, name, flags, args.mode & !(args.umask & 0o777))?
@@ -584,7 +585,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
                     None
                 };
 
-                let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
+                let _creds = set_creds(ctx.uid, ctx.gid)?;
                 self.open_inode(entry.inode, args.flags as i32)?
             }
         };
@@ -932,7 +933,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         let file = data.get_file()?;
 
         let res = {
-            let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
+            let _creds = set_creds(ctx.uid, ctx.gid)?;
 
             // Safe because this doesn't modify any memory and we check the return value.
             unsafe {
@@ -996,10 +997,11 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
 
         let data = self.inode_map.get(parent)?;
 
+        // Ferry: the parent is opened before the ids change (see ScopedCreds).
+        let file = data.get_file()?;
         let res = {
-            let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
+            let _creds = set_creds(ctx.uid, ctx.gid)?;
 
-            let file = data.get_file()?;
             // Safe because this doesn't modify any memory and we check the return value.
             unsafe { libc::symlinkat(linkname.as_ptr(), file.as_raw_fd(), name.as_ptr()) }
         };
