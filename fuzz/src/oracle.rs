@@ -2,9 +2,11 @@
 //! Ferry's share policy (`devices/src/virtio/fs/policy.rs`) as seen in the
 //! directory itself, and an unchanged tree for a read-only share.
 //!
-//! - no character or block device nodes;
-//! - no setuid file or directory, no setgid file (setgid directories are
-//!   fine);
+//! - no character or block device nodes, unless the share's mount is
+//!   `nodev`;
+//! - no setuid file and no group-executable setgid file, unless the mount is
+//!   `nosuid` (setgid directories, setuid on a directory and setgid without
+//!   group execute grant nothing);
 //! - no `security.*` or `trusted.*` extended attributes.
 
 use std::ffi::CString;
@@ -79,8 +81,24 @@ pub fn snapshot(root: &Path) -> Vec<Node> {
     out
 }
 
+/// The `statvfs` flags of the mount holding `root`.
+fn mount_flags(root: &Path) -> u64 {
+    let path = CString::new(root.as_os_str().as_bytes()).expect("share path");
+    // SAFETY: statvfs writes into the struct we own; zero is valid for it.
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the path is a valid C string.
+    assert_eq!(
+        unsafe { libc::statvfs(path.as_ptr(), &mut vfs) },
+        0,
+        "statvfs of the share"
+    );
+    vfs.f_flag
+}
+
 /// Panics where the tree under `root` breaks the share policy.
 pub fn check_policy(root: &Path) {
+    let flags = mount_flags(root);
+    let (nodev, nosuid) = (flags & libc::ST_NODEV != 0, flags & libc::ST_NOSUID != 0);
     for n in snapshot(root) {
         let kind = n.mode & libc::S_IFMT;
         let what = root.join(&n.path);
@@ -89,20 +107,21 @@ pub fn check_policy(root: &Path) {
         // `FERRY_FUZZ_SKIP_KNOWN` 7.
         let whiteout = kind == libc::S_IFCHR && n.rdev == 0 && crate::sandbox::skip(7);
         assert!(
-            whiteout || (kind != libc::S_IFCHR && kind != libc::S_IFBLK),
+            nodev || whiteout || (kind != libc::S_IFCHR && kind != libc::S_IFBLK),
             "a device node in the share: {} (mode {:o}, rdev {:#x})",
             what.display(),
             n.mode,
             n.rdev
         );
         assert!(
-            n.mode & libc::S_ISUID == 0,
+            nosuid || n.mode & libc::S_ISUID == 0 || kind == libc::S_IFDIR,
             "a setuid file in the share: {} (mode {:o})",
             what.display(),
             n.mode
         );
+        let setgid_exec = libc::S_ISGID | libc::S_IXGRP;
         assert!(
-            n.mode & libc::S_ISGID == 0 || kind == libc::S_IFDIR,
+            nosuid || n.mode & setgid_exec != setgid_exec || kind == libc::S_IFDIR,
             "a setgid file in the share: {} (mode {:o})",
             what.display(),
             n.mode

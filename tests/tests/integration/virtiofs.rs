@@ -606,6 +606,68 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
         .to_string()
 }
 
+/// A host mount inside the share is its own mount in the guest (FUSE
+/// SUBMOUNTS): another device number, listed in /proc/mounts, and a hard
+/// link across it fails with EXDEV, as on the host.
+fn host_mount_is_a_guest_submount() -> TestResult {
+    let s = Share::new("fs_submount");
+    let sub = s.path("sub");
+    fs::create_dir(&sub)?;
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "submount", sub.to_str().unwrap()])
+        .status()?;
+    if !status.success() {
+        return Err("mount a tmpfs inside the share (needs root)".into());
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(sub.clone());
+    fs::write(sub.join("inner"), "inside\n")?;
+    fs::write(s.path("outer"), "outside\n")?;
+    let out = run_with_share(
+        &s,
+        "",
+        r#"echo "read=$(cat /mnt/sub/inner)"
+echo "dev-root=$(stat -c %d /mnt/outer) dev-sub=$(stat -c %d /mnt/sub/inner)"
+echo "mounts=$(grep -c ' /mnt' /proc/mounts)"
+ln /mnt/sub/inner /mnt/link-out 2>&1 | grep -q 'cross-device' && echo link-in-out=EXDEV
+ln /mnt/outer /mnt/sub/link-in 2>&1 | grep -q 'cross-device' && echo link-out-in=EXDEV
+echo made > /mnt/sub/new && echo write=ok"#,
+    )?;
+    guest_ok(&out, 0)?;
+    let line = line_with(&out.stdout, "dev-root=");
+    check(
+        field(line, "dev-root").is_some() && field(line, "dev-root") != field(line, "dev-sub"),
+        "the submount has the parent's device number",
+        &out,
+    )?;
+    check(
+        field(line_with(&out.stdout, "mounts="), "mounts") == Some("2"),
+        "the submount is not in /proc/mounts",
+        &out,
+    )?;
+    for want in [
+        "read=inside",
+        "link-in-out=EXDEV",
+        "link-out-in=EXDEV",
+        "write=ok",
+    ] {
+        check(out.stdout.contains(want), &format!("expected {want}"), &out)?;
+    }
+    check(
+        fs::read_to_string(sub.join("new"))? == "made\n",
+        "the write into the submount is not on the host",
+        &out,
+    )
+}
+
 pub fn trials() -> Vec<Trial> {
     let mut t = vec![
         Trial::test(
@@ -630,6 +692,10 @@ pub fn trials() -> Vec<Trial> {
         ),
         Trial::test("fs::four_queues_four_writers", four_queues_four_writers),
         Trial::test("fs::driver_rebind", driver_rebind_mounts_again),
+        Trial::test(
+            "fs::host_mount_is_a_guest_submount",
+            host_mount_is_a_guest_submount,
+        ),
     ];
     t.extend(bad_fs_trials());
     t

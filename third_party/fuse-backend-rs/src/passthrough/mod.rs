@@ -385,6 +385,9 @@ pub struct PassthroughFs<S: BitmapSlice + Send + Sync = ()> {
     // Whether kill_priv_v2 is enabled.
     killpriv_v2: AtomicBool,
 
+    // Ferry: whether the kernel takes FUSE_ATTR_SUBMOUNT (SUBMOUNTS).
+    announce_submounts: AtomicBool,
+
     // Whether no_readdir is enabled.
     no_readdir: AtomicBool,
 
@@ -451,6 +454,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
             no_open: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
             killpriv_v2: AtomicBool::new(false),
+            announce_submounts: AtomicBool::new(false),
             no_readdir: AtomicBool::new(cfg.no_readdir),
             seal_size: AtomicBool::new(cfg.seal_size),
             perfile_dax: AtomicBool::new(false),
@@ -728,6 +732,16 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
 
         // Whether to enable file DAX according to the value of dax_file_size
         let mut attr_flags: u32 = 0;
+        // Ferry: a directory on another host mount than its parent is a
+        // mount point; the guest then mounts it as a submount with its own
+        // device number, so links and renames across it fail with EXDEV as
+        // they do on the host.
+        if self.announce_submounts.load(Ordering::Relaxed)
+            && is_dir(st.st.st_mode)
+            && (id.dev != dir.id.dev || id.mnt != dir.id.mnt)
+        {
+            attr_flags |= fuse::ATTR_SUBMOUNT;
+        }
         if let Some(dax_file_size) = self.cfg.dax_file_size {
             // st.stat.st_size is i64
             if self.perfile_dax.load(Ordering::Relaxed)

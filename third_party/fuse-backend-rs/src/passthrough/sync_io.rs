@@ -340,6 +340,12 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
             self.perfile_dax.store(true, Ordering::Relaxed);
         }
 
+        // Ferry: host mounts inside the share become guest submounts.
+        if capable.contains(FsOptions::SUBMOUNTS) {
+            opts |= FsOptions::SUBMOUNTS;
+            self.announce_submounts.store(true, Ordering::Relaxed);
+        }
+
         Ok(opts)
     }
 
