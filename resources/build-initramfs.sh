@@ -21,6 +21,8 @@ fi
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
+# mktemp makes it 0700: the guest's / must let other users in.
+chmod 0755 "$root"
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,mnt,etc,root}
 cp "$busybox" "$root/bin/busybox"
 install -m 0755 "$here/guest/init" "$root/init"

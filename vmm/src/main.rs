@@ -17,7 +17,19 @@ fn main() {
     } else {
         log::LevelFilter::Off
     };
+    // Colours decided here, once, and stderr written as a plain pipe:
+    // env_logger asks before every line whether stderr is a terminal
+    // (TCGETS, an ioctl the vCPU and file-server filters forbid), so the
+    // first line a sandboxed thread logged stopped Ferry whenever stderr
+    // was a terminal and the level was info or more.
+    let style = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        env_logger::WriteStyle::Always
+    } else {
+        env_logger::WriteStyle::Never
+    };
     env_logger::Builder::new()
+        .target(env_logger::Target::Pipe(Box::new(std::io::stderr())))
+        .write_style(style)
         .filter_level(level)
         .filter_module("fuse_backend_rs", library)
         .filter_module("virtio_queue", library)
