@@ -3,11 +3,14 @@
  *              | removexattr PATH NAME | fsync PATH | flock PATH | statfs PATH
  *              | byhandle PATH   (name_to_handle_at + open_by_handle_at, then a
  *                                 forged handle on the same mount)
+ *              | as UID GID CMD [ARGS]  (runs CMD as UID:GID, no other groups;
+ *                                 busybox's setpriv cannot change ids)
  * A setxattr VALUE that starts with 0x is hex (binary values such as
  * security.capability hold NUL bytes).
  * Prints results on stdout; exits non-zero with the errno text on failure. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
 #include <stdlib.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -47,6 +50,14 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *op = argv[1], *path = argv[2];
+    if (!strcmp(op, "as") && argc >= 5) {
+        uid_t uid = (uid_t)strtoul(argv[2], NULL, 10);
+        gid_t gid = (gid_t)strtoul(argv[3], NULL, 10);
+        if (setgroups(0, NULL) || setresgid(gid, gid, gid) || setresuid(uid, uid, uid))
+            return fail("as");
+        execvp(argv[4], argv + 4);
+        return fail("exec");
+    }
     if (!strcmp(op, "setxattr") && argc == 5) {
         const char *value = argv[4];
         size_t len = strlen(value);

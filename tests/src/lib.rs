@@ -342,6 +342,19 @@ impl Guest {
     }
 
     pub fn run(self) -> Result<Outcome, String> {
+        self.run_with(|_| {})
+    }
+
+    /// [`Guest::run`] with Ferry started as host user `uid`, group `gid`
+    /// (and no supplementary groups).
+    pub fn run_as(self, uid: u32, gid: u32) -> Result<Outcome, String> {
+        use std::os::unix::process::CommandExt;
+        self.run_with(|c| {
+            c.uid(uid).gid(gid);
+        })
+    }
+
+    fn run_with(self, setup: impl FnOnce(&mut Command)) -> Result<Outcome, String> {
         require_kvm()?;
         let kernel = match self.kernel {
             Some(k) => k,
@@ -356,7 +369,7 @@ impl Guest {
             self.cmdline.join(" "),
         ];
         args.extend(self.args);
-        run_ferry(&args, self.stdin.as_deref(), self.deadline)
+        run_ferry_with(&args, self.stdin.as_deref(), self.deadline, setup)
     }
 }
 

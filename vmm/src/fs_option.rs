@@ -1,5 +1,6 @@
 //! `--fs tag=NAME,path=DIR[,queues=N][,readonly=on][,cache=auto|always|never]
-//! [,dax=on][,cache-size=SIZE][,dev-suid=on][,uid-map=RULE]...[,gid-map=RULE]...`.
+//! [,dax=on][,cache-size=SIZE][,dev-suid=on][,acl=on|off][,uid-map=RULE]...
+//! [,gid-map=RULE]...`.
 
 use std::path::PathBuf;
 
@@ -66,6 +67,10 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
     let mut dax = None;
     let mut dax_window = DAX_WINDOW_DEFAULT;
     let mut dev_suid = false;
+    // On by default: a local ext4 or tmpfs has ACLs, and tools that set
+    // them (setfacl, rsync -A, systemd-tmpfiles) fail without; the guest
+    // reads each inode's ACL once and caches it.
+    let mut posix_acl = true;
     let (mut uids, mut gids) = (None::<IdMap>, None::<IdMap>);
     for item in s.split(',') {
         let (key, value) = item
@@ -96,6 +101,7 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
                 dax = dax.or(Some(true));
             }
             "dev-suid" => dev_suid = parse_switch(key, value)?,
+            "acl" => posix_acl = parse_switch(key, value)?,
             "uid-map" => uids
                 .get_or_insert_with(IdMap::default)
                 .push_rule(value)
@@ -107,7 +113,7 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
             _ => {
                 return Err(format!(
                     "unknown key '{key}' (known: tag, path, queues, readonly, cache, dax, \
-                     cache-size, dev-suid, uid-map, gid-map)"
+                     cache-size, dev-suid, acl, uid-map, gid-map)"
                 ))
             }
         }
@@ -135,6 +141,7 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
         cache,
         dax_window: dax.unwrap_or(false).then_some(dax_window),
         dev_suid,
+        posix_acl,
         ids: IdMapping {
             uids: uids.unwrap_or_else(|| default_ids(own_ids().0)),
             gids: gids.unwrap_or_else(|| default_ids(own_ids().1)),
@@ -195,8 +202,14 @@ mod tests {
     fn defaults() {
         let s = parse_fs(&format!("tag=a,path={}", tmp())).unwrap();
         assert_eq!(
-            (s.request_queues, s.readonly, s.cache, s.dev_suid),
-            (1, false, CacheMode::Auto, false)
+            (
+                s.request_queues,
+                s.readonly,
+                s.cache,
+                s.dev_suid,
+                s.posix_acl
+            ),
+            (1, false, CacheMode::Auto, false, true)
         );
         assert!(
             parse_fs(&format!("tag=a,path={},dev-suid=on", tmp()))
@@ -223,6 +236,7 @@ mod tests {
             (format!("tag=a,path={t},junk"), "key=value"),
             (format!("tag=a,path={t},dax=maybe"), "on or off"),
             (format!("tag=a,path={t},dev-suid=maybe"), "on or off"),
+            (format!("tag=a,path={t},acl=maybe"), "on or off"),
             (format!("tag=a,path={t},uid-map=0:1"), "uid-map='0:1'"),
             (format!("tag=a,path={t},gid-map=x:1:2:3"), "unknown rule"),
             (format!("tag=a,path={t},cache-size=3M"), "power of two"),

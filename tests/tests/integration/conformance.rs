@@ -4,7 +4,7 @@
 //! directory and once from a real guest on a Ferry share of an identically
 //! prepared directory; every case's result (errno, data) and the metadata
 //! it leaves (type, mode, owner, group, links, size, whether mtime moved)
-//! must match. Shares: a plain tmpfs, a `nodev,nosuid` tmpfs and a
+//! must match. ACL cases (access and default ACLs, enforcement) included. Shares: a plain tmpfs, a `nodev,nosuid` tmpfs and a
 //! `readonly=on` share (its host half runs on a read-only mount). A
 //! difference Ferry intends (its share policy) is listed in `INTENDED` with
 //! its reason; any other difference fails the test.
@@ -152,15 +152,7 @@ const INTENDED: &[Intended] = &[
 /// Differences Ferry does not intend but cannot close yet, each with what
 /// is missing. Listed so the suite stays a gate for everything else; they
 /// are printed on every run and noted on the project's issue.
-const KNOWN_GAPS: &[Intended] = &[Intended {
-    kinds: &["nodev_nosuid"],
-    case: "create.m2755s.*",
-    guest: "new:reg,0755,",
-    why: "a file created with setgid in a setgid directory keeps the bit when its creator is \
-          in the directory's group through a supplementary group; the server creates with the \
-          guest user's uid and gid only (FUSE_CREATE_SUPP_GROUP is not negotiated), so the \
-          host kernel drops it",
-}];
+const KNOWN_GAPS: &[Intended] = &[];
 
 /// `*` matches any run of characters; everything else itself.
 fn glob(pattern: &str, text: &str) -> bool {
@@ -275,21 +267,27 @@ fn conformance(kind: &ShareKind) -> TestResult {
     let base = test_dir(&format!("conform-{}", kind.name));
     // The host half: set up and run on a mount of the same kind.
     let host_fs = Tmpfs::mount(&base.join("host"), kind.mount)?;
-    sh(Command::new(&bin).arg("setup").arg(&host_fs.0))?;
+    sh(Command::new(&bin).arg("setup").arg(&host_fs.0).arg("--acl"))?;
     if kind.readonly {
         host_fs.remount_readonly()?;
     }
-    let host = cases(&sh(Command::new(&bin).arg("run").arg(&host_fs.0))?);
+    let host = cases(&sh(Command::new(&bin)
+        .arg("run")
+        .arg(&host_fs.0)
+        .arg("--acl"))?);
     // The guest half: the same setup, shared.
     let guest_fs = Tmpfs::mount(&base.join("guest"), kind.mount)?;
-    sh(Command::new(&bin).arg("setup").arg(&guest_fs.0))?;
+    sh(Command::new(&bin)
+        .arg("setup")
+        .arg(&guest_fs.0)
+        .arg("--acl"))?;
     let spec = format!(
         "tag=share,path={}{}",
         guest_fs.0.display(),
         if kind.readonly { ",readonly=on" } else { "" }
     );
     let script = format!(
-        "{}mount -t virtiofs {}share /mnt || exit 90\nferry-conform run /mnt\n",
+        "{}mount -t virtiofs {}share /mnt || exit 90\nferry-conform run /mnt --acl\n",
         same_sysctls(),
         kind.guest_mount()
     );

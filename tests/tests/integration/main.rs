@@ -9,6 +9,7 @@ mod dax;
 mod escape;
 mod limits;
 mod run;
+mod unprivileged;
 mod virtiofs;
 
 use std::time::Duration;
@@ -79,5 +80,6 @@ fn main() {
     trials.extend(conformance::trials());
     trials.extend(limits::trials());
     trials.extend(run::trials());
+    trials.extend(unprivileged::trials());
     libtest_mimic::run(&args, trials).exit();
 }

@@ -571,6 +571,21 @@ fn bad_fs_trials() -> Vec<Trial> {
             |s| vec![s.spec("a", ",dax=maybe")],
             "on or off",
         ),
+        t(
+            "dax_window_too_small_for_the_guest",
+            |s| vec![s.spec("a", ",cache-size=4M")],
+            "at least 8M",
+        ),
+        t(
+            "bad_id_map",
+            |s| vec![s.spec("a", ",uid-map=0:1000")],
+            "uid-map",
+        ),
+        t(
+            "bad_acl_switch",
+            |s| vec![s.spec("a", ",acl=maybe")],
+            "on or off",
+        ),
     ]
 }
 

@@ -164,6 +164,9 @@ const FILE_SERVER: &[libc::c_long] = &[
     libc::SYS_getgid,
     libc::SYS_geteuid,
     libc::SYS_getegid,
+    // The parent's group while a guest user makes an inode in it.
+    libc::SYS_getgroups,
+    libc::SYS_setgroups,
     // CAP_FSETID dropped around writes that must clear setuid bits.
     libc::SYS_capget,
     libc::SYS_capset,

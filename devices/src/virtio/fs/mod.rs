@@ -3,6 +3,7 @@
 //! hiprio (FORGET, INTERRUPT), queues 1..=n carry requests. With a DAX
 //! window the guest maps host files straight into its memory.
 
+mod acl;
 mod dax;
 mod file_handles;
 mod filter;
@@ -64,6 +65,9 @@ pub struct FsShare {
     pub dev_suid: bool,
     /// Guest ids to host ids and back.
     pub ids: IdMapping,
+    /// POSIX ACLs offered to the guest where the host file system has
+    /// them (`acl=on`, the CLI's default; off in `Default`).
+    pub posix_acl: bool,
 }
 
 /// virtio-fs shared memory region ids: the DAX cache.
@@ -160,11 +164,19 @@ fn server(share: &FsShare) -> std::io::Result<FsServer> {
     let fs = PassthroughFs::<()>::new(cfg)?;
     fs.import()?;
     let privileges = privileges::Privileges::new(&share.tag, share.dev_suid);
+    let posix_acl = share.posix_acl && acl::host_supports(&share.path);
+    if share.posix_acl && !posix_acl {
+        log::info!(
+            "virtio-fs '{}': no POSIX ACLs: the host file system does not store them",
+            share.tag
+        );
+    }
     Ok(Server::new(Arc::new(policy::SharePolicy::new(
         fs,
         share.readonly,
         privileges,
         share.ids.clone(),
+        posix_acl,
     ))))
 }
 

@@ -8,6 +8,8 @@
 //!   is refused, a guest write, truncation or writable mapping of an
 //!   existing setuid/setgid file clears the bits first, and an existing
 //!   device node is not chmod'ed, chown'ed or linked;
+//! - POSIX ACLs offered where the share has them, with the umask left out
+//!   under a default ACL and the ids inside mapped (`acl`);
 //! - guest ids become host ids on the way in and back on the way out, as
 //!   the share's `uid-map`/`gid-map` say (`id_map`);
 //! - no `security.*` or `trusted.*` extended attributes (EPERM): file
@@ -18,6 +20,7 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{
@@ -31,6 +34,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
+use super::acl;
 use super::id_map::IdMapping;
 use super::privileges::{grants_ids, is_device, without_ids, Privilege, Privileges};
 
@@ -42,6 +46,10 @@ pub struct SharePolicy<F> {
     readonly: bool,
     privileges: Privileges,
     ids: IdMapping,
+    /// ACLs offered (the share asks and the host file system has them).
+    acl: bool,
+    /// ACLs negotiated with the guest's driver (set at each INIT).
+    acl_on: AtomicBool,
 }
 
 fn refuse<T>(errno: i32) -> io::Result<T> {
@@ -74,12 +82,20 @@ fn host_only_xattr(name: &CStr) -> bool {
 }
 
 impl<F> SharePolicy<F> {
-    pub(super) fn new(inner: F, readonly: bool, privileges: Privileges, ids: IdMapping) -> Self {
+    pub(super) fn new(
+        inner: F,
+        readonly: bool,
+        privileges: Privileges,
+        ids: IdMapping,
+        acl: bool,
+    ) -> Self {
         SharePolicy {
             inner,
             readonly,
             privileges,
             ids,
+            acl,
+            acl_on: AtomicBool::new(false),
         }
     }
 
@@ -121,6 +137,20 @@ fn opens_for_change(flags: u32) -> bool {
 }
 
 impl<F: FileSystem> SharePolicy<F> {
+    /// The umask for an inode made in `parent`: none where ACLs are on and
+    /// the parent has a default ACL, which then decides the mode (the guest
+    /// sends the umask apart with DONT_MASK; locally the kernel skips it
+    /// under a default ACL).
+    fn umask_in(&self, ctx: &Context, parent: u64, umask: u32) -> u32 {
+        if !self.acl_on.load(Ordering::Relaxed) {
+            return umask;
+        }
+        match self.inner.getxattr(ctx, parent.into(), acl::DEFAULT, 0) {
+            Ok(GetxattrReply::Count(n)) if n > 0 => 0,
+            _ => umask,
+        }
+    }
+
     /// Refuses `what` on the mount of `inode` unless allowed there.
     fn judge(&self, ctx: &Context, inode: u64, what: Privilege) -> io::Result<()> {
         if self.privileges.everywhere() {
@@ -134,6 +164,36 @@ impl<F: FileSystem> SharePolicy<F> {
         }
     }
 
+    /// Clears setuid, and setgid where group-executable, from `inode` if it
+    /// is a regular file that has them; `judged`: only where its mount does
+    /// not allow setid.
+    fn clear_ids(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: Option<u64>,
+        judged: bool,
+    ) -> io::Result<()> {
+        let (st, _) = self
+            .inner
+            .getattr(ctx, inode.into(), handle.map(Into::into))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || !grants_ids(st.st_mode, false) {
+            return Ok(());
+        }
+        if judged {
+            let flags = self.inner.statfs(ctx, inode.into())?.f_flag;
+            if self.privileges.allowed(Privilege::SetId, flags) {
+                return Ok(());
+            }
+        }
+        // SAFETY: stat64 is plain data; zero is a valid value.
+        let mut attr: stat64 = unsafe { std::mem::zeroed() };
+        attr.st_mode = without_ids(st.st_mode);
+        self.inner
+            .setattr(ctx, inode.into(), attr, None, SetattrValid::MODE)
+            .map(|_| ())
+    }
+
     /// HANDLE_KILLPRIV_V2: the guest asks that a write, truncation or
     /// truncating open by a process without CAP_FSETID clear setuid, and
     /// setgid where group-executable. The library drops CAP_FSETID and lets
@@ -143,18 +203,7 @@ impl<F: FileSystem> SharePolicy<F> {
     /// `write.f2767.member`). Cleared here by the protocol's rule instead;
     /// the flag is then spent.
     fn kill_ids(&self, ctx: &Context, inode: u64, handle: Option<u64>) -> io::Result<()> {
-        let (st, _) = self
-            .inner
-            .getattr(ctx, inode.into(), handle.map(Into::into))?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || !grants_ids(st.st_mode, false) {
-            return Ok(());
-        }
-        // SAFETY: stat64 is plain data; zero is a valid value.
-        let mut attr: stat64 = unsafe { std::mem::zeroed() };
-        attr.st_mode = without_ids(st.st_mode);
-        self.inner
-            .setattr(ctx, inode.into(), attr, None, SetattrValid::MODE)
-            .map(|_| ())
+        self.clear_ids(ctx, inode, handle, false)
     }
 
     /// Before the guest changes the contents of `inode`: a setuid/setgid
@@ -166,20 +215,7 @@ impl<F: FileSystem> SharePolicy<F> {
         if self.privileges.everywhere() {
             return Ok(());
         }
-        let (st, _) = self.inner.getattr(ctx, inode.into(), None)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || !grants_ids(st.st_mode, false) {
-            return Ok(());
-        }
-        let flags = self.inner.statfs(ctx, inode.into())?.f_flag;
-        if self.privileges.allowed(Privilege::SetId, flags) {
-            return Ok(());
-        }
-        // SAFETY: stat64 is plain data; zero is a valid value.
-        let mut attr: stat64 = unsafe { std::mem::zeroed() };
-        attr.st_mode = without_ids(st.st_mode);
-        self.inner
-            .setattr(ctx, inode.into(), attr, None, SetattrValid::MODE)
-            .map(|_| ())
+        self.clear_ids(ctx, inode, None, true)
     }
 }
 
@@ -188,7 +224,14 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
     type Handle = F::Handle;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.inner.init(capable)
+        let mut opts = self.inner.init(capable)?;
+        let acl_terms = FsOptions::POSIX_ACL | FsOptions::DONT_MASK;
+        let acl_on = self.acl && capable.contains(acl_terms);
+        if acl_on {
+            opts |= acl_terms;
+        }
+        self.acl_on.store(acl_on, Ordering::Relaxed);
+        Ok(opts)
     }
 
     /// Nothing: the library's DESTROY drops every inode and reopens the
@@ -306,6 +349,7 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         if grants_ids(made, false) {
             self.judge(ctx, parent, Privilege::SetId)?;
         }
+        let umask = self.umask_in(ctx, parent, umask);
         self.inner
             .mknod(&self.host_ctx(ctx), parent.into(), name, mode, rdev, umask)
             .map(|e| self.guest_entry(e))
@@ -320,8 +364,10 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
+        let parent: u64 = parent.into();
+        let umask = self.umask_in(ctx, parent, umask);
         self.inner
-            .mkdir(&self.host_ctx(ctx), parent, name, mode, umask)
+            .mkdir(&self.host_ctx(ctx), parent.into(), name, mode, umask)
             .map(|e| self.guest_entry(e))
     }
 
@@ -412,6 +458,8 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
             return refuse(libc::EINVAL);
         }
         let dir: u64 = parent.into();
+        let mut args = args;
+        args.umask = self.umask_in(ctx, dir, args.umask);
         // Judged as the server will make it: `mode & !(umask & 0o777)`.
         if grants_ids(args.mode & !(args.umask & 0o777), false) {
             self.judge(ctx, dir, Privilege::SetId)?;
@@ -544,6 +592,15 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         if host_only_xattr(name) {
             return refuse(libc::EPERM);
         }
+        if acl::is_acl(name) && !self.ids.is_identity() {
+            let mut value = value.to_vec();
+            acl::map_ids(
+                &mut value,
+                |u| self.ids.uids.to_host(u),
+                |g| self.ids.gids.to_host(g),
+            );
+            return self.inner.setxattr(ctx, inode, name, &value, flags);
+        }
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 
@@ -558,7 +615,17 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
             return refuse(libc::EPERM);
         }
         let size = size.min(XATTR_REPLY_MAX);
-        self.inner.getxattr(ctx, inode, name, size)
+        let mut reply = self.inner.getxattr(ctx, inode, name, size)?;
+        if let GetxattrReply::Value(value) = &mut reply {
+            if acl::is_acl(name) && !self.ids.is_identity() {
+                acl::map_ids(
+                    value,
+                    |u| self.ids.uids.to_guest(u),
+                    |g| self.ids.gids.to_guest(g),
+                );
+            }
+        }
+        Ok(reply)
     }
 
     fn listxattr(

@@ -197,6 +197,10 @@ const INIT_EXT: u64 = 0x4000_0000;
 // This flag indicates whether the guest kernel enable per-file dax
 const PERFILE_DAX: u64 = 0x2_0000_0000;
 
+// Ferry: the kernel adds the parent's group to creating requests when the
+// caller is in it through a supplementary group (FUSE_EXT_GROUPS).
+const CREATE_SUPP_GROUP: u64 = 1_u64 << 34;
+
 // this flag indicates whether the guest kernel enable resend
 const HAS_RESEND: u64 = 1_u64 << 39;
 
@@ -464,8 +468,17 @@ bitflags! {
 
         /// indicates whether the kernel support resend inflight request
         const HAS_RESEND = HAS_RESEND;
+
+        /// Ferry: creating requests carry the parent's group when the caller
+        /// is in it through a supplementary group (a FUSE_EXT_GROUPS
+        /// extension after the arguments).
+        const CREATE_SUPP_GROUP = CREATE_SUPP_GROUP;
     }
 }
+
+/// Ferry: request extension types (`fuse_ext_header.type`; 0 to 31 are
+/// security contexts).
+pub const FUSE_EXT_GROUPS: u32 = 32;
 
 // Release flags.
 pub const RELEASE_FLUSH: u32 = 1;

@@ -921,11 +921,47 @@ impl<S: BitmapSlice + Send + Sync + 'static> BackendFileSystem for PassthroughFs
 /// Where the ids are the thread's own already (guest root on root Ferry, or
 /// an unprivileged Ferry whose share maps every guest id to its own),
 /// nothing changes.
+///
+/// A creating request may carry one supplementary group, the parent
+/// directory's, when the guest user is in it (FUSE_CREATE_SUPP_GROUP): the
+/// thread takes it too (raw `setgroups`, this thread only), so the host
+/// kernel keeps a requested setgid bit in a setgid directory as the guest's
+/// would.
 #[derive(Debug)]
 pub(crate) struct ScopedCreds {
     /// The effective uid and gid to go back to, if changed.
     uid: Option<libc::uid_t>,
     gid: Option<libc::gid_t>,
+    /// The supplementary groups to go back to, if changed.
+    groups: Option<Vec<libc::gid_t>>,
+}
+
+/// This thread's supplementary groups.
+fn thread_groups() -> io::Result<Vec<libc::gid_t>> {
+    let mut groups = vec![0 as libc::gid_t; 256];
+    // Safe because the kernel writes at most `groups.len()` ids into it.
+    let n = unsafe {
+        libc::syscall(libc::SYS_getgroups, groups.len() as libc::c_long, groups.as_mut_ptr())
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    groups.truncate(n as usize);
+    Ok(groups)
+}
+
+/// Sets this thread's supplementary groups (glibc's `setgroups` would set
+/// every thread's).
+fn set_thread_groups(groups: &[libc::gid_t]) -> io::Result<()> {
+    // Safe because the kernel only reads `groups.len()` ids.
+    let res = unsafe {
+        libc::syscall(libc::SYS_setgroups, groups.len() as libc::c_long, groups.as_ptr())
+    };
+    if res == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn set_effective_ids(nr: libc::c_long, id: u32) -> io::Result<()> {
@@ -942,11 +978,26 @@ impl ScopedCreds {
     fn new(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<ScopedCreds> {
         // Safe: no arguments, cannot fail.
         let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        let mut creds = ScopedCreds { uid: None, gid: None };
-        // The gid first: with the uid changed, the thread may not change it.
+        let mut creds = ScopedCreds {
+            uid: None,
+            gid: None,
+            groups: None,
+        };
+        let supp_group = crate::api::server::supp_group::take();
+        // The gid and groups first: with the uid changed, the thread may not
+        // change them.
         if gid != egid {
             set_effective_ids(libc::SYS_setresgid, gid)?;
             creds.gid = Some(egid);
+        }
+        if let (Some(group), true) = (supp_group, uid != euid) {
+            // Without CAP_SETGID (an unprivileged Ferry) the group is left
+            // out: the host then judges the setgid bit without it.
+            if let Ok(saved) = thread_groups() {
+                if set_thread_groups(&[group]).is_ok() {
+                    creds.groups = Some(saved);
+                }
+            }
         }
         if uid != euid {
             set_effective_ids(libc::SYS_setresuid, uid)?;
@@ -978,6 +1029,11 @@ impl Drop for ScopedCreds {
         if let Some(gid) = self.gid {
             if let Err(e) = set_effective_ids(libc::SYS_setresgid, gid) {
                 error!("fuse: failed to change the effective gid back: {e}");
+            }
+        }
+        if let Some(groups) = &self.groups {
+            if let Err(e) = set_thread_groups(groups) {
+                error!("fuse: failed to change the supplementary groups back: {e}");
             }
         }
     }

@@ -345,6 +345,11 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
             opts |= FsOptions::SUBMOUNTS;
             self.announce_submounts.store(true, Ordering::Relaxed);
         }
+        // Ferry: the parent's group with creating requests (ScopedCreds
+        // takes it). A flag of the second word, which needs INIT_EXT.
+        if capable.contains(FsOptions::CREATE_SUPP_GROUP | FsOptions::INIT_EXT) {
+            opts |= FsOptions::CREATE_SUPP_GROUP | FsOptions::INIT_EXT;
+        }
 
         Ok(opts)
     }

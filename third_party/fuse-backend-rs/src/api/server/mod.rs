@@ -34,6 +34,80 @@ use crate::{bytes_to_cstr, BitmapSlice, Error, Result};
 mod async_io;
 mod sync_io;
 
+/// Ferry: the supplementary group a creating request carries
+/// (FUSE_CREATE_SUPP_GROUP), for the request being served on this thread.
+pub(crate) mod supp_group {
+    use std::cell::Cell;
+
+    use crate::abi::fuse_abi::FUSE_EXT_GROUPS;
+
+    thread_local!(static GROUP: Cell<Option<u32>> = const { Cell::new(None) });
+
+    pub(crate) fn set(group: Option<u32>) {
+        GROUP.with(|g| g.set(group));
+    }
+
+    /// The group of the request being served, once.
+    pub(crate) fn take() -> Option<u32> {
+        GROUP.with(|g| g.take())
+    }
+
+    fn word(b: &[u8], at: usize) -> Option<u32> {
+        let bytes = b.get(at..at + 4)?;
+        Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// The first group of a FUSE_EXT_GROUPS extension among `ext`
+    /// (`fuse_ext_header { size, type }` records, 8-byte aligned).
+    pub(crate) fn parse(mut ext: &[u8]) -> Option<u32> {
+        while ext.len() >= 8 {
+            let size = word(ext, 0)? as usize;
+            if size < 8 || size % 8 != 0 || size > ext.len() {
+                return None;
+            }
+            if word(ext, 4)? == FUSE_EXT_GROUPS {
+                // fuse_supp_groups { nr_groups, groups[] }
+                let nr = word(ext, 8)? as usize;
+                return if nr >= 1 && 12 + 4 * nr <= size {
+                    word(ext, 12)
+                } else {
+                    None
+                };
+            }
+            ext = &ext[size..];
+        }
+        None
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::parse;
+
+        #[test]
+        fn groups_extension() {
+            let mut e = Vec::new();
+            for w in [16u32, 32, 1, 2000] {
+                e.extend_from_slice(&w.to_le_bytes());
+            }
+            assert_eq!(parse(&e), Some(2000));
+            // Another extension first, then groups.
+            let mut two = Vec::new();
+            for w in [8u32, 1] {
+                two.extend_from_slice(&w.to_le_bytes());
+            }
+            two.extend_from_slice(&e);
+            assert_eq!(parse(&two), Some(2000));
+            // Malformed: sizes that lie, no groups.
+            for bad in [&e[..12], &[0u8; 8][..], &[]] {
+                assert_eq!(parse(bad), None);
+            }
+            let mut zero = e.clone();
+            zero[8..12].copy_from_slice(&0u32.to_le_bytes());
+            assert_eq!(parse(&zero), None);
+        }
+    }
+}
+
 /// Maximum buffer size of FUSE requests.
 #[cfg(target_os = "linux")]
 pub const MAX_BUFFER_SIZE: u32 = 1 << 20;
@@ -126,9 +200,13 @@ impl ServerUtil {
         in_header: &InHeader,
         sub_hdr_sz: usize,
     ) -> Result<Vec<u8>> {
+        // Ferry: request extensions (`total_extlen`, in 8-byte units, the
+        // low half of what this library calls padding) follow the body.
+        let ext_len = (in_header.padding & 0xffff) as usize * 8;
         let len = (in_header.len as usize)
             .checked_sub(size_of::<InHeader>())
             .and_then(|l| l.checked_sub(sub_hdr_sz))
+            .and_then(|l| l.checked_sub(ext_len))
             .ok_or(Error::InvalidHeaderLength)?;
 
         // Allocate buffer without zeroing out the content for performance.
@@ -139,6 +217,11 @@ impl ServerUtil {
             buf.set_len(len)
         };
         r.read_exact(&mut buf).map_err(Error::DecodeMessage)?;
+        if ext_len > 0 {
+            let mut ext = vec![0u8; ext_len];
+            r.read_exact(&mut ext).map_err(Error::DecodeMessage)?;
+            supp_group::set(supp_group::parse(&ext));
+        }
 
         Ok(buf)
     }

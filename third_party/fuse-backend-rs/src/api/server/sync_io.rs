@@ -122,6 +122,8 @@ impl<F: FileSystem + Sync> Server<F> {
         hook: Option<&dyn MetricsHook>,
     ) -> Result<usize> {
         let in_header: InHeader = r.read_obj().map_err(Error::DecodeMessage)?;
+        // Ferry: no group carried over from the previous request.
+        super::supp_group::set(None);
         let mut ctx = SrvContext::<F, S>::new(in_header, r, w);
         self.fs
             .id_remap(&mut ctx.context)
