@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing Ferry needs on Debian bookworm: the
 # guest kernel's source and build tools, busybox-static and a static libc for
-# the initramfs, and QEMU for the emulated KVM host. Idempotent: does nothing
+# the initramfs, QEMU for the emulated KVM host, and the ACL tools (the
+# tests run the host's setfacl/getfacl in a guest). Idempotent: does nothing
 # when everything is there.
 set -euo pipefail
 
 packages=(
     linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev
-    xz-utils cpio file busybox-static qemu-system-x86
+    xz-utils cpio file busybox-static qemu-system-x86 acl
 )
 missing=()
 for p in "${packages[@]}"; do

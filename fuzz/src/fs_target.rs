@@ -4,7 +4,8 @@
 //! `ferry_devices::virtio::fs::harness` lays it out.
 //!
 //! Input: one configuration byte (read-only share, DAX window and whether
-//! the guest sees it, INIT first or not), then operations until the input
+//! the guest sees it, INIT first or not, POSIX ACLs, an id map), then
+//! operations until the input
 //! runs out: FUSE requests in well-formed or split chains, raw descriptor
 //! chains (any address, length, flags, `next`; indirect tables; loops),
 //! writes of bytes into guest memory or over the rings, and, with a DAX
@@ -23,7 +24,10 @@ use ferry_devices::virtio::fs::harness::{
     desc, fuse_request, Harness, AVAIL_RING, DESC_TABLE, F_INDIRECT, F_NEXT, F_WRITE, QUEUE_LEN,
     REPLY_ADDR, REQ_ADDR, ROOT, USED_RING,
 };
-use ferry_devices::virtio::fs::DaxWindow;
+use ferry_devices::virtio::fs::{DaxWindow, IdMap, IdMapping};
+
+/// The host user an id-mapped share makes its files as.
+const FUZZ_USER: u32 = 1000;
 use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -468,7 +472,16 @@ pub fn run(data: &[u8]) {
             w.set_guest_addr(Some(DAX_SHOWN_AT));
         }
     }
-    let mut h = Harness::with_dax(readonly, window.clone());
+    let mut h = Harness::with_share(readonly, window.clone(), |s| {
+        s.posix_acl = cfg & 0x40 != 0;
+        if cfg & 0x80 != 0 {
+            // An unprivileged Ferry's default: every guest id is one user.
+            s.ids = IdMapping {
+                uids: IdMap::root_is(FUZZ_USER),
+                gids: IdMap::root_is(FUZZ_USER),
+            };
+        }
+    });
     if let Some(w) = window.as_ref().filter(|_| cfg & 8 != 0) {
         h.show_window(w, Some(DAX_SHOWN_AT));
     }

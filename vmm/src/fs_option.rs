@@ -159,6 +159,8 @@ pub fn own_ids() -> (u32, u32) {
 /// acts as each guest user; an unprivileged one cannot, so guest root is
 /// Ferry's own id and every other guest id is squashed to it.
 fn default_ids(own: u32) -> IdMap {
+    // Root (uid 0) may act as anyone, gids included; `own` is the uid or
+    // the gid being defaulted.
     if own_ids().0 == 0 {
         IdMap::default()
     } else {

@@ -107,6 +107,57 @@ fn cwd_is_shared_read_write() -> TestResult {
     )
 }
 
+/// The real ACL tools (the host's `setfacl`/`getfacl`, through `ferry
+/// run`'s view of the host root) on a `--fs` share, where ACLs are on by
+/// default: what they set is enforced in the guest (a named user reads a
+/// 0600 file, another user may not), a default ACL is inherited, and
+/// `getfacl` shows the same in the guest as on the host.
+fn acl_tools_work_on_a_share() -> TestResult {
+    let dir = scratch_dir("run_acl");
+    let share = dir.join("acl");
+    std::fs::create_dir(&share)?;
+    let real = share.canonicalize()?;
+    let spec = format!("tag=acl,path={}", real.display());
+    let script = "set -e; cd acl; echo secret > f; chmod 0600 f; \
+                  setfacl -m u:1002:r f; echo '--f'; getfacl -cn f; \
+                  if setpriv --reuid=1002 --regid=1002 --clear-groups cat f >/dev/null; \
+                  then echo named-user=read; fi; \
+                  if setpriv --reuid=1003 --regid=1003 --clear-groups cat f 2>/dev/null; \
+                  then echo other-user=read; else echo other-user=denied; fi; \
+                  mkdir d; setfacl -d -m u:1002:rwx d; touch d/new; \
+                  echo '--new'; getfacl -cn d/new";
+    let out = ferry_run(&dir, &["--fs", &spec, "sh", "-c", script])?;
+    status_is(&out, 0)?;
+    for want in ["named-user=read", "other-user=denied"] {
+        check(out.stdout.contains(want), &format!("expected {want}"), &out)?;
+    }
+    let host = |file: &str| -> Result<String, Failed> {
+        let o = Command::new("getfacl")
+            .args(["-cn", file])
+            .current_dir(&real)
+            .output()?;
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let guest_part = |from: &str, to: Option<&str>| -> String {
+        let rest = out.stdout.split(from).nth(1).unwrap_or("");
+        to.map_or(rest, |t| rest.split(t).next().unwrap_or(""))
+            .trim()
+            .to_string()
+    };
+    let (host_f, host_new) = (host("f")?, host("d/new")?);
+    check(
+        host_f.contains("user:1002:r--") && host_new.contains("user:1002:rwx"),
+        &format!("the host has not the ACLs the guest set:\n{host_f}\n{host_new}"),
+        &out,
+    )?;
+    check(
+        guest_part("--f", Some("named-user")) == host_f.trim()
+            && guest_part("--new", None) == host_new.trim(),
+        &format!("getfacl differs between guest and host:\n{host_f}\n{host_new}"),
+        &out,
+    )
+}
+
 fn host_root_is_read_only() -> TestResult {
     let base = scratch_dir("run_readonly");
     let (cwd, outside) = (base.join("cwd"), base.join("outside"));
@@ -338,6 +389,7 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("run::exit_statuses", exit_statuses_pass_through),
         Trial::test("run::stdout_and_stderr", stdout_and_stderr_stay_apart),
         Trial::test("run::cwd_read_write", cwd_is_shared_read_write),
+        Trial::test("run::acl_tools_on_a_share", acl_tools_work_on_a_share),
         Trial::test("run::host_root_read_only", host_root_is_read_only),
         Trial::test("run::timeout", timeout_stops_the_vm),
         Trial::test("run::large_host_file", large_host_file_reads_back),

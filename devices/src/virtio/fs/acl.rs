@@ -55,18 +55,24 @@ pub(super) fn host_supports(dir: &Path) -> bool {
     n >= 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENODATA)
 }
 
+/// An ACL xattr value of (tag, permissions, id) entries, for tests.
+#[cfg(test)]
+pub(super) fn encode(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-        let mut v = 2u32.to_le_bytes().to_vec();
-        for &(tag, perm, id) in entries {
-            v.extend_from_slice(&tag.to_le_bytes());
-            v.extend_from_slice(&perm.to_le_bytes());
-            v.extend_from_slice(&id.to_le_bytes());
-        }
-        v
+        encode(entries)
     }
 
     #[test]

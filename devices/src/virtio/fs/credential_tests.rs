@@ -266,3 +266,117 @@ fn existing_device_nodes_and_setid_files_are_defused() {
     );
     h.still_serves();
 }
+
+/// INIT offering POSIX_ACL and DONT_MASK, as Linux does.
+fn init_with_acls(h: &mut Harness) {
+    use fuse_backend_rs::abi::fuse_abi::FsOptions;
+    let flags = (FsOptions::POSIX_ACL | FsOptions::DONT_MASK).bits() as u32;
+    let (len, error, _) = h.request(&fuse_request(INIT, 1, 0, &words(&[7, 31, 0x20000, flags])));
+    assert!(len >= 16 && error == 0, "INIT failed: {error}");
+}
+
+use super::acl::encode as acl_value;
+
+/// `fuse_setxattr_in` (size, flags), the name, the value.
+fn setxattr_body(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut b = words(&[value.len() as u32, 0]);
+    b.extend_from_slice(&cstr(name.as_bytes()));
+    b.extend_from_slice(value);
+    b
+}
+
+const SETXATTR: u32 = Opcode::Setxattr as u32;
+const EVERYONE_RWX: &[(u16, u16, u32)] = &[
+    (0x01, 7, u32::MAX),
+    (0x04, 7, u32::MAX),
+    (0x20, 7, u32::MAX),
+];
+
+/// A default ACL drops the umask the server applies; the device-node and
+/// setid judgement must use the umask the server will use (found in
+/// review: with the guest's umask judged, mode S_IFBLK less umask
+/// 0o060000 looked like a plain file and made a block device).
+#[test]
+fn a_default_acl_does_not_undo_the_mknod_judgement() {
+    must_be_root();
+    let mut h = Harness::with_share(false, None, |s| s.posix_acl = true);
+    init_with_acls(&mut h);
+    let (path, dir) = share_with_dir(&mut h, "acl", (0, 0), 0o777);
+    let (_, error, _) = h.request(&fuse_request(
+        SETXATTR,
+        30,
+        dir,
+        &setxattr_body("system.posix_acl_default", &acl_value(EVERYONE_RWX)),
+    ));
+    assert_eq!(error, 0, "set a default ACL");
+    for (name, mode, umask) in [
+        ("blk", libc::S_IFBLK | 0o600, 0o060000),
+        ("suid", libc::S_IFREG | 0o4755, 0o4000),
+    ] {
+        let body = with_name(words(&[mode, 0x0801, umask, 0]), name);
+        assert_eq!(
+            errno_of(&mut h, &fuse_request(MKNOD, 31, dir, &body)),
+            libc::EPERM,
+            "{name}"
+        );
+        assert!(!path.join(name).exists(), "{name} was made");
+    }
+    h.still_serves();
+}
+
+/// An access ACL rewrites the mode (its mask becomes the group bits): on
+/// a setgid file it could make it group-executable, on a device node it is
+/// a chmod. Judged as such; and no ACL changes at all without ACLs.
+#[test]
+fn access_acls_are_judged_like_chmod() {
+    must_be_root();
+    let mut h = Harness::with_share(false, None, |s| s.posix_acl = true);
+    init_with_acls(&mut h);
+    let share = h.share_dir();
+    std::fs::write(share.join("sgid"), "payload").unwrap();
+    std::fs::set_permissions(share.join("sgid"), std::fs::Permissions::from_mode(0o2644)).unwrap();
+    let node = std::ffi::CString::new(share.join("null").to_str().unwrap()).unwrap();
+    // SAFETY: makes a node at a path we own; checked.
+    assert_eq!(
+        unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) },
+        0
+    );
+    let acl = setxattr_body("system.posix_acl_access", &acl_value(EVERYONE_RWX));
+    for name in ["sgid", "null"] {
+        let (_, error, reply) = h.lookup(name.as_bytes());
+        assert_eq!(error, 0);
+        assert_eq!(
+            errno_of(&mut h, &fuse_request(SETXATTR, 40, node_of(&reply), &acl)),
+            libc::EPERM,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(share.join("sgid")).unwrap().mode() & 0o7777,
+        0o2644
+    );
+    assert_eq!(
+        std::fs::metadata(share.join("null")).unwrap().mode() & 0o777,
+        0o600
+    );
+    // A plain file takes it.
+    let (_, _, reply) = h.lookup(b"file");
+    assert_eq!(
+        errno_of(&mut h, &fuse_request(SETXATTR, 41, node_of(&reply), &acl)),
+        0
+    );
+    assert_eq!(
+        std::fs::metadata(share.join("file")).unwrap().mode() & 0o777,
+        0o777
+    );
+
+    // Without ACLs negotiated: EOPNOTSUPP, as a Linux guest answers itself.
+    let mut h = Harness::new(false);
+    h.init();
+    let (_, _, reply) = h.lookup(b"file");
+    assert_eq!(
+        errno_of(&mut h, &fuse_request(SETXATTR, 42, node_of(&reply), &acl)),
+        libc::EOPNOTSUPP
+    );
+    h.still_serves();
+}

@@ -5,9 +5,11 @@
 //! - a read-only share refuses every change (EROFS);
 //! - device nodes and setuid/setgid files only where the host mount
 //!   neuters them, or where the share opts in (`privileges`); where setid
-//!   is refused, a guest write, truncation or writable mapping of an
-//!   existing setuid/setgid file clears the bits first, and an existing
-//!   device node is not chmod'ed, chown'ed or linked;
+//!   is refused, an open for writing or truncation, a truncation or a
+//!   writable mapping of an existing setuid/setgid file clears the bits
+//!   first (a handle open before a host process made it setid is the
+//!   host's doing), and an existing device node is not chmod'ed, chown'ed,
+//!   linked or given an access ACL;
 //! - POSIX ACLs offered where the share has them, with the umask left out
 //!   under a default ACL and the ids inside mapped (`acl`);
 //! - guest ids become host ids on the way in and back on the way out, as
@@ -32,6 +34,7 @@ use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply,
     ZeroCopyReader, ZeroCopyWriter,
 };
+use fuse_backend_rs::api::server::supp_group;
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use super::acl;
@@ -99,13 +102,11 @@ impl<F> SharePolicy<F> {
         }
     }
 
-    /// The request's guest user as a host user: whom the server acts as
-    /// when it makes an inode.
-    fn host_ctx(&self, ctx: &Context) -> Context {
-        Context {
-            uid: self.ids.uids.to_host(ctx.uid),
-            gid: self.ids.gids.to_host(ctx.gid),
-            pid: ctx.pid,
+    /// The supplementary group a creating request carries (the parent's,
+    /// FUSE_CREATE_SUPP_GROUP) as a host group.
+    fn map_supp_group(&self) {
+        if !self.ids.gids.is_identity() {
+            supp_group::remap(|g| self.ids.gids.to_host(g));
         }
     }
 
@@ -149,6 +150,30 @@ impl<F: FileSystem> SharePolicy<F> {
             Ok(GetxattrReply::Count(n)) if n > 0 => 0,
             _ => umask,
         }
+    }
+
+    /// Whether the guest may set or remove ACL `name` of `inode`: only with
+    /// ACLs negotiated (else EOPNOTSUPP, as the guest kernel answers
+    /// itself), and an access ACL rewrites the mode's permission bits (its
+    /// mask becomes the group bits), so on a device node it is a chmod, and
+    /// on a setuid/setgid file it can make one executable: both judged as
+    /// such.
+    fn acl_may_change(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        if !self.acl_on.load(Ordering::Relaxed) {
+            return refuse(libc::EOPNOTSUPP);
+        }
+        if name != acl::ACCESS {
+            return Ok(());
+        }
+        let (st, _) = self.inner.getattr(ctx, inode.into(), None)?;
+        if is_device(st.st_mode) {
+            self.judge(ctx, inode, Privilege::DeviceNode)?;
+        }
+        let setid = st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG && setid {
+            self.judge(ctx, inode, Privilege::SetId)?;
+        }
+        Ok(())
     }
 
     /// Refuses `what` on the mount of `inode` unless allowed there.
@@ -318,8 +343,9 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         name: &CStr,
     ) -> io::Result<Entry> {
         self.writable()?;
+        self.map_supp_group();
         self.inner
-            .symlink(&self.host_ctx(ctx), linkname, parent, name)
+            .symlink(ctx, linkname, parent, name)
             .map(|e| self.guest_entry(e))
     }
 
@@ -333,14 +359,17 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
-        // Judged as the server will make it: `mode & !umask` (a type of
-        // 0o070000 less a umask of 0o010000 is a block device; found by
-        // the fuzzer). Device nodes where allowed; no directories or
-        // unknown types.
+        let parent: u64 = inode.into();
+        // Judged as the server will make it: `mode & !umask`, with the
+        // umask the server gets (a type of 0o070000 less a umask of
+        // 0o010000 is a block device; found by the fuzzer; a default ACL
+        // that drops the umask must not undo the judgement). Only
+        // permission bits are a umask. Device nodes where allowed; no
+        // directories or unknown types.
+        let umask = self.umask_in(ctx, parent, umask) & 0o777;
         let made = mode & !umask;
         let kind = made & libc::S_IFMT;
         let plain = [0, libc::S_IFREG, libc::S_IFIFO, libc::S_IFSOCK];
-        let parent: u64 = inode.into();
         if is_device(made) {
             self.judge(ctx, parent, Privilege::DeviceNode)?;
         } else if !plain.contains(&kind) {
@@ -349,9 +378,9 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         if grants_ids(made, false) {
             self.judge(ctx, parent, Privilege::SetId)?;
         }
-        let umask = self.umask_in(ctx, parent, umask);
+        self.map_supp_group();
         self.inner
-            .mknod(&self.host_ctx(ctx), parent.into(), name, mode, rdev, umask)
+            .mknod(ctx, parent.into(), name, mode, rdev, umask)
             .map(|e| self.guest_entry(e))
     }
 
@@ -366,8 +395,9 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         self.writable()?;
         let parent: u64 = parent.into();
         let umask = self.umask_in(ctx, parent, umask);
+        self.map_supp_group();
         self.inner
-            .mkdir(&self.host_ctx(ctx), parent.into(), name, mode, umask)
+            .mkdir(ctx, parent.into(), name, mode, umask)
             .map(|e| self.guest_entry(e))
     }
 
@@ -464,9 +494,9 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         if grants_ids(args.mode & !(args.umask & 0o777), false) {
             self.judge(ctx, dir, Privilege::SetId)?;
         }
+        self.map_supp_group();
         let (mut entry, handle, opts, passthrough) =
-            self.inner
-                .create(&self.host_ctx(ctx), dir.into(), name, args)?;
+            self.inner.create(ctx, dir.into(), name, args)?;
         // Without O_EXCL an existing file is opened: a setuid one the guest
         // may not keep must not stay so while the guest writes it.
         if opens_for_change(args.flags) && grants_ids(entry.attr.st_mode, false) {
@@ -592,6 +622,10 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         if host_only_xattr(name) {
             return refuse(libc::EPERM);
         }
+        let ino: u64 = inode.into();
+        if acl::is_acl(name) {
+            self.acl_may_change(ctx, ino, name)?;
+        }
         if acl::is_acl(name) && !self.ids.is_identity() {
             let mut value = value.to_vec();
             acl::map_ids(
@@ -599,9 +633,9 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
                 |u| self.ids.uids.to_host(u),
                 |g| self.ids.gids.to_host(g),
             );
-            return self.inner.setxattr(ctx, inode, name, &value, flags);
+            return self.inner.setxattr(ctx, ino.into(), name, &value, flags);
         }
-        self.inner.setxattr(ctx, inode, name, value, flags)
+        self.inner.setxattr(ctx, ino.into(), name, value, flags)
     }
 
     fn getxattr(
@@ -643,7 +677,11 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         if host_only_xattr(name) {
             return refuse(libc::EPERM);
         }
-        self.inner.removexattr(ctx, inode, name)
+        let ino: u64 = inode.into();
+        if acl::is_acl(name) {
+            self.acl_may_change(ctx, ino, name)?;
+        }
+        self.inner.removexattr(ctx, ino.into(), name)
     }
 
     fn opendir(
@@ -822,6 +860,15 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         blocksize: u32,
     ) -> io::Result<u64> {
         self.inner.bmap(ctx, inode, block, blocksize)
+    }
+
+    /// Every request's guest user as a host user, before the server reads
+    /// its arguments: whom the server acts as when it makes an inode, and
+    /// whom it judges ACCESS for.
+    fn id_remap(&self, ctx: &mut Context) -> io::Result<()> {
+        ctx.uid = self.ids.uids.to_host(ctx.uid);
+        ctx.gid = self.ids.gids.to_host(ctx.gid);
+        Ok(())
     }
 }
 

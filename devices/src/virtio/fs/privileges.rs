@@ -75,10 +75,10 @@ impl Privileges {
         if !told.swap(true, Ordering::Relaxed) {
             let (thing, flag) = what.describe();
             log::warn!(
-                "virtio-fs '{}': refused to let the guest make {thing} (EPERM): the share's host \
-                 mount is not {flag}, so host users could use it. Mount it {flag}, or give the \
-                 share dev-suid=on to allow device nodes and setuid/setgid files everywhere \
-                 (only for a guest you trust with the host).",
+                "virtio-fs '{}': refused to let the guest make or change {thing} (EPERM): the \
+                 share's host mount is not {flag}, so host users could use it. Mount it {flag}, \
+                 or give the share dev-suid=on to allow device nodes and setuid/setgid files \
+                 everywhere (only for a guest you trust with the host).",
                 self.tag
             );
         }

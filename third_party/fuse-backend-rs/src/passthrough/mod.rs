@@ -934,6 +934,9 @@ pub(crate) struct ScopedCreds {
     gid: Option<libc::gid_t>,
     /// The supplementary groups to go back to, if changed.
     groups: Option<Vec<libc::gid_t>>,
+    /// Capabilities raised that were not effective before (a thread whose
+    /// uid was not 0 keeps its effective set across the change back).
+    raised: Vec<caps::Capability>,
 }
 
 /// This thread's supplementary groups.
@@ -982,7 +985,16 @@ impl ScopedCreds {
             uid: None,
             gid: None,
             groups: None,
+            raised: Vec::new(),
         };
+        let dac = [
+            caps::Capability::CAP_DAC_OVERRIDE,
+            caps::Capability::CAP_DAC_READ_SEARCH,
+        ];
+        let had: Vec<bool> = dac
+            .iter()
+            .map(|&c| caps::has_cap(None, caps::CapSet::Effective, c).unwrap_or(false))
+            .collect();
         let supp_group = crate::api::server::supp_group::take();
         // The gid and groups first: with the uid changed, the thread may not
         // change them.
@@ -1002,13 +1014,12 @@ impl ScopedCreds {
         if uid != euid {
             set_effective_ids(libc::SYS_setresuid, uid)?;
             creds.uid = Some(euid);
-            for cap in [
-                caps::Capability::CAP_DAC_OVERRIDE,
-                caps::Capability::CAP_DAC_READ_SEARCH,
-            ] {
+            for (&cap, &had) in dac.iter().zip(&had) {
                 if caps::has_cap(None, caps::CapSet::Permitted, cap).unwrap_or(false) {
-                    if let Err(e) = caps::raise(None, caps::CapSet::Effective, cap) {
-                        warn!("fuse: cannot raise {cap} for a guest user: {e}");
+                    match caps::raise(None, caps::CapSet::Effective, cap) {
+                        Ok(()) if !had => creds.raised.push(cap),
+                        Ok(()) => {}
+                        Err(e) => warn!("fuse: cannot raise {cap} for a guest user: {e}"),
                     }
                 }
             }
@@ -1034,6 +1045,17 @@ impl Drop for ScopedCreds {
         if let Some(groups) = &self.groups {
             if let Err(e) = set_thread_groups(groups) {
                 error!("fuse: failed to change the supplementary groups back: {e}");
+            }
+        }
+        // Going back to uid 0 restored the effective set from the permitted
+        // one; any other uid keeps what was raised for the guest user.
+        for &cap in &self.raised {
+            if caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(false)
+                && unsafe { libc::geteuid() } != 0
+            {
+                if let Err(e) = caps::drop(None, caps::CapSet::Effective, cap) {
+                    error!("fuse: failed to drop {cap} again: {e}");
+                }
             }
         }
     }

@@ -36,7 +36,7 @@ mod sync_io;
 
 /// Ferry: the supplementary group a creating request carries
 /// (FUSE_CREATE_SUPP_GROUP), for the request being served on this thread.
-pub(crate) mod supp_group {
+pub mod supp_group {
     use std::cell::Cell;
 
     use crate::abi::fuse_abi::FUSE_EXT_GROUPS;
@@ -50,6 +50,12 @@ pub(crate) mod supp_group {
     /// The group of the request being served, once.
     pub(crate) fn take() -> Option<u32> {
         GROUP.with(|g| g.take())
+    }
+
+    /// Translates the group of the request being served (a guest id) with
+    /// `map` (to a host id), for a file system that maps ids.
+    pub fn remap(map: impl FnOnce(u32) -> u32) {
+        GROUP.with(|g| g.set(g.get().map(map)));
     }
 
     fn word(b: &[u8], at: usize) -> Option<u32> {
