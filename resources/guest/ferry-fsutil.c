@@ -3,6 +3,7 @@
  *              | removexattr PATH NAME | fsync PATH | flock PATH | statfs PATH
  *              | byhandle PATH   (name_to_handle_at + open_by_handle_at, then a
  *                                 forged handle on the same mount)
+ *              | rename OLD NEW  (rename(2) itself: busybox mv copies on EXDEV)
  *              | as UID GID CMD [ARGS]  (runs CMD as UID:GID, no other groups;
  *                                 busybox's setpriv cannot change ids)
  * A setxattr VALUE that starts with 0x is hex (binary values such as
@@ -87,6 +88,10 @@ int main(int argc, char **argv)
     } else if (!strcmp(op, "removexattr") && argc == 4) {
         if (removexattr(path, argv[3]))
             return fail("removexattr");
+    } else if (!strcmp(op, "rename") && argc == 4) {
+        if (rename(path, argv[3]))
+            return fail("rename");
+        printf("rename ok\n");
     } else if (!strcmp(op, "fsync")) {
         int fd = open(path, O_RDWR);
         if (fd < 0 || fsync(fd))

@@ -622,8 +622,8 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
 }
 
 /// A host mount inside the share is its own mount in the guest (FUSE
-/// SUBMOUNTS): another device number, listed in /proc/mounts, and a hard
-/// link across it fails with EXDEV, as on the host.
+/// SUBMOUNTS): another device number, listed in /proc/mounts, and hard
+/// links and renames across it fail with EXDEV, as on the host.
 fn host_mount_is_a_guest_submount() -> TestResult {
     let s = Share::new("fs_submount");
     let sub = s.path("sub");
@@ -654,6 +654,8 @@ echo "dev-root=$(stat -c %d /mnt/outer) dev-sub=$(stat -c %d /mnt/sub/inner)"
 echo "mounts=$(grep -c ' /mnt' /proc/mounts)"
 ln /mnt/sub/inner /mnt/link-out 2>&1 | grep -q 'cross-device' && echo link-in-out=EXDEV
 ln /mnt/outer /mnt/sub/link-in 2>&1 | grep -q 'cross-device' && echo link-out-in=EXDEV
+ferry-fsutil rename /mnt/sub/inner /mnt/moved | grep -q 'cross-device' && echo rename-in-out=EXDEV
+ferry-fsutil rename /mnt/outer /mnt/sub/moved | grep -q 'cross-device' && echo rename-out-in=EXDEV
 echo made > /mnt/sub/new && echo write=ok"#,
     )?;
     guest_ok(&out, 0)?;
@@ -672,6 +674,8 @@ echo made > /mnt/sub/new && echo write=ok"#,
         "read=inside",
         "link-in-out=EXDEV",
         "link-out-in=EXDEV",
+        "rename-in-out=EXDEV",
+        "rename-out-in=EXDEV",
         "write=ok",
     ] {
         check(out.stdout.contains(want), &format!("expected {want}"), &out)?;
