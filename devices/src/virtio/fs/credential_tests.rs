@@ -380,3 +380,35 @@ fn access_acls_are_judged_like_chmod() {
     );
     h.still_serves();
 }
+
+/// `open(O_CREAT, 04755)` of an existing file only opens it, locally and
+/// here, even where setuid files may not be made; with O_EXCL, or where
+/// the file does not exist, the setuid request is refused.
+#[test]
+fn creating_open_of_an_existing_file_ignores_a_setuid_mode() {
+    must_be_root();
+    let mut h = Harness::new(false);
+    h.init();
+    let open_creat = (libc::O_WRONLY | libc::O_CREAT) as u32;
+    let body = |flags: u32, name: &str| with_name(words(&[flags, 0o104755, 0, 0]), name);
+    let file = h.share_dir().join("file");
+    let mode = || std::fs::metadata(&file).unwrap().mode() & 0o7777;
+    let before = mode();
+    let req = fuse_request(CREATE, 50, ROOT, &body(open_creat, "file"));
+    assert_eq!(errno_of(&mut h, &req), 0);
+    assert_eq!(mode(), before);
+    let excl = open_creat | libc::O_EXCL as u32;
+    assert_eq!(
+        errno_of(&mut h, &fuse_request(CREATE, 51, ROOT, &body(excl, "file"))),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno_of(
+            &mut h,
+            &fuse_request(CREATE, 52, ROOT, &body(open_creat, "new"))
+        ),
+        libc::EPERM
+    );
+    assert!(!h.share_dir().join("new").exists());
+    h.still_serves();
+}

@@ -178,14 +178,30 @@ impl<F: FileSystem> SharePolicy<F> {
 
     /// Refuses `what` on the mount of `inode` unless allowed there.
     fn judge(&self, ctx: &Context, inode: u64, what: Privilege) -> io::Result<()> {
-        if self.privileges.everywhere() {
-            return Ok(());
-        }
-        let flags = self.inner.statfs(ctx, inode.into())?.f_flag;
-        if self.privileges.allowed(what, flags) {
+        if self.allowed_on(ctx, inode, what)? {
             Ok(())
         } else {
             self.privileges.refuse(what)
+        }
+    }
+
+    /// Whether `what` is allowed on the mount of `inode`.
+    fn allowed_on(&self, ctx: &Context, inode: u64, what: Privilege) -> io::Result<bool> {
+        if self.privileges.everywhere() {
+            return Ok(true);
+        }
+        let flags = self.inner.statfs(ctx, inode.into())?.f_flag;
+        Ok(self.privileges.allowed(what, flags))
+    }
+
+    /// Whether `dir` holds `name` (a lookup, given back at once).
+    fn holds(&self, ctx: &Context, dir: u64, name: &CStr) -> bool {
+        match self.inner.lookup(ctx, dir.into(), name) {
+            Ok(entry) if entry.inode != 0 => {
+                self.inner.forget(ctx, entry.inode.into(), 1);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -491,8 +507,18 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         let mut args = args;
         args.umask = self.umask_in(ctx, dir, args.umask);
         // Judged as the server will make it: `mode & !(umask & 0o777)`.
-        if grants_ids(args.mode & !(args.umask & 0o777), false) {
-            self.judge(ctx, dir, Privilege::SetId)?;
+        // Without O_EXCL an existing file is only opened and the mode is
+        // not used (locally that open succeeds): then the setid bits are
+        // dropped from the request instead, which also covers the file
+        // going away in between (it is made without them).
+        if grants_ids(args.mode & !(args.umask & 0o777), false)
+            && !self.allowed_on(ctx, dir, Privilege::SetId)?
+        {
+            if args.flags as i32 & libc::O_EXCL == 0 && self.holds(ctx, dir, name) {
+                args.mode &= !(libc::S_ISUID | libc::S_ISGID);
+            } else {
+                return self.privileges.refuse(Privilege::SetId);
+            }
         }
         self.map_supp_group();
         let (mut entry, handle, opts, passthrough) =
