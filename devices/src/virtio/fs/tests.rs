@@ -567,3 +567,54 @@ fn a_mapping_change_from_inside_the_window_is_refused() {
     assert_eq!(window.repair_truncated(), 0);
     h.still_serves();
 }
+
+/// FUSE_IOCTL names the size of its in buffer, and the library allocated
+/// that much before anything looked (up to 4 GiB, issue 14 finding 1): the
+/// chain's readable bytes did not bound it, as a guest can point many
+/// descriptors at the same pages. Here 15 descriptors of 8 MiB alias one
+/// region: 120 MiB readable, in_size 100 MiB, a header of 72 bytes. The
+/// server now answers EINVAL from its own parse (before: it allocated and
+/// read 100 MiB, then answered ENOTTY).
+#[test]
+fn ioctl_in_buffer_is_bounded_by_the_message() {
+    const IOCTL: u32 = fuse_backend_rs::abi::fuse_abi::Opcode::Ioctl as u32;
+    let mut h = Harness::new(false);
+    h.init();
+    let (_, error, reply) = h.lookup(b"file");
+    assert_eq!(error, 0);
+    let node = u64::from_le_bytes(reply[16..24].try_into().unwrap());
+    // fuse_ioctl_in: fh, flags, cmd, arg, in_size, out_size.
+    let mut body = Vec::new();
+    body.extend_from_slice(&0u64.to_le_bytes());
+    for w in [0u32, 0x5401] {
+        body.extend_from_slice(&w.to_le_bytes());
+    }
+    body.extend_from_slice(&0u64.to_le_bytes());
+    for w in [100u32 << 20, 0] {
+        body.extend_from_slice(&w.to_le_bytes());
+    }
+    let req = fuse_request(IOCTL, 60, node, &body);
+    h.mem.write_slice(&req, GuestAddress(REQ_ADDR)).unwrap();
+    // The whole table, from slot 0 (the previous chains are used).
+    h.next_desc = 0;
+    let n = 0;
+    let alias = 0x40_0000;
+    let mut descs = vec![desc(REQ_ADDR, req.len() as u32, F_NEXT, n + 1)];
+    for i in 0..QUEUE_LEN - 2 {
+        descs.push(desc(alias, 8 << 20, F_NEXT, n + 2 + i));
+    }
+    descs.push(desc(REPLY_ADDR, REPLY_LEN, F_WRITE, 0));
+    let len = h.submit_raw(&descs);
+    let mut reply = vec![0u8; len as usize];
+    h.mem
+        .read_slice(&mut reply, GuestAddress(REPLY_ADDR))
+        .unwrap();
+    assert!(len >= 16, "no reply");
+    let error = i32::from_le_bytes(reply[4..8].try_into().unwrap());
+    assert_eq!(
+        error,
+        -libc::EINVAL,
+        "an ioctl buffer beyond its message was taken"
+    );
+    h.still_serves();
+}

@@ -1069,6 +1069,15 @@ impl<F: FileSystem + Sync> Server<F> {
         if in_size > ctx.r.available_bytes() {
             return ctx.reply_error(io::Error::from_raw_os_error(libc::ENOTTY));
         }
+        // Ferry: the in buffer is part of this message, so never more than
+        // its header says (bounded at dispatch). The chain's readable bytes
+        // do not bound it: a guest can point many descriptors at the same
+        // pages, and the buffer was allocated before anything else looked.
+        let body = (ctx.in_header.len as usize)
+            .saturating_sub(size_of::<InHeader>() + size_of::<IoctlIn>());
+        if in_size > body {
+            return ctx.reply_error(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         let mut data = vec![0u8; in_size];
         if in_size > 0 {
             let size = ctx.r.read(&mut data).map_err(Error::DecodeMessage)?;
