@@ -71,7 +71,7 @@ impl MsixState {
 
     pub fn table_read(&self, offset: u64, data: &mut [u8]) {
         let value = self.table_dword(offset);
-        fill(data, offset, value);
+        fill(data, (offset % 4) as usize, value);
     }
 
     fn table_dword(&self, offset: u64) -> u64 {
@@ -126,7 +126,9 @@ impl MsixState {
             .get((offset / 8) as usize)
             .copied()
             .unwrap_or(0);
-        fill(data, offset % 8, value);
+        // A qword of pending bits: a 32-bit read of its upper half starts at
+        // byte 4 (it read the lower half again; issue 14 finding 7).
+        fill(data, (offset % 8) as usize, value);
     }
 
     /// Whether `vector` may be delivered now.
@@ -173,9 +175,9 @@ impl MsixState {
 
 /// Copies the bytes of `value` that an access of `data.len()` at `offset`
 /// (relative to the dword/qword holding it) sees.
-fn fill(data: &mut [u8], offset: u64, value: u64) {
+/// `data` from byte `start` of `value` (little-endian), zeros past its end.
+fn fill(data: &mut [u8], start: usize, value: u64) {
     let bytes = value.to_le_bytes();
-    let start = (offset % 4) as usize;
     for (i, b) in data.iter_mut().enumerate() {
         *b = bytes.get(start + i).copied().unwrap_or(0);
     }
@@ -233,6 +235,22 @@ mod tests {
         let mut b = [0u8; 4];
         m.table_read(64, &mut b);
         assert_eq!(b, [0xff; 4]);
+    }
+
+    /// A 32-bit read of a PBA qword's upper half shows the upper half (it
+    /// showed the lower one again).
+    #[test]
+    fn pba_halves_read_as_dwords() {
+        let mut m = MsixState::new(128);
+        m.set_pending(64 + 1, true);
+        m.set_pending(64 + 34, true);
+        let mut w = [0u8; 4];
+        m.pba_read(8, &mut w);
+        assert_eq!(u32::from_le_bytes(w), 2, "lower half of qword 1");
+        m.pba_read(12, &mut w);
+        assert_eq!(u32::from_le_bytes(w), 4, "upper half of qword 1");
+        m.pba_read(4, &mut w);
+        assert_eq!(u32::from_le_bytes(w), 0, "upper half of qword 0");
     }
 
     #[test]

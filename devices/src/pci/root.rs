@@ -118,11 +118,19 @@ impl PciRoot {
         let moved = d.config_mut().write(reg + offset, data);
         d.config_written(reg + offset, data.len());
         if let Some(m) = moved {
-            self.move_bar(&dev, &mut *d, m);
+            // Sizing writes all-ones to the register it sizes.
+            let sizing = data.iter().all(|&b| b == 0xff);
+            self.move_bar(&dev, &mut *d, m, sizing);
         }
     }
 
-    fn move_bar(&self, shared: &SharedPciDevice, dev: &mut dyn PciDevice, m: BarMove) {
+    fn move_bar(
+        &self,
+        shared: &SharedPciDevice,
+        dev: &mut dyn PciDevice,
+        m: BarMove,
+        sizing: bool,
+    ) {
         let Some(bar) = dev
             .config()
             .bars()
@@ -133,12 +141,15 @@ impl PciRoot {
             return;
         };
         // Sizing writes all-ones and then restores the address: nothing to
-        // remap for that transient value.
-        let lo_ones = (m.new as u32) | (bar.size.saturating_sub(1) as u32) | 0xf == u32::MAX;
-        let sizing = match bar.kind {
-            BarKind::Mmio32 => lo_ones,
-            BarKind::Mmio64Prefetchable => lo_ones || (m.new >> 32) as u32 == u32::MAX,
-        };
+        // remap for that transient value. It is judged on the register
+        // written: judged on the address instead, every move of a BAR of
+        // 4 GiB or more, or of 1 GiB to an address 3 GiB past a 4 GiB
+        // boundary, read as sizing and was lost (issue 14 finding 6). While
+        // a 64-bit BAR's upper half still holds the all-ones of its sizing
+        // (the lower half restored first), the address is beyond any
+        // machine's: not mapped either.
+        let sizing =
+            sizing || (bar.kind == BarKind::Mmio64Prefetchable && (m.new >> 32) as u32 == u32::MAX);
         let _ = self.mmio_bus.remove(m.old);
         if sizing {
             return;
@@ -249,6 +260,47 @@ mod tests {
         root.write(0, &(ENABLE_BIT | (1 << 11) | (1 << 8)).to_le_bytes());
         root.read(4, &mut b);
         assert_eq!(b, [0xff; 4]);
+    }
+
+    /// 64-bit BARs whose moves looked like sizing: 4 GiB anywhere, and
+    /// 1 GiB to an address 3 GiB past a 4 GiB boundary.
+    #[test]
+    fn large_64_bit_bars_follow_moves() {
+        for (size, from, to) in [
+            (4u64 << 30, 0x10_0000_0000u64, 0x20_0000_0000u64),
+            (1 << 30, 0x1_0000_0000, 0x1_c000_0000),
+        ] {
+            let bus = Arc::new(Bus::new());
+            let mut root = PciRoot::new(bus.clone());
+            let mut cfg = PciConfig::new(0x1af4, 0x105a, 1, 0x80, 1);
+            cfg.add_bar(2, from, size, BarKind::Mmio64Prefetchable);
+            let probe = Arc::new(Mutex::new(Probe {
+                cfg,
+                moves: vec![],
+                last_write: None,
+            }));
+            root.add_device(probe.clone()).unwrap();
+            // Sizing (both halves, lower restored first) leaves it where
+            // it was.
+            let mut b = [0u8; 1];
+            cfg_write(&mut root, 1, 0x18, 0xffff_ffff);
+            cfg_write(&mut root, 1, 0x1c, 0xffff_ffff);
+            cfg_write(&mut root, 1, 0x18, from as u32 | 0xc);
+            cfg_write(&mut root, 1, 0x1c, (from >> 32) as u32);
+            assert!(bus.read(from + 0x10, &mut b), "{size:#x}: lost by sizing");
+            // A real move, lower half then upper half, as Linux writes it.
+            cfg_write(&mut root, 1, 0x18, to as u32 | 0xc);
+            cfg_write(&mut root, 1, 0x1c, (to >> 32) as u32);
+            assert!(
+                bus.read(to + 0x10, &mut b),
+                "{size:#x}: not at the new address"
+            );
+            assert!(
+                !bus.read(from + 0x10, &mut b),
+                "{size:#x}: still at the old address"
+            );
+            assert_eq!(probe.lock().unwrap().moves.last(), Some(&(from, to)));
+        }
     }
 
     #[test]
