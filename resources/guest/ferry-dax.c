@@ -9,7 +9,8 @@
  *                                       SIGBUS and zero pages (host truncation)
  * wait and spin create PATH.mapped once their mapping is in use, so a host
  * side test knows when to act.
- *   ferry-dax fuzz PATH SEED OPS        random read/write/mmap/truncate/fsync
+ *   ferry-dax fuzz PATH SEED OPS [MIB]  random read/write/mmap/truncate/fsync
+ *                                       on a file of up to MIB MiB (8)
  *                                       checked against an in-memory model
  *   ferry-dax bench PATH                sequential read(2) and mmap read
  *                                       throughput, guest caches dropped first
@@ -170,8 +171,10 @@ static int cmd_spin(const char *path, double secs)
 
 /* ---- fuzz ---- */
 
-#define FUZZ_MAX (8u << 20) /* four 2 MiB DAX ranges */
 #define FUZZ_IO (64u << 10)
+
+/* The file's largest size: 8 MiB (four 2 MiB DAX ranges) unless given. */
+static size_t fuzz_max = 8u << 20;
 
 static uint64_t rng;
 static unsigned char *model, *buf;
@@ -249,11 +252,15 @@ static int check_size(int fd, unsigned long op)
     return 0;
 }
 
-static int cmd_fuzz(const char *path, uint64_t seed, unsigned long ops)
+static int cmd_fuzz(const char *path, uint64_t seed, unsigned long ops, size_t max_mib)
 {
     rng = seed | 1;
-    model = calloc(FUZZ_MAX, 1);
-    buf = malloc(FUZZ_MAX);
+    if (max_mib)
+        fuzz_max = max_mib << 20;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    model = calloc(fuzz_max, 1);
+    buf = malloc(fuzz_max);
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
     if (!model || !buf || fd < 0)
         return fail("fuzz setup");
@@ -265,7 +272,7 @@ static int cmd_fuzz(const char *path, uint64_t seed, unsigned long ops)
         switch (kind) {
         case 0: /* write */
             n = 1 + below(FUZZ_IO);
-            off = below(FUZZ_MAX - n);
+            off = below(fuzz_max - n);
             fill(model + off, n);
             if (pwrite(fd, model + off, n, off) != (ssize_t)n)
                 return fail("fuzz pwrite");
@@ -305,7 +312,7 @@ static int cmd_fuzz(const char *path, uint64_t seed, unsigned long ops)
             break;
         }
         case 4: /* truncate */
-            n = below(4) ? below(FUZZ_MAX) : below(8192);
+            n = below(4) ? below(fuzz_max) : below(8192);
             if (ftruncate(fd, n))
                 return fail("fuzz ftruncate");
             /* Past the end the model stays zero, as a later hole reads. */
@@ -327,6 +334,12 @@ static int cmd_fuzz(const char *path, uint64_t seed, unsigned long ops)
         if (op % 512 == 511 && (check_pread(fd, op, 0, model_size) ||
                                 check_mmap(fd, op, 0, model_size)))
             return 1;
+        /* Progress, so a run that stops shows where (stderr: unbuffered). */
+        if (op % 2000 == 1999) {
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            fprintf(stderr, "fuzz progress ops=%lu seconds=%ld\n", op + 1,
+                    (long)(t.tv_sec - t0.tv_sec));
+        }
     }
     if (check_pread(fd, ops, 0, model_size) || fsync(fd))
         return 1;
@@ -395,8 +408,9 @@ int main(int argc, char **argv)
         return cmd_wait(argv[2], strtoull(argv[3], NULL, 0), argv[4], atof(argv[5]));
     if (!strcmp(op, "spin") && argc == 4)
         return cmd_spin(argv[2], atof(argv[3]));
-    if (!strcmp(op, "fuzz") && argc == 5)
-        return cmd_fuzz(argv[2], strtoull(argv[3], NULL, 0), strtoul(argv[4], NULL, 0));
+    if (!strcmp(op, "fuzz") && (argc == 5 || argc == 6))
+        return cmd_fuzz(argv[2], strtoull(argv[3], NULL, 0), strtoul(argv[4], NULL, 0),
+                        argc == 6 ? strtoul(argv[5], NULL, 0) : 0);
     if (!strcmp(op, "bench") && argc == 3)
         return cmd_bench(argv[2]);
     fprintf(stderr, "usage: ferry-dax cat|poke|wait|spin|fuzz|bench ... (see the source)\n");

@@ -573,8 +573,8 @@ fn bad_fs_trials() -> Vec<Trial> {
         ),
         t(
             "dax_window_too_small_for_the_guest",
-            |s| vec![s.spec("a", ",cache-size=4M")],
-            "at least 8M",
+            |s| vec![s.spec("a", ",cache-size=2M")],
+            "at least 4M",
         ),
         t(
             "bad_id_map",
