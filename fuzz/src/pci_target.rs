@@ -534,6 +534,10 @@ fn op_driver(m: &mut Machine, inp: &mut Input<'_>) {
     m.common_write(DRIVER_FEATURE, hi.into(), 4);
     status |= STATUS_FEATURES_OK;
     m.common_write(DEVICE_STATUS, status.into(), 1);
+    // Bus mastering on, as a driver's probe does (no input read, so the
+    // corpus decodes as before); fuzzed config writes may clear it.
+    let command = m.dev.lock().unwrap().config().command();
+    m.cfg_write(1, 4, &(command | 4).to_le_bytes());
     if inp.bool() {
         // MSI-X enable (and maybe function mask) in the capability.
         let control = inp.pick(&[0x8000u16, 0xc000, 0]);

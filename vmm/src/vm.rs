@@ -258,10 +258,11 @@ fn create_vcpus(
 /// Puts zero pages behind DAX window pages past the end of their file (the
 /// guest or a host process truncated it; a guest access there could
 /// otherwise fail inside KVM forever), and the file back where it grew.
+/// Runs on the control loop, so it never waits: a window a request holds
+/// is repaired on a later tick.
 fn repair_dax_windows(windows: &[Arc<DaxWindow>]) {
     for w in windows {
-        w.restore_grown();
-        let repaired = w.repair_truncated();
+        let repaired = w.repair_if_free().unwrap_or(0);
         if repaired > 0 {
             // Routine when the guest truncates files it has mapped, so
             // not a warning.

@@ -6,6 +6,7 @@ mod queue_config;
 
 pub use pci::{VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
 
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
@@ -25,19 +26,62 @@ pub trait VirtioInterrupt: Send + Sync {
     fn notify(&self, vector: u16);
 }
 
+/// A queue's MSI-X vector. The driver may change it while the queue runs
+/// (the spec locks only the ring's registers after DRIVER_OK), so the
+/// transport and the queue's worker share it, and the worker reads it for
+/// each interrupt.
+#[derive(Clone, Debug)]
+pub struct QueueVector(Arc<AtomicU16>);
+
+impl QueueVector {
+    pub fn new(vector: u16) -> Self {
+        QueueVector(Arc::new(AtomicU16::new(vector)))
+    }
+
+    pub fn get(&self) -> u16 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, vector: u16) {
+        self.0.store(vector, Ordering::Relaxed)
+    }
+}
+
+/// PCI bus mastering (bit 2 of the command register): the driver clears it
+/// to stop the device touching guest memory, and an MSI is such a write
+/// too. Queue workers check it before each ring access and interrupt.
+#[derive(Clone, Debug, Default)]
+pub struct BusMaster(Arc<AtomicBool>);
+
+impl BusMaster {
+    pub fn new(on: bool) -> Self {
+        BusMaster(Arc::new(AtomicBool::new(on)))
+    }
+
+    pub fn on(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Returns whether it was on.
+    pub fn set(&self, on: bool) -> bool {
+        self.0.swap(on, Ordering::AcqRel)
+    }
+}
+
 /// A queue the driver set up, handed to the device on activation.
 pub struct ActiveQueue {
     pub index: usize,
     pub queue: Queue,
     /// Signalled (by KVM, through an ioeventfd) when the driver kicks.
     pub kick: EventFd,
-    pub vector: u16,
+    pub vector: QueueVector,
 }
 
 pub struct Activation {
     pub mem: GuestMemoryShared,
     pub queues: Vec<ActiveQueue>,
     pub interrupt: Arc<dyn VirtioInterrupt>,
+    pub bus_master: BusMaster,
     pub features: u64,
 }
 

@@ -12,7 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::queue_config::{set_half, QueueConfig, NO_VECTOR};
 use super::{
-    Activation, ActiveQueue, GuestMemoryShared, SharedMemoryRegion, VirtioDevice, VirtioInterrupt,
+    Activation, ActiveQueue, BusMaster, GuestMemoryShared, SharedMemoryRegion, VirtioDevice,
+    VirtioInterrupt,
 };
 use super::{VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
 use crate::pci::{BarKind, MsixChange, MsixState, PciConfig, PciDevice, MSIX_ENTRY_SIZE};
@@ -46,6 +47,7 @@ const CONFIG_BAR: usize = 0;
 const SHM_BAR: usize = 2;
 const COMMAND_OFFSET: usize = 0x04;
 const COMMAND_MEMORY: u16 = 1 << 1;
+const COMMAND_BUS_MASTER: u16 = 1 << 2;
 
 const STATUS_FEATURES_OK: u8 = 0x08;
 const STATUS_DRIVER_OK: u8 = 0x04;
@@ -59,6 +61,13 @@ pub struct MsixInterrupt {
 }
 
 impl MsixInterrupt {
+    fn vectors(&self) -> u16 {
+        self.msix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .vectors()
+    }
+
     fn fire(&self, vector: u16) {
         if let Some(fd) = self.irqfds.get(usize::from(vector)) {
             if let Err(e) = fd.write(1) {
@@ -67,13 +76,11 @@ impl MsixInterrupt {
         }
     }
 
+    /// Fires the pending vectors that may be delivered now. Under the
+    /// lock, as in `notify`, so none fires after a mask that follows.
     fn deliver_pending(&self) {
-        let ready = self
-            .msix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take_deliverable();
-        for v in ready {
+        let mut msix = self.msix.lock().unwrap_or_else(|e| e.into_inner());
+        for v in msix.take_deliverable() {
             self.fire(v);
         }
     }
@@ -88,8 +95,10 @@ impl VirtioInterrupt for MsixInterrupt {
         if usize::from(vector) >= msix.table.len() {
             return;
         }
+        // Fired with the lock held: the guest's mask write takes the same
+        // lock, so a vector never fires after the write that masked it
+        // (an irqfd write does not block).
         if msix.can_deliver(vector) {
-            drop(msix);
             self.fire(vector);
         } else {
             msix.set_pending(vector, true);
@@ -115,6 +124,8 @@ pub struct VirtioPciDevice {
     status: u8,
     config_generation: u8,
     config_vector: u16,
+    /// The command register's bus master bit, shared with the workers.
+    bus_master: BusMaster,
     queue_select: u16,
     /// A status write that cleared bits was reported once.
     warned_status_clear: bool,
@@ -219,6 +230,7 @@ impl VirtioPciDevice {
             config_generation: 0,
             warned_status_clear: false,
             config_vector: NO_VECTOR,
+            bus_master: BusMaster::default(),
             queue_select: 0,
         })
     }
@@ -251,7 +263,7 @@ impl VirtioPciDevice {
                 None => 0,
                 Some(q) => match offset {
                     0x18 => u64::from(q.size),
-                    0x1a => u64::from(q.vector),
+                    0x1a => u64::from(q.vector.get()),
                     0x1c => u64::from(q.ready),
                     0x1e => 0, // queue_notify_off: queue i at i * multiplier
                     0x20 => q.desc & 0xffff_ffff,
@@ -278,6 +290,11 @@ impl VirtioPciDevice {
         let v32 = value as u32;
         let v16 = value as u16;
         let configurable = self.status & STATUS_DRIVER_OK == 0;
+        // A vector past the MSI-X table reads back as NO_VECTOR: that is how
+        // the driver learns the device could not take it (virtio 1.2,
+        // 4.1.5.1.2).
+        let vectors = self.interrupt.vectors();
+        let vector = if v16 < vectors { v16 } else { NO_VECTOR };
         match offset {
             0x00 => self.device_feature_select = v32,
             0x08 => self.driver_feature_select = v32,
@@ -286,7 +303,7 @@ impl VirtioPciDevice {
                 1 => set_half(&mut self.driver_features, true, v32),
                 _ => {}
             },
-            0x10 => self.config_vector = v16,
+            0x10 => self.config_vector = vector,
             0x14 => self.write_status(value as u8),
             0x16 => self.queue_select = v16,
             _ => {
@@ -295,7 +312,7 @@ impl VirtioPciDevice {
                 };
                 match offset {
                     0x18 if configurable => q.size = v16,
-                    0x1a => q.vector = v16,
+                    0x1a => q.vector.set(vector),
                     0x1c if configurable => q.ready = v16 == 1,
                     0x20 if configurable => set_half(&mut q.desc, false, v32),
                     0x24 if configurable => set_half(&mut q.desc, true, v32),
@@ -378,19 +395,20 @@ impl VirtioPciDevice {
             log::debug!(
                 "virtio-pci: queue {index}: size {}, vector {}",
                 cfg.size,
-                cfg.vector
+                cfg.vector.get()
             );
             queues.push(ActiveQueue {
                 index,
                 queue,
                 kick,
-                vector: cfg.vector,
+                vector: cfg.vector.clone(),
             });
         }
         let activation = Activation {
             mem: self.mem.clone(),
             queues,
             interrupt: self.interrupt.clone(),
+            bus_master: self.bus_master.clone(),
             features: self.driver_features,
         };
         self.device.activate(activation).map_err(|e| e.to_string())
@@ -460,6 +478,13 @@ impl PciDevice for VirtioPciDevice {
     fn config_written(&mut self, offset: usize, len: usize) {
         if offset < COMMAND_OFFSET + 2 && offset + len > COMMAND_OFFSET {
             self.update_shm();
+            let on = self.config.command() & COMMAND_BUS_MASTER != 0;
+            if on && !self.bus_master.set(on) {
+                // Workers skipped what came meanwhile: wake each to look.
+                for k in &self.kicks {
+                    let _ = k.write(1);
+                }
+            }
         }
         let control = self.msix_cap + 2;
         if offset < control + 2 && offset + len > control {
@@ -691,7 +716,7 @@ mod tests {
 
     use vm_memory::GuestMemoryAtomic;
 
-    use super::super::{ActivateError, Activation, VirtioDevice};
+    use super::super::{ActivateError, Activation, QueueVector, VirtioDevice};
     use super::*;
 
     struct NoKvm;
@@ -716,9 +741,17 @@ mod tests {
         }
     }
 
-    /// A device with one queue that counts activations and resets.
-    struct Counting(Arc<(AtomicUsize, AtomicUsize)>);
-    impl VirtioDevice for Counting {
+    /// What the test device saw: activations, resets, its queue's vector.
+    #[derive(Default)]
+    struct Seen {
+        activations: AtomicUsize,
+        resets: AtomicUsize,
+        vector: Mutex<Option<QueueVector>>,
+    }
+
+    /// A device with one queue that records what it saw.
+    struct Recording(Arc<Seen>);
+    impl VirtioDevice for Recording {
         fn device_type(&self) -> u32 {
             26
         }
@@ -729,13 +762,119 @@ mod tests {
             vec![16]
         }
         fn read_config(&self, _: u64, _: &mut [u8]) {}
-        fn activate(&mut self, _: Activation) -> Result<(), ActivateError> {
-            self.0 .0.fetch_add(1, Ordering::Relaxed);
+        fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+            self.0.activations.fetch_add(1, Ordering::Relaxed);
+            *self.0.vector.lock().unwrap() = a.queues.first().map(|q| q.vector.clone());
             Ok(())
         }
         fn reset(&mut self) {
-            self.0 .1.fetch_add(1, Ordering::Relaxed);
+            self.0.resets.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn device(dev: Box<dyn VirtioDevice>) -> VirtioPciDevice {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        VirtioPciDevice::new(
+            dev,
+            Arc::new(NoKvm),
+            GuestMemoryAtomic::new(mem),
+            0xc000_0000,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Features, queue 0 at fixed addresses with `vector`, DRIVER_OK.
+    fn drive_to_ok(d: &mut VirtioPciDevice, vector: u16) {
+        d.write_common(0x08, &1u32.to_le_bytes());
+        d.write_common(0x0c, &1u32.to_le_bytes());
+        for status in [1u8, 3, 11] {
+            d.write_common(0x14, &[status]);
+        }
+        d.write_common(0x16, &0u16.to_le_bytes());
+        d.write_common(0x20, &0x1000u32.to_le_bytes());
+        d.write_common(0x28, &0x2000u32.to_le_bytes());
+        d.write_common(0x30, &0x3000u32.to_le_bytes());
+        d.write_common(0x1a, &vector.to_le_bytes());
+        d.write_common(0x1c, &1u16.to_le_bytes());
+        d.write_common(0x14, &[15]);
+    }
+
+    fn read16(d: &mut VirtioPciDevice, offset: u64) -> u16 {
+        let mut b = [0u8; 2];
+        d.read_common(offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    #[test]
+    fn vectors_past_the_table_read_back_as_no_vector() {
+        // One queue: vectors 0 (config) and 1 (the queue).
+        let mut d = device(Box::new(Recording(Arc::default())));
+        d.write_common(0x10, &1u16.to_le_bytes());
+        assert_eq!(read16(&mut d, 0x10), 1);
+        d.write_common(0x10, &2u16.to_le_bytes());
+        assert_eq!(read16(&mut d, 0x10), NO_VECTOR, "config vector 2 taken");
+        d.write_common(0x16, &0u16.to_le_bytes());
+        d.write_common(0x1a, &0x7fffu16.to_le_bytes());
+        assert_eq!(read16(&mut d, 0x1a), NO_VECTOR, "queue vector 0x7fff taken");
+        d.write_common(0x1a, &1u16.to_le_bytes());
+        assert_eq!(read16(&mut d, 0x1a), 1);
+    }
+
+    #[test]
+    fn a_vector_change_after_driver_ok_reaches_the_running_queue() {
+        let seen = Arc::new(Seen::default());
+        let mut d = device(Box::new(Recording(seen.clone())));
+        drive_to_ok(&mut d, 1);
+        let vector = seen.vector.lock().unwrap().clone().expect("activated");
+        assert_eq!(vector.get(), 1);
+        d.write_common(0x16, &0u16.to_le_bytes());
+        d.write_common(0x1a, &0u16.to_le_bytes());
+        assert_eq!(vector.get(), 0, "the worker would still use vector 1");
+        d.write_common(0x1a, &9u16.to_le_bytes());
+        assert_eq!(vector.get(), NO_VECTOR);
+    }
+
+    #[test]
+    fn no_vector_fires_after_the_write_that_masked_it() {
+        // A race, so probabilistic: with the old order (the lock dropped
+        // before the irqfd write) 2 of 3 runs caught a late fire here.
+        let msix = Arc::new(Mutex::new(MsixState::new(1)));
+        let irq = Arc::new(MsixInterrupt {
+            msix: msix.clone(),
+            irqfds: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
+        });
+        {
+            let mut m = msix.lock().unwrap();
+            m.set_control(0x8000);
+            m.table_write(12, &0u32.to_le_bytes());
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let notifier = {
+            let (irq, stop) = (irq.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    irq.notify(0);
+                }
+            })
+        };
+        let mut late = 0;
+        for _ in 0..20_000 {
+            {
+                // The guest masks the vector; what fired before is taken.
+                let mut m = msix.lock().unwrap();
+                m.table_write(12, &1u32.to_le_bytes());
+                let _ = irq.irqfds[0].read();
+            }
+            std::hint::spin_loop();
+            if irq.irqfds[0].read().is_ok() {
+                late += 1;
+            }
+            msix.lock().unwrap().table_write(12, &0u32.to_le_bytes());
+        }
+        stop.store(true, Ordering::Relaxed);
+        notifier.join().unwrap();
+        assert_eq!(late, 0, "a vector fired after the write that masked it");
     }
 
     fn read8(d: &mut VirtioPciDevice, offset: u64) -> u8 {
@@ -746,31 +885,11 @@ mod tests {
 
     #[test]
     fn a_status_write_that_clears_bits_is_ignored() {
-        let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let mut d = VirtioPciDevice::new(
-            Box::new(Counting(counts.clone())),
-            Arc::new(NoKvm),
-            GuestMemoryAtomic::new(mem),
-            0xc000_0000,
-            None,
-        )
-        .unwrap();
-        // Driver features: VERSION_1 (bit 32).
-        d.write_common(0x08, &1u32.to_le_bytes());
-        d.write_common(0x0c, &1u32.to_le_bytes());
-        for status in [1u8, 3, 11] {
-            d.write_common(0x14, &[status]);
-        }
-        assert_eq!(read8(&mut d, 0x14), 11, "FEATURES_OK refused");
-        // Queue 0: addresses, then ready.
-        d.write_common(0x16, &0u16.to_le_bytes());
-        d.write_common(0x20, &0x1000u32.to_le_bytes());
-        d.write_common(0x28, &0x2000u32.to_le_bytes());
-        d.write_common(0x30, &0x3000u32.to_le_bytes());
-        d.write_common(0x1c, &1u16.to_le_bytes());
-        d.write_common(0x14, &[15]);
-        assert_eq!(counts.0.load(Ordering::Relaxed), 1, "not activated");
+        let seen = Arc::new(Seen::default());
+        let mut d = device(Box::new(Recording(seen.clone())));
+        drive_to_ok(&mut d, 1);
+        assert_eq!(read8(&mut d, 0x14), 15, "FEATURES_OK or DRIVER_OK refused");
+        assert_eq!(seen.activations.load(Ordering::Relaxed), 1, "not activated");
 
         // DRIVER_OK cleared without a reset: ignored.
         d.write_common(0x14, &[11]);
@@ -786,11 +905,11 @@ mod tests {
         );
         // Setting DRIVER_OK again starts nothing new.
         d.write_common(0x14, &[15]);
-        assert_eq!(counts.0.load(Ordering::Relaxed), 1);
-        assert_eq!(counts.1.load(Ordering::Relaxed), 0);
+        assert_eq!(seen.activations.load(Ordering::Relaxed), 1);
+        assert_eq!(seen.resets.load(Ordering::Relaxed), 0);
         // A write of 0 is the reset.
         d.write_common(0x14, &[0]);
         assert_eq!(read8(&mut d, 0x14), 0);
-        assert_eq!(counts.1.load(Ordering::Relaxed), 1);
+        assert_eq!(seen.resets.load(Ordering::Relaxed), 1);
     }
 }

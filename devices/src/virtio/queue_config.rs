@@ -3,6 +3,8 @@
 
 use virtio_queue::{Queue, QueueT};
 
+use super::QueueVector;
+
 pub const NO_VECTOR: u16 = 0xffff;
 
 #[derive(Clone, Debug)]
@@ -10,7 +12,8 @@ pub struct QueueConfig {
     pub max_size: u16,
     pub size: u16,
     pub ready: bool,
-    pub vector: u16,
+    /// Shared with the queue's worker once it runs.
+    pub vector: QueueVector,
     pub desc: u64,
     pub avail: u64,
     pub used: u64,
@@ -22,7 +25,7 @@ impl QueueConfig {
             max_size,
             size: max_size,
             ready: false,
-            vector: NO_VECTOR,
+            vector: QueueVector::new(NO_VECTOR),
             desc: 0,
             avail: 0,
             used: 0,

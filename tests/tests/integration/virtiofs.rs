@@ -499,6 +499,13 @@ echo after-rebind > /mnt/g.txt
         s.read("g.txt") == "after-rebind\n",
         "share not writable after rebind",
         &out,
+    )?;
+    // The reset dropped the old driver's inodes and files and reopened the
+    // root, inside the file server's sandbox.
+    check(
+        !out.stderr.contains("could not drop"),
+        "the reset could not drop the old driver's state",
+        &out,
     )
 }
 

@@ -18,9 +18,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
 use fuse_backend_rs::transport::FsCacheReqHandler;
@@ -46,6 +46,13 @@ struct Mapping {
 }
 
 type Mappings = BTreeMap<u64, Mapping>;
+
+/// Whether a window operation may wait for the mappings' lock.
+#[derive(Clone, Copy)]
+enum Wait {
+    Yes,
+    No,
+}
 
 /// Held while a worker copies to or from window pages: no mapping changes
 /// meanwhile.
@@ -85,6 +92,75 @@ pub struct DaxWindow {
     parked: AtomicUsize,
     /// Zero pages for faults in the window during a worker's copy.
     faults: Option<super::window_faults::Guard>,
+    /// What parked pages and fault fills show (see [`Scratch`]).
+    scratch: Scratch,
+}
+
+/// One shared 2 MiB memory file behind every parked page and every
+/// unmapped page the guest faulted on, each window page at its offset
+/// modulo 2 MiB. Private anonymous pages there cost host memory per page
+/// the guest writes, so a guest that parked a 64 GiB window and wrote to
+/// it took 64 GiB beyond `--memory`; these cost 2 MiB per window at most.
+/// The pages read as zeros again whenever more pages are parked or
+/// filled; in between, a guest write to one of them shows in the others
+/// at the same offset (all past some file's end, or outside any mapping,
+/// where a local file system would raise SIGBUS).
+struct Scratch {
+    file: File,
+    /// A writable view of the file, for zeroing it (MADV_REMOVE).
+    view: usize,
+}
+
+const SCRATCH_LEN: u64 = 2 << 20;
+
+impl Scratch {
+    fn new() -> io::Result<Scratch> {
+        // SAFETY: a plain system call on a constant name.
+        let fd = unsafe { libc::memfd_create(c"ferry-dax-scratch".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor we own.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(SCRATCH_LEN)?;
+        // SAFETY: a new shared mapping of our own file, placed by the kernel.
+        let view = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SCRATCH_LEN as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if view == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Scratch {
+            file,
+            view: view as usize,
+        })
+    }
+
+    /// Frees the file's pages: every page mapping it reads zeros.
+    fn zero(&self) {
+        // SAFETY: our own shared writable mapping of the whole file.
+        unsafe {
+            libc::madvise(
+                self.view as *mut libc::c_void,
+                SCRATCH_LEN as usize,
+                libc::MADV_REMOVE,
+            );
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: the view is ours and nothing refers to it any more.
+        unsafe { libc::munmap(self.view as *mut libc::c_void, SCRATCH_LEN as usize) };
+    }
 }
 
 fn einval(what: String) -> io::Error {
@@ -125,6 +201,7 @@ impl DaxWindow {
             mappings: RwLock::new(BTreeMap::new()),
             parked: AtomicUsize::new(0),
             faults: Some(super::window_faults::guard(base as u64, size, page)),
+            scratch: Scratch::new()?,
         })
     }
 
@@ -240,6 +317,28 @@ impl DaxWindow {
         self.mappings.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn read_if(&self, wait: Wait) -> Option<RwLockReadGuard<'_, Mappings>> {
+        match wait {
+            Wait::Yes => Some(self.read()),
+            Wait::No => match self.mappings.try_read() {
+                Ok(g) => Some(g),
+                Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            },
+        }
+    }
+
+    fn write_if(&self, wait: Wait) -> Option<RwLockWriteGuard<'_, Mappings>> {
+        match wait {
+            Wait::Yes => Some(self.write()),
+            Wait::No => match self.mappings.try_write() {
+                Ok(g) => Some(g),
+                Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            },
+        }
+    }
+
     /// Checks that `[moffset, moffset + len)` is a non-empty, page-aligned
     /// range inside the window.
     fn check_range(&self, moffset: u64, len: u64) -> io::Result<()> {
@@ -343,7 +442,7 @@ impl DaxWindow {
                 .range(..=page)
                 .next_back()
                 .is_some_and(|(&m, map)| m + map.len > page);
-            if !mapped && self.fill_anonymous(page, self.page).is_ok() {
+            if !mapped && self.fill_scratch(page, self.page).is_ok() {
                 // Tracked as an anonymous mapping would be: not at all. A
                 // later SETUPMAPPING or REMOVEMAPPING replaces it.
                 carve(&mut mappings, page, self.page);
@@ -359,7 +458,24 @@ impl DaxWindow {
     /// file, under the read lock), so the VMM calls it every second: KVM
     /// does not always report the failed access, it may retry it forever.
     pub fn repair_truncated(&self) -> u64 {
-        self.rebalance(true)
+        self.rebalance(true, Wait::Yes).unwrap_or(0)
+    }
+
+    /// [`restore_grown`] then [`repair_truncated`], for the VMM's control
+    /// loop, which must never wait for the guest: a worker can hold the
+    /// window for as long as its request runs (a multi-GiB WRITE from
+    /// window pages, a READ from a file that blocks), and a mapping change
+    /// queued behind it blocks every later lock. `None`: the window was
+    /// busy, nothing done; the next call tries again. Else the bytes
+    /// parked.
+    ///
+    /// [`restore_grown`]: DaxWindow::restore_grown
+    /// [`repair_truncated`]: DaxWindow::repair_truncated
+    pub fn repair_if_free(&self) -> Option<u64> {
+        if self.parked.load(Ordering::SeqCst) > 0 || self.faults_flagged() {
+            self.rebalance(false, Wait::No)?;
+        }
+        self.rebalance(true, Wait::No)
     }
 
     /// Maps the file back over parked pages that its file covers again (it
@@ -367,17 +483,26 @@ impl DaxWindow {
     /// keeps its mappings across truncate and extend, so every request
     /// that may grow a file is followed by this. Returns the bytes restored.
     pub fn restore_grown(&self) -> u64 {
-        if self.parked.load(Ordering::SeqCst) == 0 && !self.faults_repaired() {
+        if self.parked.load(Ordering::SeqCst) == 0 && !self.faults_repaired(Wait::Yes) {
             return 0;
         }
-        self.rebalance(false)
+        self.rebalance(false, Wait::Yes).unwrap_or(0)
     }
 
     /// Whether the fault handler put zero pages in the window since the
     /// last call; if so, every mapping's file-backed part is mapped again
     /// (what the pages should show) before anything else.
-    fn faults_repaired(&self) -> bool {
+    fn faults_flagged(&self) -> bool {
+        self.faults.as_ref().is_some_and(|g| g.repaired())
+    }
+
+    fn faults_repaired(&self, wait: Wait) -> bool {
         let Some(guard) = &self.faults else {
+            return false;
+        };
+        // Taken only with the lock in hand, so a busy window leaves the
+        // flag for the next try.
+        let Some(mut mappings) = guard.repaired().then(|| self.write_if(wait)).flatten() else {
             return false;
         };
         if !guard.take_repaired() {
@@ -387,7 +512,6 @@ impl DaxWindow {
             "virtio-fs: a worker touched DAX window pages that were going away (a host \
              truncation, or a request rewritten after its check); mapping the files again"
         );
-        let mut mappings = self.write();
         for (&moffset, m) in mappings.iter_mut() {
             if m.backed > 0 && self.map_file(m, moffset, 0, m.backed).is_err() {
                 // Leave it to the parking below: zero pages stay.
@@ -400,14 +524,16 @@ impl DaxWindow {
 
     /// Parks (`park`) or restores mappings whose file-backed part no longer
     /// matches their file's size.
-    fn rebalance(&self, park: bool) -> u64 {
+    /// `None`: `wait` was [`Wait::No`] and the window was busy.
+    fn rebalance(&self, park: bool, wait: Wait) -> Option<u64> {
         if park {
-            self.faults_repaired();
+            self.faults_repaired(wait);
         }
-        if self.out_of_step(&self.read(), park).is_empty() {
-            return 0;
+        let found = self.out_of_step(&*self.read_if(wait)?, park);
+        if found.is_empty() {
+            return Some(0);
         }
-        let mut mappings = self.write();
+        let mut mappings = self.write_if(wait)?;
         if park {
             // Announce the park before sampling file sizes: a request that
             // grows a file and then finds `parked` still 0 did so before
@@ -420,7 +546,7 @@ impl DaxWindow {
                 continue;
             };
             let done = if park {
-                self.fill_anonymous(moffset + keep, m.backed - keep)
+                self.fill_scratch(moffset + keep, m.backed - keep)
             } else {
                 self.map_file(m, moffset, m.backed, keep - m.backed)
             };
@@ -430,7 +556,7 @@ impl DaxWindow {
             }
         }
         self.recount(&mappings);
-        moved
+        Some(moved)
     }
 
     fn recount(&self, mappings: &Mappings) {
@@ -492,22 +618,13 @@ impl DaxWindow {
 
     /// Makes `[moffset, moffset + len)` inaccessible again.
     fn reserve(&self, moffset: u64, len: u64) -> io::Result<()> {
-        self.anonymous(moffset, len, libc::PROT_NONE)
-    }
-
-    /// Puts zero pages the guest may read and write at the range.
-    fn fill_anonymous(&self, moffset: u64, len: u64) -> io::Result<()> {
-        self.anonymous(moffset, len, libc::PROT_READ | libc::PROT_WRITE)
-    }
-
-    fn anonymous(&self, moffset: u64, len: u64, prot: i32) -> io::Result<()> {
         // SAFETY: the range lies inside our reservation (callers check), and
         // callers hold the write lock, so no worker is copying from it.
         let addr = unsafe {
             libc::mmap(
                 (self.base as u64 + moffset) as *mut libc::c_void,
                 len as usize,
-                prot,
+                libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
                 -1,
                 0,
@@ -516,6 +633,34 @@ impl DaxWindow {
         if addr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        Ok(())
+    }
+
+    /// Puts zero pages the guest may read and write at the range: the
+    /// scratch file's, so they cost no memory per page (see [`Scratch`]).
+    fn fill_scratch(&self, moffset: u64, len: u64) -> io::Result<()> {
+        let mut at = moffset;
+        while at < moffset + len {
+            let offset = at % SCRATCH_LEN;
+            let n = (SCRATCH_LEN - offset).min(moffset + len - at);
+            // SAFETY: inside our reservation (callers check the range), and
+            // callers hold the write lock, so no worker is copying there.
+            let addr = unsafe {
+                libc::mmap(
+                    (self.base as u64 + at) as *mut libc::c_void,
+                    n as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    self.scratch.file.as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            if addr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            at += n;
+        }
+        self.scratch.zero();
         Ok(())
     }
 }
@@ -848,6 +993,110 @@ mod tests {
         done.store(true, Ordering::Relaxed);
         checker.join().unwrap();
         assert_eq!(stale, 0, "parked pages hid a grown file");
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Anonymous memory (kB) of the mappings inside `[start, start + len)`.
+    fn anonymous_kb(start: u64, len: u64) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        let mut kb = 0;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((a, b)) = range.split_once('-') {
+                    if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+                    {
+                        inside = a >= start && b <= start + len;
+                        continue;
+                    }
+                }
+            }
+            if let Some(v) = line.strip_prefix("Anonymous:") {
+                if inside {
+                    kb += v
+                        .trim()
+                        .trim_end_matches(" kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap();
+                }
+            }
+        }
+        kb
+    }
+
+    #[test]
+    fn guest_writes_to_parked_pages_cost_no_memory_per_page() {
+        // A mapped file truncated on the host: its pages are parked. A
+        // guest writing to all of them took host memory for each (32 MiB
+        // here, up to the window's size) beyond `--memory`.
+        let size = 32 * MIB;
+        let w = DaxWindow::new(64 * MIB).unwrap();
+        let (path, f) = temp_file("parked-writes", &vec![7u8; size as usize]);
+        w.map(0, 0, size, MAP_FLAG_READ | MAP_FLAG_WRITE, f.as_raw_fd())
+            .unwrap();
+        f.set_len(0).unwrap();
+        assert_eq!(w.repair_truncated(), size);
+        for at in (0..size).step_by(4096) {
+            // SAFETY: inside the window, parked (writable) just above.
+            unsafe { std::ptr::write_volatile((w.base as u64 + at) as *mut u8, 1) };
+        }
+        assert_eq!(
+            anonymous_kb(w.base as u64, w.size),
+            0,
+            "anonymous pages in the window"
+        );
+        let scratch = w.scratch.file.metadata().unwrap();
+        assert!(
+            std::os::unix::fs::MetadataExt::blocks(&scratch) * 512 <= SCRATCH_LEN,
+            "scratch grew past 2 MiB"
+        );
+        // Parking more zeros them again.
+        f.set_len(2 * 4096).unwrap();
+        w.restore_grown();
+        f.set_len(4096).unwrap();
+        assert_eq!(w.repair_truncated(), 4096);
+        assert_eq!(byte_at(&w, 3 * 4096), 0);
+        assert_eq!(
+            byte_at(&w, 0),
+            0,
+            "the file's own byte (zero after regrowth)"
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn the_control_loop_never_waits_for_a_pinned_request() {
+        // A worker holds a pin for as long as its request runs, and a
+        // mapping change queues behind it. The VMM's periodic repair
+        // queued too, and while it waited SIGTERM and `--timeout` did
+        // nothing: it must give up at once and try on a later tick.
+        let w = Arc::new(DaxWindow::new(2 * MIB).unwrap());
+        let (path, f) = temp_file("pinned", &[1u8; 2 * 4096]);
+        w.map(0, 0, 2 * 4096, MAP_FLAG_READ, f.as_raw_fd()).unwrap();
+        w.set_guest_addr(Some(GPA));
+        let pin = w.pin(w.shown(), [(GPA, 4096, false)]).unwrap();
+        assert!(pin.is_some());
+        let change = {
+            let w = w.clone();
+            std::thread::spawn(move || w.unmap(&[one(0, 2 * 4096)]))
+        };
+        // Let the mapping change queue behind the pin.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(w.repair_if_free());
+            });
+        }
+        let repaired = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the repair waited for a pinned request");
+        assert_eq!(repaired, None, "a busy window is left for the next tick");
+        drop(pin);
+        change.join().unwrap().unwrap();
+        assert_eq!(w.repair_if_free(), Some(0));
         let _ = std::fs::remove_file(path);
     }
 

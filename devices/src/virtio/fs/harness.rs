@@ -45,6 +45,8 @@ pub struct Harness {
     pub mem: GuestMemoryMmap,
     pub(super) worker: QueueWorker,
     pub next_desc: u16,
+    /// The device the worker serves for (its reset, its server).
+    pub device: VirtioFs,
     dir: TempDir,
     /// Where the worker's memory view shows the DAX window.
     window_shown: Option<u64>,
@@ -179,11 +181,14 @@ impl Harness {
             index: 1,
             queue,
             kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            vector: 0,
+            vector: crate::virtio::QueueVector::new(0),
             stop: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             mem: GuestMemoryAtomic::new(mem.clone()),
             interrupt: Arc::new(CountingInterrupt::default()),
+            bus_master: crate::virtio::BusMaster::new(true),
+            unsignalled: false,
             server: fs.server.clone(),
+            fs: fs.fs.clone(),
             stats: fs.stats(),
             dax: dax.map(super::dax::DaxRequests),
         };
@@ -191,6 +196,7 @@ impl Harness {
             mem,
             worker,
             next_desc: 0,
+            device: fs,
             dir: TempDir(dir),
             window_shown: None,
         }
@@ -200,6 +206,32 @@ impl Harness {
     /// table, makes the first one available and runs the worker. Returns the
     /// used length.
     pub fn submit_raw(&mut self, descs: &[RawDescriptor]) -> u32 {
+        let idx = self.place_raw(descs).wrapping_sub(1);
+        self.worker_round();
+        let used = GuestAddress(USED_RING);
+        let used_idx = self.used_idx();
+        assert_eq!(
+            used_idx,
+            idx.wrapping_add(1),
+            "the chain was not returned as used"
+        );
+        let slot = u64::from(used_idx.wrapping_sub(1) % QUEUE_LEN);
+        self.mem
+            .read_obj(used.unchecked_add(4 + 8 * slot + 4))
+            .unwrap()
+    }
+
+    /// The used ring's index.
+    pub fn used_idx(&self) -> u16 {
+        self.mem
+            .read_obj(GuestAddress(USED_RING).unchecked_add(2))
+            .unwrap()
+    }
+
+    /// Places raw descriptors (as given) in the table and makes the first
+    /// one available, without running the worker. Returns the used index
+    /// the worker reaches by serving it.
+    pub fn place_raw(&mut self, descs: &[RawDescriptor]) -> u16 {
         let head = self.next_desc;
         for (i, d) in descs.iter().enumerate() {
             let at = DESC_TABLE + 16 * u64::from(head + i as u16);
@@ -217,18 +249,7 @@ impl Harness {
             .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
             .unwrap();
         self.next_desc = (head + descs.len() as u16) % (QUEUE_LEN - 4);
-        self.worker_round();
-        let used = GuestAddress(USED_RING);
-        let used_idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
-        assert_eq!(
-            used_idx,
-            idx.wrapping_add(1),
-            "the chain was not returned as used"
-        );
-        let slot = u64::from(used_idx.wrapping_sub(1) % QUEUE_LEN);
-        self.mem
-            .read_obj(used.unchecked_add(4 + 8 * slot + 4))
-            .unwrap()
+        idx.wrapping_add(1)
     }
 
     pub fn worker_round(&mut self) {

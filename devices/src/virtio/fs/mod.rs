@@ -73,7 +73,8 @@ pub struct FsShare {
 /// virtio-fs shared memory region ids: the DAX cache.
 const SHMID_CACHE: u8 = 0;
 
-pub(crate) type FsServer = Server<Arc<policy::SharePolicy<PassthroughFs<()>>>>;
+type ShareFs = policy::SharePolicy<PassthroughFs<()>>;
+pub(crate) type FsServer = Server<Arc<ShareFs>>;
 
 /// Confines the calling thread as the file server of a share (the VMM's
 /// sandbox). The device runs it once, on the thread that later starts the
@@ -85,9 +86,10 @@ pub struct VirtioFs {
     dax: Option<Arc<DaxWindow>>,
     stats: Arc<FsStats>,
     /// One server for the device's life: it is built (and the share's root
-    /// opened) before the sandbox closes, and a new driver's INIT starts it
-    /// afresh.
+    /// opened) before the sandbox closes. A reset drops what the old
+    /// driver held (see [`VirtioFs::forget_driver`]).
     server: Arc<FsServer>,
+    fs: Arc<ShareFs>,
     spawner: spawner::Spawner,
     stop: Option<EventFd>,
     workers: Vec<JoinHandle<()>>,
@@ -103,7 +105,8 @@ impl VirtioFs {
             Some(size) => Some(Arc::new(DaxWindow::new(size)?)),
             None => None,
         };
-        let server = Arc::new(server(&share)?);
+        let fs = Arc::new(share_fs(&share)?);
+        let server = Arc::new(Server::new(fs.clone()));
         let confined_share = share.clone();
         let spawner =
             spawner::Spawner::start(format!("fs-{}", share.tag), move || match confine {
@@ -115,6 +118,7 @@ impl VirtioFs {
             dax,
             stats: Arc::new(FsStats::new(queues)),
             server,
+            fs,
             spawner,
             stop: None,
             workers: Vec::new(),
@@ -129,9 +133,67 @@ impl VirtioFs {
     pub fn stats(&self) -> Arc<FsStats> {
         self.stats.clone()
     }
+
+    /// Starts one worker per active queue, all stopped by `stop`.
+    fn start_workers(
+        &mut self,
+        stop: &EventFd,
+        activation: Activation,
+    ) -> Result<(), ActivateError> {
+        for q in activation.queues {
+            let worker = worker::QueueWorker {
+                tag: self.share.tag.clone(),
+                index: q.index,
+                queue: q.queue,
+                kick: q.kick,
+                vector: q.vector,
+                stop: stop
+                    .try_clone()
+                    .map_err(|e| ActivateError::Start(e.to_string()))?,
+                mem: activation.mem.clone(),
+                interrupt: activation.interrupt.clone(),
+                bus_master: activation.bus_master.clone(),
+                unsignalled: false,
+                server: self.server.clone(),
+                fs: self.fs.clone(),
+                stats: self.stats.clone(),
+                dax: self.dax.clone().map(dax::DaxRequests),
+            };
+            let handle = self
+                .spawner
+                .spawn(format!("fs-{}-q{}", self.share.tag, q.index), move || {
+                    worker.run()
+                })
+                .map_err(|e| ActivateError::Start(e.to_string()))?;
+            self.workers.push(handle);
+        }
+        Ok(())
+    }
+
+    /// Drops every inode and open file the old driver held (closing their
+    /// host descriptors) and reopens the share's root, as a fresh server
+    /// would start: a reset driver knows none of them, and a guest that
+    /// resets in a loop would otherwise pile up host descriptors. Runs on
+    /// a thread confined as the file server (reopening the root is file
+    /// server work, which a vCPU's sandbox does not allow).
+    fn forget_driver(&mut self) {
+        let fs = self.fs.clone();
+        let done = self
+            .spawner
+            .spawn(format!("fs-{}-reset", self.share.tag), move || {
+                fs.forget_guest()
+            })
+            .map(|h| h.join());
+        if !matches!(done, Ok(Ok(()))) {
+            log::warn!(
+                "virtio-fs '{}': could not drop the old driver's inodes and files",
+                self.share.tag
+            );
+        }
+    }
 }
 
-fn server(share: &FsShare) -> std::io::Result<FsServer> {
+fn share_fs(share: &FsShare) -> std::io::Result<ShareFs> {
     let (timeout, policy) = match share.cache {
         CacheMode::Never => (Duration::ZERO, CachePolicy::Never),
         CacheMode::Auto => (Duration::from_secs(1), CachePolicy::Auto),
@@ -171,13 +233,13 @@ fn server(share: &FsShare) -> std::io::Result<FsServer> {
             share.tag
         );
     }
-    Ok(Server::new(Arc::new(policy::SharePolicy::new(
+    Ok(policy::SharePolicy::new(
         fs,
         share.readonly,
         privileges,
         share.ids.clone(),
         posix_acl,
-    ))))
+    ))
 }
 
 impl VirtioDevice for VirtioFs {
@@ -234,31 +296,16 @@ impl VirtioDevice for VirtioFs {
             self.share.request_queues,
             activation.features
         );
-        for q in activation.queues {
-            let worker = worker::QueueWorker {
-                tag: self.share.tag.clone(),
-                index: q.index,
-                queue: q.queue,
-                kick: q.kick,
-                vector: q.vector,
-                stop: stop
-                    .try_clone()
-                    .map_err(|e| ActivateError::Start(e.to_string()))?,
-                mem: activation.mem.clone(),
-                interrupt: activation.interrupt.clone(),
-                server: self.server.clone(),
-                stats: self.stats.clone(),
-                dax: self.dax.clone().map(dax::DaxRequests),
-            };
-            let handle = self
-                .spawner
-                .spawn(format!("fs-{}-q{}", self.share.tag, q.index), move || {
-                    worker.run()
-                })
-                .map_err(|e| ActivateError::Start(e.to_string()))?;
-            self.workers.push(handle);
-        }
+        // The stop event is kept before any worker starts, so a failure
+        // part-way (no descriptors or threads left) can stop and join the
+        // workers already running: a later reset would otherwise join
+        // workers never told to stop, and hang the vCPU that asked.
+        let started = self.start_workers(&stop, activation);
         self.stop = Some(stop);
+        if let Err(e) = started {
+            self.reset();
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -269,6 +316,7 @@ impl VirtioDevice for VirtioFs {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        self.forget_driver();
         // A new driver starts with an empty window; drop the old mappings
         // (and the files they hold open).
         if let Some(w) = &self.dax {

@@ -35,6 +35,7 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyReader, ZeroCopyWriter,
 };
 use fuse_backend_rs::api::server::supp_group;
+use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use super::acl;
@@ -135,6 +136,19 @@ impl<F> SharePolicy<F> {
 fn opens_for_change(flags: u32) -> bool {
     let f = flags as i32;
     f & libc::O_ACCMODE != libc::O_RDONLY || f & libc::O_TRUNC != 0
+}
+
+impl SharePolicy<PassthroughFs<()>> {
+    /// Drops every inode and open file the guest held (closing their host
+    /// descriptors), keeping the share's root (library patch 8). After an
+    /// unmount or a device reset the guest knows none of them; kept, they
+    /// would let a guest that mounts or resets in a loop pile up host
+    /// descriptors. (The library's DESTROY also reopens the root by path,
+    /// which the sandbox may forbid: the root's mount point can lie
+    /// outside the share.)
+    pub fn forget_guest(&self) {
+        self.inner.forget_all_but_root();
+    }
 }
 
 impl<F: FileSystem> SharePolicy<F> {
@@ -275,10 +289,8 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         Ok(opts)
     }
 
-    /// Nothing: the library's DESTROY drops every inode and reopens the
-    /// share's root and its mount by path, which the sandboxed server may
-    /// not do (the mount point can lie outside the share). The guest has
-    /// forgotten its inodes by then, and the next INIT serves afresh.
+    /// Not reached: the queue worker answers DESTROY itself and calls
+    /// [`SharePolicy::forget_guest`].
     fn destroy(&self) {}
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {

@@ -23,6 +23,10 @@ struct Order {
 pub(super) struct Spawner {
     orders: Option<mpsc::Sender<Order>>,
     thread: Option<JoinHandle<()>>,
+    /// Tests: how many more threads may start before `spawn` fails, as it
+    /// does when the host is out of threads or memory.
+    #[cfg(test)]
+    pub(super) spawns_left: Option<usize>,
 }
 
 impl Spawner {
@@ -52,6 +56,8 @@ impl Spawner {
             Ok(Ok(())) => Ok(Spawner {
                 orders: Some(orders),
                 thread: Some(thread),
+                #[cfg(test)]
+                spawns_left: None,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -65,10 +71,17 @@ impl Spawner {
 
     /// Starts `job` on a new thread `name`, a child of the spawner.
     pub fn spawn(
-        &self,
+        &mut self,
         name: String,
         job: impl FnOnce() + Send + 'static,
     ) -> io::Result<JoinHandle<()>> {
+        #[cfg(test)]
+        if let Some(left) = self.spawns_left.as_mut() {
+            if *left == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+            }
+            *left -= 1;
+        }
         let (reply, answer) = mpsc::sync_channel(1);
         let gone = || io::Error::other("the worker spawner thread is gone");
         self.orders
@@ -102,7 +115,7 @@ mod tests {
 
     #[test]
     fn jobs_run_on_threads_the_spawner_started() {
-        let s = Spawner::start("spawner-test".into(), || Ok(())).unwrap();
+        let mut s = Spawner::start("spawner-test".into(), || Ok(())).unwrap();
         let ran = Arc::new(AtomicBool::new(false));
         let r = ran.clone();
         let h = s

@@ -301,10 +301,11 @@ fn activation(indexes: &[usize]) -> crate::virtio::Activation {
                 index,
                 queue: Queue::new(QUEUE_LEN).unwrap(),
                 kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                vector: 0,
+                vector: crate::virtio::QueueVector::new(0),
             })
             .collect(),
         interrupt: Arc::new(CountingInterrupt::default()),
+        bus_master: crate::virtio::BusMaster::new(true),
         features: 0,
     }
 }
@@ -335,10 +336,69 @@ fn driver_may_use_fewer_request_queues_than_offered() {
 }
 
 #[test]
+fn a_failed_activation_stops_the_workers_it_started() {
+    // The first worker starts, the second cannot (no threads left on the
+    // host): activation fails and the running worker is stopped and joined
+    // then. Before, its stop event was never kept, and the next reset
+    // joined a worker nobody had told to stop: the vCPU hung.
+    let mut fs = VirtioFs::new(
+        FsShare {
+            tag: "f".into(),
+            path: std::env::temp_dir(),
+            request_queues: 2,
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    fs.spawner.spawns_left = Some(1);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let failed = fs.activate(activation(&[0, 1, 2])).is_err();
+        let running = fs.workers.len();
+        fs.reset();
+        fs.spawner.spawns_left = None;
+        let again = fs.activate(activation(&[0, 1])).is_ok();
+        fs.reset();
+        let _ = done_tx.send((failed, running, again));
+    });
+    let (failed, running, again) = done
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("a reset after a failed activation hung");
+    assert!(failed, "activation should fail when a worker cannot start");
+    assert_eq!(running, 0, "workers left running after a failed activation");
+    assert!(again, "the device cannot be activated again");
+}
+
+#[test]
+fn nothing_is_served_while_bus_mastering_is_off() {
+    // The driver cleared bus mastering: the worker must not read the
+    // rings, serve, or signal until it is set again (issue 14, finding 7).
+    let mut h = Harness::new(false);
+    h.init();
+    h.worker.bus_master.set(false);
+    h.put_getattr();
+    let n = h.next_desc;
+    let served = h.place_raw(&[
+        desc(REQ_ADDR, 56, F_NEXT, n + 1),
+        desc(REPLY_ADDR, REPLY_LEN, F_WRITE, 0),
+    ]);
+    h.worker_round();
+    assert_eq!(
+        h.used_idx(),
+        served.wrapping_sub(1),
+        "served with bus mastering off"
+    );
+    h.worker.bus_master.set(true);
+    h.worker_round();
+    assert_eq!(h.used_idx(), served, "not served once it was on again");
+    h.still_serves();
+}
+
+#[test]
 fn destroy_is_answered_and_a_new_init_serves_again() {
-    // DESTROY (unmount) is answered by the worker; the server keeps its
-    // root, so the next mount's INIT works even where the share's mount
-    // point could not be reopened (the sandbox).
+    // DESTROY (unmount) is answered by the worker, and the next mount's
+    // INIT serves again.
     let mut h = Harness::new(false);
     h.init();
     let (_, error, _) = h.lookup(b"file");
@@ -350,6 +410,47 @@ fn destroy_is_answered_and_a_new_init_serves_again() {
     let (_, error, _) = h.lookup(b"file");
     assert_eq!(error, 0);
     h.still_serves();
+}
+
+#[test]
+fn unmount_and_reset_drop_what_the_guest_held() {
+    // After DESTROY or a device reset the old driver's inodes and open
+    // files are gone (their host descriptors closed), as with a fresh
+    // server; before, both survived, and a guest mounting or resetting in
+    // a loop piled up descriptors.
+    let getattr = fuse_backend_rs::abi::fuse_abi::Opcode::Getattr as u32;
+    let destroy = fuse_backend_rs::abi::fuse_abi::Opcode::Destroy as u32;
+    for by_reset in [false, true] {
+        let mut h = Harness::new(false);
+        h.init();
+        let (_, error, reply) = h.lookup(b"file");
+        assert_eq!(error, 0);
+        let old_node = node_of(&reply);
+        let old_fh = open_fh(&mut h, old_node, libc::O_RDWR);
+        if by_reset {
+            h.device.reset();
+        } else {
+            let (_, error, _) = h.request(&fuse_request(destroy, 9, 0, &[]));
+            assert_eq!(error, 0);
+        }
+        h.init();
+        let (_, error, _) = h.request(&fuse_request(getattr, 10, old_node, &[0; 16]));
+        assert_eq!(
+            error,
+            -libc::EBADF,
+            "reset {by_reset}: the old inode is still known"
+        );
+        let (_, error, reply) = h.lookup(b"file");
+        assert_eq!(error, 0);
+        let node = node_of(&reply);
+        let (_, error, _) = h.request(&write_request(node, old_fh, 0, 0, b"x"));
+        assert_eq!(
+            error,
+            -libc::EBADF,
+            "reset {by_reset}: the old file is still open"
+        );
+        h.still_serves();
+    }
 }
 
 #[test]

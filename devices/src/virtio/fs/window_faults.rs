@@ -48,6 +48,13 @@ pub(super) struct Guard(Option<usize>);
 
 impl Guard {
     /// Whether the handler replaced pages of this window since last asked.
+    /// Whether the handler put zero pages in the window since the last
+    /// [`take_repaired`](Guard::take_repaired), which this leaves set.
+    pub(super) fn repaired(&self) -> bool {
+        self.0
+            .is_some_and(|slot| REPAIRED[slot].load(Ordering::Acquire))
+    }
+
     pub(super) fn take_repaired(&self) -> bool {
         // Asked after every request on a DAX share: a plain load first, so
         // the common case writes no shared cache line.

@@ -15,19 +15,26 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryM
 use vmm_sys_util::eventfd::EventFd;
 
 use super::dax::{DaxRequests, DaxWindow};
-use super::{filter, init_reply, FsServer, FsStats};
-use crate::virtio::{GuestMemoryShared, VirtioInterrupt};
+use super::{filter, init_reply, FsServer, FsStats, ShareFs};
+use crate::virtio::{BusMaster, GuestMemoryShared, QueueVector, VirtioInterrupt};
 
 pub(super) struct QueueWorker {
     pub tag: String,
     pub index: usize,
     pub queue: Queue,
     pub kick: EventFd,
-    pub vector: u16,
+    pub vector: QueueVector,
     pub stop: EventFd,
     pub mem: GuestMemoryShared,
     pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// Off: no ring access, no request, no interrupt until it is on again
+    /// (the transport then kicks every queue).
+    pub bus_master: BusMaster,
+    /// Used entries added while bus mastering went off, not yet signalled.
+    pub unsignalled: bool,
     pub server: Arc<FsServer>,
+    /// The server's file system, for DESTROY (see below).
+    pub fs: Arc<ShareFs>,
     pub stats: Arc<FsStats>,
     /// Serves SETUPMAPPING and REMOVEMAPPING when the share has a window.
     pub dax: Option<DaxRequests>,
@@ -81,6 +88,9 @@ impl QueueWorker {
     }
 
     fn process(&mut self) {
+        if !self.bus_master.on() {
+            return;
+        }
         let guard = self.mem.memory();
         let mem: &GuestMemoryMmap = &guard;
         if self.rings_in_window(mem) {
@@ -95,12 +105,17 @@ impl QueueWorker {
             return;
         }
         match self.drain(mem) {
-            Ok(true) => match self.queue.needs_notification(mem) {
-                Ok(true) => self.interrupt.notify(self.vector),
-                Ok(false) => {}
-                Err(e) => log::warn!("virtio-fs '{}' q{}: {e:?}", self.tag, self.index),
-            },
-            Ok(false) => {}
+            // With bus mastering off the interrupt waits until it is on.
+            Ok(used) if !self.bus_master.on() => self.unsignalled |= used,
+            Ok(used) => {
+                if used | std::mem::take(&mut self.unsignalled) {
+                    match self.queue.needs_notification(mem) {
+                        Ok(true) => self.interrupt.notify(self.vector.get()),
+                        Ok(false) => {}
+                        Err(e) => log::warn!("virtio-fs '{}' q{}: {e:?}", self.tag, self.index),
+                    }
+                }
+            }
             // A broken ring (bad addresses, wild indexes) stops this round;
             // the next kick tries again. Ferry itself carries on.
             Err(e) => log::warn!("virtio-fs '{}' q{}: queue error: {e}", self.tag, self.index),
@@ -162,7 +177,12 @@ impl QueueWorker {
                 .disable_notification(mem)
                 .map_err(|e| format!("{e:?}"))?;
             let mut popped = false;
-            while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
+            while let Some(chain) = self
+                .bus_master
+                .on()
+                .then(|| self.queue.pop_descriptor_chain(mem))
+                .flatten()
+            {
                 let head = chain.head_index();
                 let len = self.serve(mem, chain);
                 self.queue
@@ -170,6 +190,9 @@ impl QueueWorker {
                     .map_err(|e| format!("{e:?}"))?;
                 used = true;
                 popped = true;
+            }
+            if !self.bus_master.on() {
+                return Ok(used);
             }
             if !self
                 .queue
@@ -241,8 +264,9 @@ impl QueueWorker {
         let answer = if !filter::is_known(header.opcode) {
             Some(libc::ENOSYS)
         } else if header.opcode == Opcode::Destroy as u32 {
-            // The library's DESTROY replies but reports 0 bytes written;
-            // answered here (the policy's `destroy` does nothing either).
+            // The library's DESTROY replies but reports 0 bytes written:
+            // answered here, after the guest's inodes and files are gone.
+            self.fs.forget_guest();
             Some(0)
         } else {
             None

@@ -466,6 +466,24 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         })
     }
 
+    /// Drops every open handle and every inode but the root: what a client
+    /// that unmounted or reset its device held. Unlike `destroy`, the root
+    /// stays, and with it the descriptor of its mount, which a sandboxed
+    /// server may not be able to reopen (the mount point can lie outside
+    /// the shared directory). Ferry patch 8.
+    pub fn forget_all_but_root(&self) {
+        self.handle_map.clear();
+        // Do not expect poisoned lock here, so safe to unwrap().
+        let mut inodes = self.inode_map.inodes.write().unwrap();
+        let root = inodes.get(&fuse::ROOT_ID).cloned();
+        inodes.clear();
+        if let Some(root) = root {
+            // As `import` leaves it.
+            root.refcount.store(2, Ordering::Relaxed);
+            inodes.insert(root);
+        }
+    }
+
     /// Initialize the Passthrough file system.
     pub fn import(&self) -> io::Result<()> {
         let root = CString::new(self.cfg.root_dir.as_str()).expect("CString::new failed");
