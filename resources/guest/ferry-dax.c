@@ -5,8 +5,9 @@
  *                                       buffer handed to the FUSE server is
  *                                       itself a DAX mapping
  *   ferry-dax wait PATH OFFSET TEXT SEC poll one mapping until TEXT shows there
- *   ferry-dax spin PATH SEC             read a mapping over and over; count
- *                                       SIGBUS and zero pages (host truncation)
+ *   ferry-dax spin PATH SEC [write]     read a mapping over and over; count
+ *                                       SIGBUS and zero pages (host truncation);
+ *                                       with "write", store to every page too
  * wait and spin create PATH.mapped once their mapping is in use, so a host
  * side test knows when to act.
  *   ferry-dax fuzz PATH SEED OPS [MIB]  random read/write/mmap/truncate/fsync
@@ -145,10 +146,10 @@ static void on_sigbus(int sig)
     siglongjmp(bus_jump, 1);
 }
 
-static int cmd_spin(const char *path, double secs)
+static int cmd_spin(const char *path, double secs, int write)
 {
     size_t len;
-    volatile unsigned char *p = map_file(path, 0, &len);
+    volatile unsigned char *p = map_file(path, write, &len);
     if (!p)
         return fail("mmap");
     signal(SIGBUS, on_sigbus);
@@ -163,6 +164,8 @@ static int cmd_spin(const char *path, double secs)
             }
             if (p[off] == 0)
                 zero_pages++;
+            if (write)
+                p[off] = (unsigned char)(rounds | 1);
         }
     }
     printf("spin done rounds=%lu sigbus=%lu zero-pages=%lu\n", rounds, sigbus, zero_pages);
@@ -406,8 +409,8 @@ int main(int argc, char **argv)
         return cmd_copy(argv[2], argv[3]);
     if (!strcmp(op, "wait") && argc == 6)
         return cmd_wait(argv[2], strtoull(argv[3], NULL, 0), argv[4], atof(argv[5]));
-    if (!strcmp(op, "spin") && argc == 4)
-        return cmd_spin(argv[2], atof(argv[3]));
+    if (!strcmp(op, "spin") && (argc == 4 || argc == 5))
+        return cmd_spin(argv[2], atof(argv[3]), argc == 5 && !strcmp(argv[4], "write"));
     if (!strcmp(op, "fuzz") && (argc == 5 || argc == 6))
         return cmd_fuzz(argv[2], strtoull(argv[3], NULL, 0), strtoul(argv[4], NULL, 0),
                         argc == 6 ? strtoul(argv[5], NULL, 0) : 0);

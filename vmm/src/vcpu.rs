@@ -39,11 +39,15 @@ pub struct Vcpu {
     /// Checked when guest memory cannot be reached: a file mapped there
     /// may have been truncated.
     pub dax_windows: Vec<Arc<DaxWindow>>,
-    /// KVM_RUN failed with EFAULT and was retried with nothing repaired.
-    pub efault_retried: bool,
+    /// Since when KVM_RUN has failed with EFAULT with nothing repaired
+    /// (reset by any other exit).
+    pub efault_since: Option<std::time::Instant>,
     /// Confines the thread before it runs the guest.
     pub sandbox: Sandbox,
 }
+
+/// How long EFAULTs with nothing repaired are retried before the VM ends.
+const EFAULT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 enum Step {
     Continue,
@@ -92,7 +96,7 @@ impl Vcpu {
         let id = self.id;
         let result = self.fd.run();
         if result.is_ok() {
-            self.efault_retried = false;
+            self.efault_since = None;
         }
         match result {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -151,8 +155,11 @@ impl Vcpu {
     /// when KVM says where). With DAX the cause is a host file truncated
     /// under a mapping, or the guest touching an unmapped part of a window:
     /// the windows put zero pages there and the guest goes on. Another vCPU
-    /// may have repaired it already, so one retry with nothing repaired is
-    /// allowed before giving up.
+    /// (or a host process growing the file again) may have made it
+    /// reachable already, so faults with nothing repaired are retried for
+    /// [`EFAULT_PATIENCE`] before giving up: a host that truncates and
+    /// regrows a mapped file in a loop made two in a row common (found by
+    /// the DAX stress test; one retry ended the VM with EFAULT).
     fn guest_memory_fault(&mut self, gpa: Option<u64>) -> Step {
         let repaired: u64 = self.dax_windows.iter().map(|w| w.handle_fault(gpa)).sum();
         let at = gpa.map(|g| format!(" at {g:#x}")).unwrap_or_default();
@@ -165,8 +172,11 @@ impl Vcpu {
             );
             return Step::Continue;
         }
-        if !self.efault_retried {
-            self.efault_retried = true;
+        let since = *self
+            .efault_since
+            .get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < EFAULT_PATIENCE {
+            std::thread::sleep(std::time::Duration::from_millis(1));
             return Step::Continue;
         }
         Step::Stop(ExitReason::KvmError(format!(

@@ -395,7 +395,7 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
             epoch: epoch.clone(),
             progress: p,
             dax_windows: fs.dax_windows.clone(),
-            efault_retried: false,
+            efault_since: None,
             sandbox: sandbox.clone(),
         };
         threads.push(vcpu.spawn().context("cannot start a vCPU thread")?);

@@ -254,6 +254,192 @@ fn smallest_window_runs_the_model_on_a_larger_file() -> TestResult {
     counter_is(&out, "removemapping", |n| n > 0)
 }
 
+/// Ferry's anonymous and shared memory (kB) now: guest RAM, its own heap,
+/// the DAX windows' scratch files. Pages of shared files mapped through a
+/// window are the host's page cache and not counted.
+fn ferry_memory_kb(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some(kb("RssAnon:")? + kb("RssShmem:")?)
+}
+
+/// The bound the README states for `--memory 512M` with one window: guest
+/// RAM, 2 MiB of scratch and 96 MiB for Ferry itself.
+const STRESS_MEMORY_KB: u64 = (512 + 2 + 96) << 10;
+
+/// Two guest processes read mapped files over and over, a third stores to
+/// every page of its mapped file (the parked pages too, once the host has
+/// truncated it) and a fourth writes, while the host truncates and regrows
+/// the mapped files; between
+/// rounds the guest unmounts and resets the device (unbind, bind). With
+/// `sigterm`, SIGTERM comes at a moment drawn from the clock once the
+/// readers run, and Ferry must end within a second; without, all three
+/// rounds must finish. Either way Ferry's memory stays within the README's
+/// bound and nothing panics.
+fn stress(name: &str, sigterm: bool) -> TestResult {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    ferry_tests::require_kvm()?;
+    let s = Share::new(name);
+    for f in 1..=3 {
+        fs::write(s.path(&format!("f{f}.bin")), vec![0x5au8; 8 << 20])?;
+    }
+    let script = "for r in 1 2 3; do\n\
+                  mount -t virtiofs -o dax share /mnt || exit 90\n\
+                  echo round-$r\n\
+                  for f in 1 2; do ferry-dax spin /mnt/f$f.bin 3 > /tmp/s$f.out 2>&1 & done\n\
+                  ferry-dax spin /mnt/f3.bin 3 write > /tmp/s3.out 2>&1 &\n\
+                  dd if=/dev/urandom of=/mnt/w.bin bs=64k count=128 2>/dev/null\n\
+                  wait\n\
+                  cat /tmp/s1.out /tmp/s2.out /tmp/s3.out\n\
+                  umount /mnt || exit 91\n\
+                  d=$(basename /sys/bus/virtio/drivers/virtiofs/virtio*)\n\
+                  echo $d > /sys/bus/virtio/drivers/virtiofs/unbind || exit 92\n\
+                  echo $d > /sys/bus/virtio/drivers/virtiofs/bind || exit 93\n\
+                  done\n\
+                  echo stress-done";
+    let mut child = Command::new(ferry_tests::ferry_bin()?)
+        .args([
+            "--kernel",
+            &ferry_tests::kernel()?.display().to_string(),
+            "--initramfs",
+            &ferry_tests::initramfs()?.display().to_string(),
+            "--memory",
+            "512M",
+            "--fs",
+            &s.spec("share", ",dax=on,cache-size=64M"),
+            "--cmdline",
+            &format!("quiet cmd64={}", ferry_tests::base64(script.as_bytes())),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().ok_or("no stdout")?));
+    let stderr = drain(Box::new(child.stderr.take().ok_or("no stderr")?));
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak_kb = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (stop, peak_kb) = (stop.clone(), peak_kb.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(kb) = ferry_memory_kb(pid) {
+                    peak_kb.fetch_max(kb, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let host = {
+        let (stop, root) = (stop.clone(), s.root.clone());
+        std::thread::spawn(move || {
+            let mut cycles = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for f in 1..=3 {
+                    let path = root.join(format!("f{f}.bin"));
+                    if let Ok(file) = fs::OpenOptions::new().write(true).open(&path) {
+                        let _ = file.set_len(0);
+                        std::thread::sleep(Duration::from_millis(150));
+                        let _ = file.set_len(8 << 20);
+                    }
+                }
+                cycles += 1;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            cycles
+        })
+    };
+    let since = Instant::now();
+    let mut term_to_exit = None;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if since.elapsed() > Duration::from_secs(600) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        if sigterm && term_to_exit.is_none() && s.path("f1.bin.mapped").exists() {
+            // A moment of the run drawn from the clock: up to 3 s on.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            std::thread::sleep(Duration::from_millis(u64::from(nanos % 3000)));
+            // SAFETY: signals our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let sent = Instant::now();
+            let st = loop {
+                if let Some(st) = child.try_wait()? {
+                    break st;
+                }
+                if sent.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    break child.wait()?;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            term_to_exit = Some(sent.elapsed());
+            break Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    stop.store(true, Ordering::Relaxed);
+    let _ = watcher.join();
+    let cycles = host.join().unwrap_or(0);
+    let out = Outcome {
+        status: status.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(9)),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        elapsed: since.elapsed(),
+    };
+    check(status.is_some(), "ferry did not finish within 600 s", &out)?;
+    check(!out.stderr.contains("panicked"), "Ferry panicked", &out)?;
+    let peak = peak_kb.load(Ordering::Relaxed);
+    println!(
+        "{name}: Ferry's memory peaked at {peak} kB (bound {STRESS_MEMORY_KB} kB), \
+         {cycles} host truncation cycles, SIGTERM to exit: {term_to_exit:?}"
+    );
+    check(
+        peak > 0 && peak <= STRESS_MEMORY_KB,
+        &format!("Ferry's memory peaked at {peak} kB (bound {STRESS_MEMORY_KB} kB)"),
+        &out,
+    )?;
+    if sigterm {
+        let took = term_to_exit.ok_or("the readers never started")?;
+        check(
+            took <= Duration::from_secs(1) && out.code() == Some(143),
+            &format!("SIGTERM: exit {:?} after {took:?}", out.code()),
+            &out,
+        )
+    } else {
+        guest_ok(&out, 0)?;
+        check(
+            out.stdout.contains("round-3") && out.stdout.contains("stress-done"),
+            "the guest did not finish three rounds",
+            &out,
+        )?;
+        check(cycles > 0, "the host never truncated the files", &out)
+    }
+}
+
 fn host_truncation_does_not_kill_the_guest() -> TestResult {
     let s = Share::new("dax_truncate");
     let file = s.path("t.bin");
@@ -396,6 +582,12 @@ pub fn trials() -> Vec<Trial> {
             "host_truncation_does_not_kill_the_guest",
             host_truncation_does_not_kill_the_guest,
         ),
+        Trial::test("dax::stress_truncation_and_resets", || {
+            stress("dax_stress", false)
+        }),
+        Trial::test("dax::stress_then_sigterm", || {
+            stress("dax_stress_term", true)
+        }),
         t(
             "readonly_share_maps_read_only",
             readonly_share_maps_read_only,

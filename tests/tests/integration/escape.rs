@@ -24,6 +24,10 @@ const POLICY_DEV: &str = "share policy: no device nodes (EPERM)";
 const POLICY_SETID: &str = "share policy: no setuid/setgid files (EPERM)";
 const POLICY_XATTR: &str = "share policy: security.*/trusted.* are the host's (EPERM)";
 const POLICY_RO: &str = "share policy: read-only share (EROFS)";
+const POLICY_SETID_WRITE: &str =
+    "share policy: a write, truncation or O_TRUNC open of a setuid/setgid file clears the bits first";
+const POLICY_DEV_HELD: &str =
+    "share policy: a device node already in the share is not chmod'ed, chown'ed or linked (EPERM)";
 const NO_HANDLES: &str =
     "a forged FUSE handle names a node id Ferry never gave out: no inode in the guest, none in Ferry's table";
 const NAME_MAX: &str = "guest VFS: NAME_MAX";
@@ -153,13 +157,92 @@ const ATTEMPTS: &[(&str, &str, &str)] = &[
     ("mkdir_in_readonly_share", "mkdir /ro/dir", POLICY_RO),
     ("remove_from_readonly_share", "rm /ro/file", POLICY_RO),
     ("rename_into_readonly_share", "mv /mnt/sh /ro/sh", POLICY_RO),
+    // Host files with setuid/setgid (root's, as a host binary would be):
+    // each escapes if the guest changes the contents and the bit stays.
+    (
+        "append_to_setuid_root_file",
+        "echo x >> /mnt/suid_append && [ -u /mnt/suid_append ]",
+        POLICY_SETID_WRITE,
+    ),
+    (
+        "overwrite_setuid_root_file",
+        "cp /bin/busybox /mnt/suid_cp 2>/dev/null; [ -u /mnt/suid_cp ] && cmp -s /bin/busybox /mnt/suid_cp",
+        POLICY_SETID_WRITE,
+    ),
+    (
+        "truncate_setuid_root_file",
+        "truncate -s 1 /mnt/suid_trunc && [ -u /mnt/suid_trunc ]",
+        POLICY_SETID_WRITE,
+    ),
+    (
+        "o_trunc_open_of_setuid_file",
+        ": > /mnt/suid_otrunc && [ -u /mnt/suid_otrunc ]",
+        POLICY_SETID_WRITE,
+    ),
+    (
+        "append_to_setgid_file",
+        "echo x >> /mnt/sgid_append && [ -g /mnt/sgid_append ]",
+        POLICY_SETID_WRITE,
+    ),
+    (
+        "dd_into_setuid_file",
+        "dd if=/dev/zero of=/mnt/suid_dd bs=1 count=4 conv=notrunc 2>/dev/null && [ -u /mnt/suid_dd ]",
+        POLICY_SETID_WRITE,
+    ),
+    (
+        "copy_then_chmod_ug_plus_s",
+        "cp /bin/busybox /mnt/sx && chmod u+s,g+s /mnt/sx",
+        POLICY_SETID,
+    ),
+    ("chmod_g_plus_s", "chmod g+s /mnt/sh", POLICY_SETID),
+    ("chmod_6755", "chmod 6755 /mnt/sh", POLICY_SETID),
+    (
+        "mknod_block_in_subdirectory",
+        "mkdir -p /mnt/devdir && mknod /mnt/devdir/sda b 8 0",
+        POLICY_DEV,
+    ),
+    (
+        "mknod_char_kmem",
+        "mknod /mnt/kmem c 1 2",
+        POLICY_DEV,
+    ),
+    // A character device node a host user left in the share.
+    ("chmod_host_device_node", "chmod 0666 /mnt/hostdev", POLICY_DEV_HELD),
+    ("chown_host_device_node", "chown 1000 /mnt/hostdev", POLICY_DEV_HELD),
+    (
+        "link_host_device_node",
+        "ln /mnt/hostdev /mnt/hostdev2",
+        POLICY_DEV_HELD,
+    ),
+    (
+        "ima_xattr",
+        "ferry-fsutil setxattr /mnt/sh security.ima 0x0302",
+        POLICY_XATTR,
+    ),
+    (
+        "trusted_xattr_other",
+        "ferry-fsutil setxattr /mnt/sh trusted.ferry y",
+        POLICY_XATTR,
+    ),
+    (
+        "symlink_loop_out",
+        "ln -s /mnt/loop2 /mnt/loop1 && ln -s ../outside/secret /mnt/loop2 && cat /mnt/loop1 | grep -q host-secret",
+        GUEST_VFS,
+    ),
+    (
+        "rename_symlink_over_dir",
+        "mkdir /mnt/rd && ln -s ../outside /mnt/rl && mv -T /mnt/rl /mnt/rd 2>/dev/null; cat /mnt/rd/secret | grep -q host-secret",
+        GUEST_VFS,
+    ),
 ];
 
 /// The error message the guest's tools print when `defence` is Ferry's
 /// share policy.
 fn policy_error(defence: &str) -> Option<&'static str> {
     match defence {
-        POLICY_DEV | POLICY_SETID | POLICY_XATTR => Some("Operation not permitted"),
+        POLICY_DEV | POLICY_SETID | POLICY_XATTR | POLICY_DEV_HELD => {
+            Some("Operation not permitted")
+        }
         POLICY_RO => Some("Read-only file system"),
         _ => None,
     }
@@ -175,6 +258,24 @@ fn battery() -> TestResult {
     std::os::unix::fs::symlink("../outside/secret", s.path("rel"))?;
     std::os::unix::fs::symlink("../outside", s.path("updir"))?;
     std::os::unix::fs::symlink(&outside, s.path("hostlinkdir"))?;
+    // Root's setuid/setgid files and a device node, made on the host.
+    let setid = [
+        ("suid_append", 0o4755),
+        ("suid_cp", 0o4755),
+        ("suid_trunc", 0o4755),
+        ("suid_otrunc", 0o4755),
+        ("sgid_append", 0o2755),
+        ("suid_dd", 0o4755),
+    ];
+    for (name, mode) in setid {
+        fs::write(s.path(name), "#!/bin/sh\necho host binary\n")?;
+        fs::set_permissions(s.path(name), fs::Permissions::from_mode(mode))?;
+    }
+    let dev = std::ffi::CString::new(s.path("hostdev").as_os_str().as_encoded_bytes())?;
+    // SAFETY: a plain system call on a path we own (the test runs as root).
+    if unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) } != 0 {
+        return Err(format!("mknod hostdev: {}", std::io::Error::last_os_error()).into());
+    }
     // Too long for the kernel command line: the guest runs it from the share.
     let mut script = String::from(
         "try() { if err=$(sh -c \"$2\" 2>&1); then echo \"ATTEMPT $1 ESCAPED\"; \
@@ -230,6 +331,21 @@ fn battery() -> TestResult {
         let entry = entry?;
         let m = fs::symlink_metadata(entry.path())?;
         let kind = m.mode() & libc::S_IFMT;
+        if entry.file_name() == "hostdev" {
+            check(
+                kind == libc::S_IFCHR
+                    && m.mode() & 0o7777 == 0o600
+                    && m.uid() == 0
+                    && m.nlink() == 1,
+                &format!(
+                    "the host's device node changed: mode {:o} uid {}",
+                    m.mode(),
+                    m.uid()
+                ),
+                &out,
+            )?;
+            continue;
+        }
         check(
             kind != libc::S_IFBLK && kind != libc::S_IFCHR,
             &format!("device node {:?} on the host", entry.file_name()),
