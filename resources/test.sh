@@ -16,6 +16,15 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The DAX stress tests (ignored in the run above) keep guest CPUs busy for
+# their whole run: alone, after the suite, so they add no load beside the
+# other guests (the emulated KVM host went down once with them in the
+# parallel run).
+echo "[test] DAX stress, alone" >&2
+cargo test -p ferry-tests --test integration -- --ignored dax::stress --test-threads=1 2>&1 |
+    tee -a "$log"
+stress_status=${PIPESTATUS[0]}
+[ "$status" -ne 0 ] || status=$stress_status
 # The fuzz targets' kept corpus, replayed through the same code (seconds;
 # fuzz/ is a workspace of its own).
 echo "[test] fuzz corpus replay" >&2

@@ -582,12 +582,17 @@ pub fn trials() -> Vec<Trial> {
             "host_truncation_does_not_kill_the_guest",
             host_truncation_does_not_kill_the_guest,
         ),
+        // Marked ignored: they keep guest CPUs busy for their whole run, so
+        // resources/test.sh runs them alone after the suite
+        // (`-- --ignored dax::stress`), not beside the other guests.
         Trial::test("dax::stress_truncation_and_resets", || {
             stress("dax_stress", false)
-        }),
+        })
+        .with_ignored_flag(true),
         Trial::test("dax::stress_then_sigterm", || {
             stress("dax_stress_term", true)
-        }),
+        })
+        .with_ignored_flag(true),
         t(
             "readonly_share_maps_read_only",
             readonly_share_maps_read_only,
