@@ -61,13 +61,6 @@ pub struct MsixInterrupt {
 }
 
 impl MsixInterrupt {
-    fn vectors(&self) -> u16 {
-        self.msix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .vectors()
-    }
-
     fn fire(&self, vector: u16) {
         if let Some(fd) = self.irqfds.get(usize::from(vector)) {
             if let Err(e) = fd.write(1) {
@@ -293,8 +286,11 @@ impl VirtioPciDevice {
         // A vector past the MSI-X table reads back as NO_VECTOR: that is how
         // the driver learns the device could not take it (virtio 1.2,
         // 4.1.5.1.2).
-        let vectors = self.interrupt.vectors();
-        let vector = if v16 < vectors { v16 } else { NO_VECTOR };
+        let vector = if usize::from(v16) < self.gsis.len() {
+            v16
+        } else {
+            NO_VECTOR
+        };
         match offset {
             0x00 => self.device_feature_select = v32,
             0x08 => self.driver_feature_select = v32,

@@ -198,59 +198,55 @@ fn fnv1a(data: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-/// `ferry-dax fuzz`: random read/write/mmap/truncate/fsync on a file of
-/// up to 8 MiB, checked against a model, through the default 1G window
-/// (the file never makes the guest reclaim).
-fn random_workload_matches_a_model() -> TestResult {
-    let s = Share::new("dax_fuzz");
-    let ops = 10_000;
+/// Runs `ferry-dax fuzz` on `file` (ops, seed, largest size in MiB) in a
+/// guest with `--fs` options `opts`: the checker must finish, and the host
+/// file must be what the guest's model says.
+fn model_run(
+    share_name: &str,
+    opts: &str,
+    file: &str,
+    seed: u64,
+    ops: u64,
+    mib: u64,
+) -> Result<Outcome, libtest_mimic::Failed> {
+    let s = Share::new(share_name);
     let out = dax_guest(
         &s,
-        "",
-        &format!("ferry-dax fuzz /mnt/fuzz.bin 20261123 {ops}"),
+        opts,
+        &format!("ferry-dax fuzz /mnt/{file} {seed} {ops} {mib}"),
     )
     .run()?;
     guest_ok(&out, 0)?;
     let line = line_with(&out.stdout, "fuzz ok");
-    let field = |k: &str| field(line, k).unwrap_or("").to_string();
     check(
-        field("ops") == ops.to_string(),
+        field(line, "ops") == Some(ops.to_string().as_str()),
         "the checker did not finish",
         &out,
     )?;
-    let host = fs::read(s.path("fuzz.bin"))?;
+    let host = fs::read(s.path(file))?;
     check(
-        field("size") == host.len().to_string() && field("fnv") == fnv1a(&host),
+        field(line, "size") == Some(host.len().to_string().as_str())
+            && field(line, "fnv") == Some(fnv1a(&host).as_str()),
         "the host file differs from the guest's model",
         &out,
     )?;
+    Ok(out)
+}
+
+/// `ferry-dax fuzz`: random read/write/mmap/truncate/fsync on a file of
+/// up to 8 MiB, checked against a model, through the default 1G window
+/// (the file never makes the guest reclaim).
+fn random_workload_matches_a_model() -> TestResult {
+    let out = model_run("dax_fuzz", "", "fuzz.bin", 20261123, 10_000, 8)?;
     counter_is(&out, "setupmapping", |n| n > 0)
 }
 
 /// The smallest window Ferry accepts (4M, two 2 MiB ranges) under a file
 /// eight times its size: the guest takes ranges back from the file all the
-/// time. The model must match, and the host file must be what it says.
-/// (`bench/dax-window.sh` measures other sizes and several processes; see
-/// fs_option.rs DAX_WINDOW_SMALLEST.)
+/// time. (`bench/dax-window.sh` measures other sizes and several
+/// processes; see fs_option.rs DAX_WINDOW_SMALLEST.)
 fn smallest_window_runs_the_model_on_a_larger_file() -> TestResult {
-    let s = Share::new("dax_small");
-    let ops = 4_000;
-    let out = dax_guest(
-        &s,
-        ",cache-size=4M",
-        &format!("ferry-dax fuzz /mnt/big.bin 11 {ops} 32"),
-    )
-    .run()?;
-    guest_ok(&out, 0)?;
-    let line = line_with(&out.stdout, "fuzz ok");
-    let host = fs::read(s.path("big.bin"))?;
-    check(
-        field(line, "ops") == Some(ops.to_string().as_str())
-            && field(line, "size") == Some(host.len().to_string().as_str())
-            && field(line, "fnv") == Some(fnv1a(&host).as_str()),
-        "the host file differs from the guest's model",
-        &out,
-    )?;
+    let out = model_run("dax_small", ",cache-size=4M", "big.bin", 11, 4_000, 32)?;
     counter_is(&out, "removemapping", |n| n > 0)
 }
 
