@@ -5,6 +5,8 @@
 # for each window the runs that passed, failed (an error in the guest) or
 # hung (no end within the deadline). Files larger than the window make the
 # guest take ranges back from them (reclaim) all the time.
+# FERRY_DAX_RETRY_BUSY=1 makes the guest retry a read or write the guest
+# kernel refused with EBUSY (see ferry-dax.c) and count the retries.
 #
 #   bench/dax-window.sh [-w "2M 4M 8M 16M"] [-r RUNS] [-o OPS] [-s FILE_MIB]
 #                       [-p PROCS] [-j JOBS] [-t DEADLINE_S]
@@ -63,6 +65,7 @@ trap 'rm -rf "$work"' EXIT
 guest_script() { # $1: seed
     local p
     echo "mount -t virtiofs -o dax share /mnt || exit 90"
+    echo "export FERRY_DAX_RETRY_BUSY=${FERRY_DAX_RETRY_BUSY:-0}"
     echo "(sleep $((deadline - 20)); echo 'dax-window: still running: blocked tasks follow'; echo 8 > /proc/sys/kernel/printk; echo w > /proc/sysrq-trigger) &"
     echo "pids="
     for p in $(seq 1 "$procs"); do
@@ -120,7 +123,8 @@ one_run() { # $1: window, $2: seed; prints "window seed result seconds"
         result=fail
     fi
     echo "[dax-window] window $w seed $seed: $result after $((SECONDS - start)) s" \
-        "($(grep -c 'fuzz progress' "$log") progress lines)" >&2
+        "($(grep -c 'fuzz progress' "$log") progress lines," \
+        "$(grep -o 'busy=[0-9]*' "$log" | awk -F= '{ n += $2 } END { print n + 0 }') EBUSY retried)" >&2
     if [ "$result" != ok ]; then
         # The evidence, also where $out is not reachable (the emulated
         # KVM host's /tmp is its own).

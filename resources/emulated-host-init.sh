@@ -25,7 +25,26 @@ if [ ! -c /dev/kvm ]; then
     echo "emulated-host: no /dev/kvm inside the emulated host (does QEMU's -cpu max offer SVM here?)"
     status=1
 else
-    bash /run/job/job.sh
+    bash /run/job/job.sh &
+    job=$!
+    # The watchdog: a command past its time gets its blocked tasks and
+    # process list printed, then is killed, so a hang fails the run with
+    # evidence instead of stalling it (emulated-host.sh bounds QEMU too,
+    # for an emulated host that stops altogether).
+    case "${ferry_timeout:-0}" in
+    0 | *[!0-9]*) ;;
+    *)
+        (
+            sleep "$ferry_timeout"
+            echo "emulated-host: the command ran past $ferry_timeout s (FERRY_EMU_TIMEOUT); blocked tasks and processes follow, then it is killed"
+            echo w > /proc/sysrq-trigger
+            dmesg | tail -n 400
+            ps -ww --ppid 2 -p 2 --deselect -o pid,stat,etime,wchan:24,args 2>/dev/null || ps -e
+            kill -KILL -- -"$job" "$job" 2>/dev/null
+        ) &
+        ;;
+    esac
+    wait "$job"
     status=$?
 fi
 echo "$status" > /run/job/status

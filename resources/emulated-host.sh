@@ -17,7 +17,10 @@
 # vCPUs under load triple-faulted or took the emulated host down now and
 # then; with 4, 10 runs in a row passed), FERRY_EMU_KERNEL (default: the project kernel),
 # FERRY_EMU_LOGLEVEL (the emulated host kernel's console loglevel, default 0;
-# 4 shows its warnings, such as soft lockups).
+# 4 shows its warnings, such as soft lockups), FERRY_EMU_TIMEOUT (seconds
+# the command may run, default 2700, 0 for no bound: past it the emulated
+# host prints its blocked tasks and kills the command, and QEMU itself is
+# stopped 120 s later if the emulated host no longer answers).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -60,12 +63,16 @@ trap 'rm -rf "$job"' EXIT
 
 cmdline="console=ttyS0 quiet loglevel=${FERRY_EMU_LOGLEVEL:-0} panic=-1 root=hostroot rootfstype=9p"
 cmdline+=" rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose ro"
-cmdline+=" init=$here/emulated-host-init.sh ferry_exit=$exit_helper ferry_repo=$repo"
+timeout=${FERRY_EMU_TIMEOUT:-2700}
+[[ $timeout =~ ^[0-9]+$ ]] || { echo "emulated-host: FERRY_EMU_TIMEOUT=$timeout: expected seconds" >&2; exit 2; }
+cmdline+=" init=$here/emulated-host-init.sh ferry_exit=$exit_helper ferry_repo=$repo ferry_timeout=$timeout"
 # Output to a pipe or file: plain "\n" line ends, as the command wrote them.
 [ -t 1 ] || cmdline+=" ferry_plain_console=1"
 
+bound=()
+[ "$timeout" = 0 ] || bound=(timeout --kill-after=10 $((timeout + 120)))
 set +e
-"$qemu" -accel tcg,thread=multi -M pc -cpu max \
+"${bound[@]}" "$qemu" -accel tcg,thread=multi -M pc -cpu max \
     -m "${FERRY_EMU_MEMORY:-6G}" -smp "$emu_cpus" \
     -display none -vga none -no-reboot -nic none -monitor none -serial stdio \
     -device isa-debug-exit,iobase=0xf4,iosize=1 \
@@ -80,6 +87,10 @@ set +e
 qemu_status=$?
 set -e
 
+if [ "$qemu_status" = 124 ] && [ ! -s "$job/status" ]; then
+    echo "emulated-host: the emulated KVM host stopped answering: QEMU killed after $((timeout + 120)) s (FERRY_EMU_TIMEOUT=$timeout)" >&2
+    exit 1
+fi
 if [ ! -s "$job/status" ]; then
     echo "emulated-host: the emulated KVM host stopped before the command finished (QEMU exit $qemu_status)" >&2
     exit 1

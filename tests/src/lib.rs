@@ -221,65 +221,190 @@ pub fn run_ferry_with(
     setup: impl FnOnce(&mut Command),
 ) -> Result<Outcome, String> {
     let bin = ferry_bin()?;
-    let start = Instant::now();
     let mut command = Command::new(&bin);
     setup(&mut command);
-    let mut child = command
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
+    command.args(args);
+    run_bounded(command, stdin, deadline)
+}
+
+/// Runs `command`, feeding `stdin`, and collects its output; past
+/// `deadline` it is killed and the error says what it was doing.
+fn run_bounded(
+    command: Command,
+    stdin: Option<&[u8]>,
+    deadline: Duration,
+) -> Result<Outcome, String> {
+    Running::start(command, stdin)?.finish(deadline)
+}
+
+/// A started run whose output is being collected. Every wait on it is
+/// bounded: a hung run fails its test with its evidence instead of
+/// stalling the suite.
+pub struct Running {
+    child: std::process::Child,
+    program: String,
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+    start: Instant,
+    status: Option<ExitStatus>,
+}
+
+impl Running {
+    fn start(mut command: Command, stdin: Option<&[u8]>) -> Result<Running, String> {
+        let start = Instant::now();
+        let program = Path::new(command.get_program()).display().to_string();
+        let mut child = command
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            let input = input.to_vec();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = pipe.write_all(&input);
+                // Keep the pipe open a while so the guest reads input before EOF.
+                std::thread::sleep(Duration::from_secs(30));
+            });
+        }
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut v);
+                }
+                v
+            })
+        };
+        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+        Ok(Running {
+            child,
+            program,
+            stdout,
+            stderr,
+            start,
+            status: None,
         })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        let input = input.to_vec();
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let _ = pipe.write_all(&input);
-            // Keep the pipe open a while so the guest reads input before EOF.
-            std::thread::sleep(Duration::from_secs(30));
-        });
     }
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break status;
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it has exited (never waits).
+    pub fn has_ended(&mut self) -> Result<bool, String> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().map_err(|e| e.to_string())?;
         }
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stdout =
-                String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
-            return Err(format!(
-                "ferry did not finish within {deadline:?}; output so far:\n{stdout}"
-            ));
+        Ok(self.status.is_some())
+    }
+
+    /// Waits until it exits, up to `deadline` from its start; past that it
+    /// is killed and the error says what it was doing ([`Running::hung`]).
+    pub fn finish(mut self, deadline: Duration) -> Result<Outcome, String> {
+        while !self.has_ended()? {
+            if self.start.elapsed() > deadline {
+                return Err(self.hung(deadline));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let elapsed = self.start.elapsed();
+        // It has exited; a child it left behind could still hold the
+        // pipes, so the readers get a bound too.
+        let by = Instant::now() + Duration::from_secs(10);
+        Ok(Outcome {
+            status: self.status.expect("has_ended saw the status"),
+            stdout: String::from_utf8_lossy(&collect(self.stdout, by)).into_owned(),
+            stderr: String::from_utf8_lossy(&collect(self.stderr, by)).into_owned(),
+            elapsed,
+        })
+    }
+
+    /// Ends a run past its deadline and says what was going on: what each
+    /// of its threads waited in (an idle Ferry points at the guest, whose
+    /// blocked tasks the guest init's watchdog has printed by then),
+    /// whether SIGKILL ended it, and what it printed.
+    fn hung(mut self, deadline: Duration) -> String {
+        let program = &self.program;
+        let waits = thread_waits(self.child.id());
+        let _ = self.child.kill();
+        let killed_by = Instant::now() + Duration::from_secs(10);
+        let mut ended = false;
+        while Instant::now() < killed_by {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                ended = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let after_kill = if ended {
+            String::new()
+        } else {
+            format!(
+                "\n{program} outlived SIGKILL for 10 s; its threads now:\n{}",
+                thread_waits(self.child.id())
+            )
+        };
+        let by = Instant::now() + Duration::from_secs(if ended { 10 } else { 1 });
+        let stdout = String::from_utf8_lossy(&collect(self.stdout, by)).into_owned();
+        let stderr = String::from_utf8_lossy(&collect(self.stderr, by)).into_owned();
+        format!(
+            "{program} did not finish within {deadline:?}; its threads then:\n{waits}{after_kill}\n\
+             --- stdout ---\n{stdout}\n--- stderr (last 60 lines) ---\n{}",
+            last_lines(&stderr, 60)
+        )
+    }
+}
+
+/// What a pipe reader read, if it finishes by `by` (else a note: the
+/// thread is left to end with the pipe).
+fn collect(reader: std::thread::JoinHandle<Vec<u8>>, by: Instant) -> Vec<u8> {
+    while !reader.is_finished() && Instant::now() < by {
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if reader.is_finished() {
+        reader.join().unwrap_or_default()
+    } else {
+        b"(the pipe stayed open: output not collected)".to_vec()
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Each thread of process `pid`: its name, state, wait channel and (as
+/// root) kernel stack.
+pub fn thread_waits(pid: u32) -> String {
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(process {pid} is gone)\n");
     };
-    let elapsed = start.elapsed();
-    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-    Ok(Outcome {
-        status,
-        stdout,
-        stderr,
-        elapsed,
-    })
+    let mut report = String::new();
+    for task in tasks.flatten() {
+        let t = task.path();
+        let state = read(&t.join("status"))
+            .lines()
+            .find_map(|l| l.strip_prefix("State:").map(|s| s.trim().to_string()))
+            .unwrap_or_default();
+        report += &format!(
+            "--- {} ({}): {state}, in {}\n",
+            read(&t.join("comm")).trim(),
+            task.file_name().to_string_lossy(),
+            read(&t.join("wchan")).trim()
+        );
+        for frame in read(&t.join("stack")).lines().take(12) {
+            report += &format!("    {frame}\n");
+        }
+    }
+    report
 }
 
 /// A guest boot of the project kernel + initramfs running `cmd` in the
@@ -345,6 +470,13 @@ impl Guest {
         self.run_with(|_| {})
     }
 
+    /// Starts the guest and returns at once, for a test that acts while
+    /// it runs; [`Running::finish`] with the same deadline collects it.
+    pub fn spawn(self) -> Result<Running, String> {
+        let (command, stdin, _) = self.ferry_command(|_| {})?;
+        Running::start(command, stdin.as_deref())
+    }
+
     /// [`Guest::run`] with Ferry started as host user `uid`, group `gid`
     /// (and no supplementary groups).
     pub fn run_as(self, uid: u32, gid: u32) -> Result<Outcome, String> {
@@ -355,21 +487,40 @@ impl Guest {
     }
 
     fn run_with(self, setup: impl FnOnce(&mut Command)) -> Result<Outcome, String> {
+        let (command, stdin, deadline) = self.ferry_command(setup)?;
+        run_bounded(command, stdin.as_deref(), deadline)
+    }
+
+    /// The `ferry` command line for this guest, its input and deadline.
+    #[allow(clippy::type_complexity)]
+    fn ferry_command(
+        self,
+        setup: impl FnOnce(&mut Command),
+    ) -> Result<(Command, Option<Vec<u8>>, Duration), String> {
         require_kvm()?;
         let kernel = match self.kernel {
             Some(k) => k,
             None => kernel()?,
         };
-        let mut args = vec![
+        let mut cmdline = self.cmdline;
+        // The guest init's watchdog prints the guest's blocked tasks a
+        // little before the deadline, so a hung run shows where it hung.
+        let secs = self.deadline.as_secs();
+        if secs >= 45 {
+            cmdline.push(format!("ferry_watchdog={}", secs - 15));
+        }
+        let mut command = Command::new(ferry_bin()?);
+        setup(&mut command);
+        command.args([
             "--kernel".to_string(),
             kernel.display().to_string(),
             "--initramfs".into(),
             initramfs()?.display().to_string(),
             "--cmdline".into(),
-            self.cmdline.join(" "),
-        ];
-        args.extend(self.args);
-        run_ferry_with(&args, self.stdin.as_deref(), self.deadline, setup)
+            cmdline.join(" "),
+        ]);
+        command.args(self.args);
+        Ok((command, self.stdin, self.deadline))
     }
 }
 
@@ -456,5 +607,48 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn a_run_past_its_deadline_is_killed_and_reported() {
+        let begun = Instant::now();
+        let err = run_bounded(
+            sh("echo started; exec sleep 60"),
+            None,
+            Duration::from_millis(500),
+        )
+        .expect_err("a run past its deadline is an error");
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            begun.elapsed()
+        );
+        assert!(err.contains("did not finish within 500ms"), "{err}");
+        assert!(err.contains("--- sleep ("), "the threads are named: {err}");
+        assert!(err.contains("started"), "what it printed is kept: {err}");
+    }
+
+    #[test]
+    fn a_child_left_holding_the_pipes_does_not_stall_the_collection() {
+        let begun = Instant::now();
+        let out = run_bounded(sh("sleep 60 & echo parent"), None, Duration::from_secs(30))
+            .expect("the run itself ends");
+        assert!(out.status.success());
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            begun.elapsed()
+        );
+        assert!(
+            out.stdout.contains("the pipe stayed open"),
+            "{}",
+            out.stdout
+        );
     }
 }

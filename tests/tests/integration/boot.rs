@@ -166,6 +166,30 @@ fn stalled_guest_is_detected() -> TestResult {
     )
 }
 
+/// A guest that never ends fails its test at the deadline, with the
+/// evidence a hang needs: the guest's processes (the init's watchdog, a
+/// little before the deadline) and what each Ferry thread waited in.
+fn hung_guest_fails_with_its_evidence() -> TestResult {
+    let run = Guest::command("mkfifo /tmp/never; echo waiting; cat /tmp/never")
+        .deadline(Duration::from_secs(45))
+        .run();
+    let Err(report) = run else {
+        return Err(format!("a guest that never ends ended: {run:?}").into());
+    };
+    for evidence in [
+        "did not finish within 45s",
+        "waiting",
+        "ferry-init: still running after 30 s",
+        "cat /tmp/never",
+        "--- vcpu0 (",
+    ] {
+        if !report.contains(evidence) {
+            return Err(format!("the report lacks {evidence:?}:\n{report}").into());
+        }
+    }
+    Ok(())
+}
+
 fn kvm_internal_error_is_reported() -> TestResult {
     let out = tiny_kernel("nothing.elf", JUMP_INTO_NOTHING, &[], 30)?;
     check(
@@ -256,6 +280,10 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("exit::triple_fault", triple_fault_stops_the_vm),
         Trial::test("exit::stalled_guest", stalled_guest_is_detected),
         Trial::test("exit::kvm_internal_error", kvm_internal_error_is_reported),
+        Trial::test(
+            "exit::hung_guest_fails_with_evidence",
+            hung_guest_fails_with_its_evidence,
+        ),
     ];
     trials.extend(bad_input_trials());
     trials
