@@ -248,7 +248,7 @@ fn random_workload_matches_a_model() -> TestResult {
 /// eight times its size: the guest takes ranges back from the file all the
 /// time, and the data must stay right. The guest kernel itself now and then
 /// refuses a read or write there with EBUSY (3 runs of 8 measured, see
-/// the README), which is retried so the check runs to the end; the count
+/// docs/dax.md), which is retried so the check runs to the end; the count
 /// is printed. (`bench/dax-window.sh` measures other sizes and several
 /// processes; see fs_option.rs DAX_WINDOW_SMALLEST.)
 fn smallest_window_runs_the_model_on_a_larger_file() -> TestResult {
@@ -280,7 +280,7 @@ fn ferry_memory_kb(pid: u32) -> Option<u64> {
     Some(kb("RssAnon:")? + kb("RssShmem:")?)
 }
 
-/// The bound the README states for `--memory 512M` with one window: guest
+/// The bound docs/dax.md states for `--memory 512M` with one window: guest
 /// RAM, 2 MiB of scratch and 96 MiB for Ferry itself.
 const STRESS_MEMORY_KB: u64 = (512 + 2 + 96) << 10;
 
@@ -294,7 +294,7 @@ const STRESS_DEADLINE: Duration = Duration::from_secs(600);
 /// rounds the guest unmounts and resets the device (unbind, bind). With
 /// `sigterm`, SIGTERM comes at a moment drawn from the clock once the
 /// readers run, and Ferry must end within a second; without, all three
-/// rounds must finish. Either way Ferry's memory stays within the README's
+/// rounds must finish. Either way Ferry's memory stays within docs/dax.md's
 /// bound and nothing panics.
 fn stress(name: &str, sigterm: bool) -> TestResult {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
