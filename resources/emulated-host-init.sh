@@ -39,8 +39,12 @@ else
             echo "emulated-host: the command ran past $ferry_timeout s (FERRY_EMU_TIMEOUT); blocked tasks and processes follow, then it is killed"
             echo w > /proc/sysrq-trigger
             dmesg | tail -n 400
-            ps -ww --ppid 2 -p 2 --deselect -o pid,stat,etime,wchan:24,args 2>/dev/null || ps -e
-            kill -KILL -- -"$job" "$job" 2>/dev/null
+            # ps reads each process's command line, which waits for a
+            # process's mmap lock: bounded, so the kill below comes.
+            timeout -s KILL 20 ps -ww --ppid 2 -p 2 --deselect -o pid,stat,etime,wchan:24,args
+            # The job has no process group of its own (no job control):
+            # its children end with the power-off that follows.
+            kill -KILL "$job" 2>/dev/null
         ) &
         ;;
     esac

@@ -65,12 +65,15 @@ cmdline="console=ttyS0 quiet loglevel=${FERRY_EMU_LOGLEVEL:-0} panic=-1 root=hos
 cmdline+=" rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose ro"
 timeout=${FERRY_EMU_TIMEOUT:-2700}
 [[ $timeout =~ ^[0-9]+$ ]] || { echo "emulated-host: FERRY_EMU_TIMEOUT=$timeout: expected seconds" >&2; exit 2; }
+timeout=$((10#$timeout))
 cmdline+=" init=$here/emulated-host-init.sh ferry_exit=$exit_helper ferry_repo=$repo ferry_timeout=$timeout"
 # Output to a pipe or file: plain "\n" line ends, as the command wrote them.
 [ -t 1 ] || cmdline+=" ferry_plain_console=1"
 
 bound=()
-[ "$timeout" = 0 ] || bound=(timeout --kill-after=10 $((timeout + 120)))
+# --foreground: QEMU stays in the caller's process group, so Ctrl-C still
+# reaches it.
+[ "$timeout" = 0 ] || bound=(timeout --foreground --kill-after=10 $((timeout + 120)))
 set +e
 "${bound[@]}" "$qemu" -accel tcg,thread=multi -M pc -cpu max \
     -m "${FERRY_EMU_MEMORY:-6G}" -smp "$emu_cpus" \
@@ -87,7 +90,7 @@ set +e
 qemu_status=$?
 set -e
 
-if [ "$qemu_status" = 124 ] && [ ! -s "$job/status" ]; then
+if { [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; } && [ "$timeout" != 0 ] && [ ! -s "$job/status" ]; then
     echo "emulated-host: the emulated KVM host stopped answering: QEMU killed after $((timeout + 120)) s (FERRY_EMU_TIMEOUT=$timeout)" >&2
     exit 1
 fi

@@ -243,8 +243,8 @@ fn run_bounded(
 pub struct Running {
     child: std::process::Child,
     program: String,
-    stdout: std::thread::JoinHandle<Vec<u8>>,
-    stderr: std::thread::JoinHandle<Vec<u8>>,
+    stdout: Option<PipeReader>,
+    stderr: Option<PipeReader>,
     start: Instant,
     status: Option<ExitStatus>,
 }
@@ -272,22 +272,13 @@ impl Running {
                 std::thread::sleep(Duration::from_secs(30));
             });
         }
-        let drain = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut v = Vec::new();
-                if let Some(mut pipe) = pipe {
-                    let _ = pipe.read_to_end(&mut v);
-                }
-                v
-            })
-        };
-        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
-        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+        let stdout = PipeReader::start(child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = PipeReader::start(child.stderr.take().map(|p| Box::new(p) as _));
         Ok(Running {
             child,
             program,
-            stdout,
-            stderr,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
             start,
             status: None,
         })
@@ -320,8 +311,8 @@ impl Running {
         let by = Instant::now() + Duration::from_secs(10);
         Ok(Outcome {
             status: self.status.expect("has_ended saw the status"),
-            stdout: String::from_utf8_lossy(&collect(self.stdout, by)).into_owned(),
-            stderr: String::from_utf8_lossy(&collect(self.stderr, by)).into_owned(),
+            stdout: PipeReader::collect_from(self.stdout.take(), by),
+            stderr: PipeReader::collect_from(self.stderr.take(), by),
             elapsed,
         })
     }
@@ -331,7 +322,7 @@ impl Running {
     /// blocked tasks the guest init's watchdog has printed by then),
     /// whether SIGKILL ended it, and what it printed.
     fn hung(mut self, deadline: Duration) -> String {
-        let program = &self.program;
+        let program = self.program.clone();
         let waits = thread_waits(self.child.id());
         let _ = self.child.kill();
         let killed_by = Instant::now() + Duration::from_secs(10);
@@ -352,8 +343,8 @@ impl Running {
             )
         };
         let by = Instant::now() + Duration::from_secs(if ended { 10 } else { 1 });
-        let stdout = String::from_utf8_lossy(&collect(self.stdout, by)).into_owned();
-        let stderr = String::from_utf8_lossy(&collect(self.stderr, by)).into_owned();
+        let stdout = PipeReader::collect_from(self.stdout.take(), by);
+        let stderr = PipeReader::collect_from(self.stderr.take(), by);
         format!(
             "{program} did not finish within {deadline:?}; its threads then:\n{waits}{after_kill}\n\
              --- stdout ---\n{stdout}\n--- stderr (last 60 lines) ---\n{}",
@@ -362,16 +353,59 @@ impl Running {
     }
 }
 
-/// What a pipe reader read, if it finishes by `by` (else a note: the
-/// thread is left to end with the pipe).
-fn collect(reader: std::thread::JoinHandle<Vec<u8>>, by: Instant) -> Vec<u8> {
-    while !reader.is_finished() && Instant::now() < by {
-        std::thread::sleep(Duration::from_millis(20));
+/// A run dropped unfinished (a test that returned early) is killed, not
+/// left behind; never waits.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.try_wait();
+        }
     }
-    if reader.is_finished() {
-        reader.join().unwrap_or_default()
-    } else {
-        b"(the pipe stayed open: output not collected)".to_vec()
+}
+
+/// Reads a pipe to its end on a thread of its own, keeping what it has
+/// read so far where [`PipeReader::collect`] can take it even while the
+/// pipe stays open (a process that outlived SIGKILL, or a child it left,
+/// still holds it: what it printed before is the evidence).
+struct PipeReader {
+    read: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PipeReader {
+    fn start(pipe: Option<Box<dyn Read + Send>>) -> PipeReader {
+        let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = read.clone();
+        let thread = std::thread::spawn(move || {
+            let Some(mut pipe) = pipe else { return };
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                if let Ok(mut v) = sink.lock() {
+                    v.extend_from_slice(&chunk[..n]);
+                }
+            }
+        });
+        PipeReader { read, thread }
+    }
+
+    fn collect_from(reader: Option<PipeReader>, by: Instant) -> String {
+        reader.map(|r| r.collect(by)).unwrap_or_default()
+    }
+
+    /// What was read, once the pipe has closed or `by` has passed (then
+    /// with a note that more may have followed).
+    fn collect(self, by: Instant) -> String {
+        while !self.thread.is_finished() && Instant::now() < by {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let closed = self.thread.is_finished();
+        let read = self.read.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut text = String::from_utf8_lossy(&read).into_owned();
+        if !closed {
+            text.push_str("\n(the pipe stayed open: what followed was not collected)");
+        }
+        text
     }
 }
 

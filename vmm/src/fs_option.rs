@@ -28,7 +28,7 @@ pub const DAX_WINDOW_MAX: u64 = 64 << 30;
 /// file): the guest kernel cannot invalidate the range it must take back.
 /// With two (4M) one process passed every run on files of 8 MiB (4 runs
 /// of 5,000 operations) and 64 MiB (2 runs of 3,000); on 32 MiB files a
-/// read or write got a transient EBUSY in 3 of 8 runs of 4,000 (a retry
+/// read or write got a transient EBUSY in 4 of 10 runs of 4,000 (a retry
 /// went through). With 2M a fault also blocked for good. Several processes
 /// at once need more: four on 16 MiB files each failed with EBUSY at 4M
 /// and 8M in every run, at 16M in one of three, and one 4M run left the

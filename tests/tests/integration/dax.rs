@@ -198,12 +198,11 @@ fn fnv1a(data: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-/// Runs `ferry-dax fuzz` on `file` (ops, seed, largest size in MiB) in a
+/// Runs `ferry-dax fuzz` on `file` (seed, ops, largest size in MiB) in a
 /// guest with `--fs` options `opts`: the checker must finish, and the host
-/// file must be what the guest's model says.
-/// `ferry-dax fuzz` on `file` through a window with `opts`; `retry_busy`:
-/// a read or write the guest kernel refuses with EBUSY is retried (see
-/// ferry-dax.c) instead of ending the run.
+/// file must be what the guest's model says. `retry_busy`: a read or write
+/// the guest kernel refuses with EBUSY is retried (see ferry-dax.c)
+/// instead of ending the run.
 fn model_run(
     share_name: &str,
     opts: &str,
@@ -247,7 +246,7 @@ fn random_workload_matches_a_model() -> TestResult {
 /// The smallest window Ferry accepts (4M, two 2 MiB ranges) under a file
 /// eight times its size: the guest takes ranges back from the file all the
 /// time, and the data must stay right. The guest kernel itself now and then
-/// refuses a read or write there with EBUSY (3 runs of 8 measured, see
+/// refuses a read or write there with EBUSY (4 runs of 10 measured, see
 /// docs/dax.md), which is retried so the check runs to the end; the count
 /// is printed. (`bench/dax-window.sh` measures other sizes and several
 /// processes; see fs_option.rs DAX_WINDOW_SMALLEST.)
@@ -327,7 +326,16 @@ fn stress(name: &str, sigterm: bool) -> TestResult {
         .deadline(STRESS_DEADLINE)
         .spawn()?;
     let pid = ferry.pid();
+    // Set on every way out of this function (an early `?` too), so the
+    // helper threads always end.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_guard = StopOnDrop(stop.clone());
     let peak_kb = Arc::new(AtomicU64::new(0));
     let watcher = {
         let (stop, peak_kb) = (stop.clone(), peak_kb.clone());
@@ -379,12 +387,14 @@ fn stress(name: &str, sigterm: bool) -> TestResult {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Ended by now, or past its time: then finish() kills it and fails
+    // with what its threads were doing. Before the joins: a Ferry stuck
+    // on a mapped page could hold the host thread's truncation too.
+    let out = ferry.finish(since.elapsed().min(STRESS_DEADLINE));
     stop.store(true, Ordering::Relaxed);
     let _ = watcher.join();
+    let out = out?;
     let cycles = host.join().unwrap_or(0);
-    // Ended by now, or past its time: then finish() kills it and fails
-    // with what its threads were doing.
-    let out = ferry.finish(since.elapsed().min(STRESS_DEADLINE))?;
     check(!out.stderr.contains("panicked"), "Ferry panicked", &out)?;
     let peak = peak_kb.load(Ordering::Relaxed);
     println!(

@@ -366,11 +366,20 @@ fn closed_stdout_ends_the_vm() -> TestResult {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let mut first = String::new();
-    {
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        BufReader::new(stdout).read_line(&mut first)?;
-    }
+    // The first line is read on a thread, so a guest that never prints
+    // fails the test at the deadline instead of blocking it; the reader
+    // then drops its end, which closes Ferry's stdout.
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    let Ok(first) = rx.recv_timeout(DEADLINE) else {
+        let _ = child.kill();
+        return Err(format!("no line from `yes` within {DEADLINE:?}").into());
+    };
     let code = exit_within(&mut child, "its stdout closed")?;
     if first != "y\n" || code != Some(141) {
         return Err(format!("first line {first:?}, exit {code:?}; expected \"y\", 141").into());
