@@ -21,7 +21,7 @@
 #   -t  seconds before a run counts as hung      default 300
 #
 # A hung run leaves its evidence in the results folder: the guest's blocked
-# tasks (sysrq-w, taken by a watcher in the guest before the deadline) and
+# tasks (sysrq-w, taken by the guest init's watchdog before the deadline) and
 # what each Ferry thread waits in (wchan and kernel stack). If the guest's
 # tasks wait for a free DAX range while Ferry's threads sit idle in
 # epoll_wait, the guest's reclaim is stuck; a Ferry thread in a futex wait
@@ -60,18 +60,17 @@ mkdir -p "$out"
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-dax-window-work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# The guest: mount with DAX, start a watcher that dumps blocked tasks just
-# before the deadline, run the processes, report each one's end.
+# The guest: mount with DAX, run the processes, report each one's end (the
+# guest init's ferry_watchdog dumps blocked tasks just before the deadline).
 guest_script() { # $1: seed
     local p
     echo "mount -t virtiofs -o dax share /mnt || exit 90"
     echo "export FERRY_DAX_RETRY_BUSY=${FERRY_DAX_RETRY_BUSY:-0}"
-    echo "(sleep $((deadline - 20)); echo 'dax-window: still running: blocked tasks follow'; echo 8 > /proc/sys/kernel/printk; echo w > /proc/sysrq-trigger) &"
     echo "pids="
     for p in $(seq 1 "$procs"); do
         echo "ferry-dax fuzz /mnt/f$p.bin $(($1 * 1000 + 2 * p)) $ops $mib > /tmp/p$p.out 2>&1 & pids=\"\$pids \$!\""
     done
-    # Not a bare wait: that would wait for the watcher too.
+    # One wait per process, to get each one's status.
     echo "rc=0; for pid in \$pids; do wait \$pid || rc=1; done"
     echo "for p in \$(seq 1 $procs); do cat /tmp/p\$p.out; done; exit \$rc"
 }
@@ -92,7 +91,7 @@ one_run() { # $1: window, $2: seed; prints "window seed result seconds"
     local start=$SECONDS
     "$ferry" --kernel "$kernel" --initramfs "$initramfs" --memory 512M \
         --fs "tag=share,path=$dir,dax=on,cache-size=$w" \
-        --cmdline "quiet cmd64=$(guest_script "$seed" | base64 -w0)" \
+        --cmdline "quiet ferry_watchdog=$((deadline - 20)) cmd64=$(guest_script "$seed" | base64 -w0)" \
         </dev/null >"$log" 2>&1 &
     local pid=$! result
     while kill -0 "$pid" 2>/dev/null && [ $((SECONDS - start)) -lt "$deadline" ]; do

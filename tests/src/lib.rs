@@ -325,15 +325,10 @@ impl Running {
         let program = self.program.clone();
         let waits = thread_waits(self.child.id());
         let _ = self.child.kill();
-        let killed_by = Instant::now() + Duration::from_secs(10);
-        let mut ended = false;
-        while Instant::now() < killed_by {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                ended = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = &mut self.child;
+        let ended = poll_until(Instant::now() + Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
         let after_kill = if ended {
             String::new()
         } else {
@@ -396,16 +391,27 @@ impl PipeReader {
     /// What was read, once the pipe has closed or `by` has passed (then
     /// with a note that more may have followed).
     fn collect(self, by: Instant) -> String {
-        while !self.thread.is_finished() && Instant::now() < by {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let closed = self.thread.is_finished();
+        let closed = poll_until(by, || self.thread.is_finished());
         let read = self.read.lock().map(|v| v.clone()).unwrap_or_default();
         let mut text = String::from_utf8_lossy(&read).into_owned();
         if !closed {
             text.push_str("\n(the pipe stayed open: what followed was not collected)");
         }
         text
+    }
+}
+
+/// Checks `done` every 20 ms until it holds or `by` passes; whether it
+/// held.
+fn poll_until(by: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= by {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -507,7 +513,7 @@ impl Guest {
     /// Starts the guest and returns at once, for a test that acts while
     /// it runs; [`Running::finish`] with the same deadline collects it.
     pub fn spawn(self) -> Result<Running, String> {
-        let (command, stdin, _) = self.ferry_command(|_| {})?;
+        let (command, stdin) = self.ferry_command(|_| {})?;
         Running::start(command, stdin.as_deref())
     }
 
@@ -521,16 +527,16 @@ impl Guest {
     }
 
     fn run_with(self, setup: impl FnOnce(&mut Command)) -> Result<Outcome, String> {
-        let (command, stdin, deadline) = self.ferry_command(setup)?;
+        let deadline = self.deadline;
+        let (command, stdin) = self.ferry_command(setup)?;
         run_bounded(command, stdin.as_deref(), deadline)
     }
 
-    /// The `ferry` command line for this guest, its input and deadline.
-    #[allow(clippy::type_complexity)]
+    /// The `ferry` command line for this guest, and its input.
     fn ferry_command(
         self,
         setup: impl FnOnce(&mut Command),
-    ) -> Result<(Command, Option<Vec<u8>>, Duration), String> {
+    ) -> Result<(Command, Option<Vec<u8>>), String> {
         require_kvm()?;
         let kernel = match self.kernel {
             Some(k) => k,
@@ -554,7 +560,7 @@ impl Guest {
             cmdline.join(" "),
         ]);
         command.args(self.args);
-        Ok((command, self.stdin, self.deadline))
+        Ok((command, self.stdin))
     }
 }
 
@@ -678,6 +684,11 @@ mod tests {
             begun.elapsed() < Duration::from_secs(20),
             "took {:?}",
             begun.elapsed()
+        );
+        assert!(
+            out.stdout.contains("parent"),
+            "what came first is kept: {}",
+            out.stdout
         );
         assert!(
             out.stdout.contains("the pipe stayed open"),
