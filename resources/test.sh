@@ -35,6 +35,15 @@ cargo test --manifest-path fuzz/Cargo.toml 2>&1 | tee -a "$log"
 fuzz_status=${PIPESTATUS[0]}
 [ "$status" -ne 0 ] || status=$fuzz_status
 set -e
+# What failed, again at the very end: a CI log shown by its tail (the
+# fuzz replay prints hundreds of lines) must still show why.
+if [ "$status" -ne 0 ]; then
+    echo "[test] failures, repeated from above:"
+    sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '
+        /^failures:$/ && !inside { inside = 1; shown = 0 }
+        inside && shown < 120 { print; shown++ }
+        /^test result:/ { inside = 0 }'
+fi
 # One closing line for the whole run, summed over every test binary.
 sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '
     /^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
