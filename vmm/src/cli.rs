@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use ferry_arch::mptable::MAX_CPUS;
 
+pub use crate::size::{parse_size, SizeError};
+
 /// Smallest guest Ferry will build: the kernel and its page tables need room.
 pub const MIN_MEMORY: u64 = 32 << 20;
 
@@ -144,71 +146,79 @@ impl Cli {
     }
 }
 
+/// Why a `--timeout` did not parse.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum DurationError {
+    #[error("'{text}' is not a duration (examples: 30s, 2m, 500ms): {source}")]
+    NotADuration {
+        text: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error("'{0}': the timeout must be longer than 0")]
+    Zero(String),
+}
+
 /// `30s`, `2m`, `1h30m`, `500ms`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let t = s.trim();
     let d = match t.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(t)
-            .map_err(|e| format!("'{s}' is not a duration (examples: 30s, 2m, 500ms): {e}"))?,
+        Err(_) => humantime::parse_duration(t).map_err(|source| DurationError::NotADuration {
+            text: s.to_string(),
+            source,
+        })?,
     };
     if d.is_zero() {
-        return Err(format!("'{s}': the timeout must be longer than 0"));
+        return Err(DurationError::Zero(s.to_string()));
     }
     Ok(d)
 }
 
-fn parse_cpus(s: &str) -> Result<u8, String> {
-    let n: u8 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a vCPU count (1 to {MAX_CPUS})"))?;
+/// Why a `--cpus` did not parse.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CpusError {
+    #[error("'{0}' is not a vCPU count (1 to {MAX_CPUS})")]
+    NotACount(String),
+    #[error("{0} vCPUs: must be 1 to {MAX_CPUS}")]
+    OutOfRange(u8),
+}
+
+fn parse_cpus(s: &str) -> Result<u8, CpusError> {
+    let n: u8 = s.parse().map_err(|_| CpusError::NotACount(s.to_string()))?;
     if n == 0 || n > MAX_CPUS {
-        return Err(format!("{n} vCPUs: must be 1 to {MAX_CPUS}"));
+        return Err(CpusError::OutOfRange(n));
     }
     Ok(n)
 }
 
-/// Parses `256M`, `2G`, `1048576`, ... into bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, suffix) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (examples: 256M, 2G)"))?;
-    let shift = match suffix.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => {
-            return Err(format!(
-                "'{s}': unknown size suffix '{suffix}' (use K, M, G or T)"
-            ))
-        }
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("'{s}' is too large"))
+/// Why a `--memory` was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MemoryError {
+    #[error(transparent)]
+    Size(#[from] SizeError),
+    #[error("{0}: guest memory must be at least {min}M", min = MIN_MEMORY >> 20)]
+    TooSmall(String),
+    #[error("{0}: guest memory must be a multiple of 4K")]
+    NotPageMultiple(String),
+    #[error("{text}: more than this host's {host_mib} MiB of RAM")]
+    MoreThanHost { text: String, host_mib: u64 },
 }
 
-fn parse_memory(s: &str) -> Result<u64, String> {
+fn parse_memory(s: &str) -> Result<u64, MemoryError> {
     let bytes = parse_size(s)?;
     if bytes < MIN_MEMORY {
-        return Err(format!(
-            "{s}: guest memory must be at least {}M",
-            MIN_MEMORY >> 20
-        ));
+        return Err(MemoryError::TooSmall(s.to_string()));
     }
     if bytes % 4096 != 0 {
-        return Err(format!("{s}: guest memory must be a multiple of 4K"));
+        return Err(MemoryError::NotPageMultiple(s.to_string()));
     }
     let host = host_memory();
     if bytes > host {
-        return Err(format!(
-            "{s}: more than this host's {} MiB of RAM",
-            host >> 20
-        ));
+        return Err(MemoryError::MoreThanHost {
+            text: s.to_string(),
+            host_mib: host >> 20,
+        });
     }
     Ok(bytes)
 }
@@ -230,23 +240,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("256M"), Ok(256 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert_eq!(parse_size("1536MiB"), Ok(1536 << 20));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("banana").is_err());
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("-1G").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
-
-    #[test]
     fn memory_bounds() {
-        assert!(parse_memory("0").unwrap_err().contains("at least"));
-        assert!(parse_memory("1T").unwrap_err().contains("host"));
+        assert!(parse_memory("0")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 32M"));
+        assert!(matches!(
+            parse_memory("1T"),
+            Err(MemoryError::MoreThanHost { .. })
+        ));
+        assert!(matches!(parse_memory("64K"), Err(MemoryError::TooSmall(_))));
+        assert!(matches!(
+            parse_memory("12Q"),
+            Err(MemoryError::Size(SizeError::UnknownSuffix { .. }))
+        ));
         assert!(parse_memory("banana").is_err());
         assert!(parse_memory("64M").is_ok());
         assert!(parse_memory("100001").is_err());

@@ -55,6 +55,7 @@ impl Control {
     }
 
     fn read_signal(&self) -> Option<i32> {
+        // SAFETY: signalfd_siginfo is plain integers; all zeroes is valid.
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: reads one siginfo into a local struct of that size.

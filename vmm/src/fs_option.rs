@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use ferry_devices::virtio::fs::{
-    CacheMode, FsShare, IdMap, IdMapping, DAX_WINDOW_MIN, TAG_MAX_LEN,
+    CacheMode, FsShare, IdMap, IdMapping, IdRuleError, DAX_WINDOW_MIN, TAG_MAX_LEN,
 };
 
-use crate::cli::parse_size;
+use crate::size::{parse_size, SizeError};
 
 /// Most request queues one share may have (each also takes an MSI-X vector
 /// and a worker thread).
@@ -42,35 +42,94 @@ pub const DAX_WINDOW_SMALLEST: u64 = 4 << 20;
 /// use.
 pub const SMALL_WINDOWS_ENV: &str = "FERRY_DAX_SMALL_WINDOWS";
 
-fn parse_cache_size(value: &str) -> Result<u64, String> {
-    let size = parse_size(value).map_err(|e| format!("cache-size={value}: {e}"))?;
+/// Why an `--fs` value (or the set of them) was refused. Each message
+/// names the option as the user wrote it.
+#[derive(Debug, thiserror::Error)]
+pub enum FsOptionError {
+    #[error("'{0}': expected key=value (tag=NAME,path=DIR,...)")]
+    NotKeyValue(String),
+    #[error(
+        "unknown key '{0}' (known: tag, path, queues, readonly, cache, dax, cache-size, \
+         dev-suid, acl, uid-map, gid-map)"
+    )]
+    UnknownKey(String),
+    #[error("queues={0}: must be 1 to {MAX_QUEUES}")]
+    Queues(String),
+    #[error("{key}={value}: expected on or off")]
+    NotASwitch { key: String, value: String },
+    #[error("cache={0}: expected auto, always or never")]
+    Cache(String),
+    #[error("cache-size={value}: {source}")]
+    CacheSize {
+        value: String,
+        #[source]
+        source: SizeError,
+    },
+    #[error(
+        "cache-size={0}: must be a power of two from {min}M to {max}G",
+        min = DAX_WINDOW_SMALLEST >> 20,
+        max = DAX_WINDOW_MAX >> 30
+    )]
+    CacheSizeRange(String),
+    #[error(
+        "cache-size={0}: at least {min}M: the guest splits the window into 2 MiB ranges, and \
+         with one its reclaim fails reads and writes with EBUSY",
+        min = DAX_WINDOW_SMALLEST >> 20
+    )]
+    CacheSizeTooSmall(String),
+    #[error("{key}={source}")]
+    IdMap {
+        key: &'static str,
+        #[source]
+        source: IdRuleError,
+    },
+    #[error("missing tag=NAME")]
+    MissingTag,
+    #[error("tag '{0}': must be 1 to {TAG_MAX_LEN} bytes")]
+    TagLength(String),
+    #[error("tag must not contain NUL")]
+    TagNul,
+    #[error("missing path=DIR")]
+    MissingPath,
+    #[error("path {}: {source}", path.display())]
+    Path {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("path {}: not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("--fs: tag '{0}' is used twice")]
+    DuplicateTag(String),
+}
+
+fn parse_cache_size(value: &str) -> Result<u64, FsOptionError> {
+    let size = parse_size(value).map_err(|source| FsOptionError::CacheSize {
+        value: value.to_string(),
+        source,
+    })?;
     if !size.is_power_of_two() || !(DAX_WINDOW_MIN..=DAX_WINDOW_MAX).contains(&size) {
-        return Err(format!(
-            "cache-size={value}: must be a power of two from {}M to {}G",
-            DAX_WINDOW_SMALLEST >> 20,
-            DAX_WINDOW_MAX >> 30
-        ));
+        return Err(FsOptionError::CacheSizeRange(value.to_string()));
     }
     if size < DAX_WINDOW_SMALLEST && std::env::var_os(SMALL_WINDOWS_ENV).is_none() {
-        return Err(format!(
-            "cache-size={value}: at least {}M: the guest splits the window into 2 MiB \
-             ranges, and with one its reclaim fails reads and writes with EBUSY",
-            DAX_WINDOW_SMALLEST >> 20
-        ));
+        return Err(FsOptionError::CacheSizeTooSmall(value.to_string()));
     }
     Ok(size)
 }
 
-fn parse_switch(key: &str, value: &str) -> Result<bool, String> {
+fn parse_switch(key: &str, value: &str) -> Result<bool, FsOptionError> {
     match value {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),
-        _ => Err(format!("{key}={value}: expected on or off")),
+        _ => Err(FsOptionError::NotASwitch {
+            key: key.to_string(),
+            value: value.to_string(),
+        }),
     }
 }
 
 /// Parses one `--fs` value and checks the directory.
-pub fn parse_fs(s: &str) -> Result<FsShare, String> {
+pub fn parse_fs(s: &str) -> Result<FsShare, FsOptionError> {
     let mut tag = None;
     let mut path = None;
     let mut queues = 1u16;
@@ -87,7 +146,7 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
     for item in s.split(',') {
         let (key, value) = item
             .split_once('=')
-            .ok_or_else(|| format!("'{item}': expected key=value (tag=NAME,path=DIR,...)"))?;
+            .ok_or_else(|| FsOptionError::NotKeyValue(item.to_string()))?;
         match key {
             "tag" => tag = Some(value.to_string()),
             "path" => path = Some(PathBuf::from(value)),
@@ -96,7 +155,7 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
                     .parse()
                     .ok()
                     .filter(|q| (1..=MAX_QUEUES).contains(q))
-                    .ok_or_else(|| format!("queues={value}: must be 1 to {MAX_QUEUES}"))?
+                    .ok_or_else(|| FsOptionError::Queues(value.to_string()))?
             }
             "readonly" => readonly = parse_switch(key, value)?,
             "cache" => {
@@ -104,7 +163,7 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
                     "auto" => CacheMode::Auto,
                     "always" => CacheMode::Always,
                     "never" | "none" => CacheMode::Never,
-                    _ => return Err(format!("cache={value}: expected auto, always or never")),
+                    _ => return Err(FsOptionError::Cache(value.to_string())),
                 }
             }
             "dax" => dax = Some(parse_switch(key, value)?),
@@ -117,34 +176,39 @@ pub fn parse_fs(s: &str) -> Result<FsShare, String> {
             "uid-map" => uids
                 .get_or_insert_with(IdMap::default)
                 .push_rule(value)
-                .map_err(|e| format!("uid-map={e}"))?,
+                .map_err(|source| FsOptionError::IdMap {
+                    key: "uid-map",
+                    source,
+                })?,
             "gid-map" => gids
                 .get_or_insert_with(IdMap::default)
                 .push_rule(value)
-                .map_err(|e| format!("gid-map={e}"))?,
-            _ => {
-                return Err(format!(
-                    "unknown key '{key}' (known: tag, path, queues, readonly, cache, dax, \
-                     cache-size, dev-suid, acl, uid-map, gid-map)"
-                ))
-            }
+                .map_err(|source| FsOptionError::IdMap {
+                    key: "gid-map",
+                    source,
+                })?,
+            _ => return Err(FsOptionError::UnknownKey(key.to_string())),
         }
     }
-    let tag = tag.ok_or("missing tag=NAME")?;
+    let tag = tag.ok_or(FsOptionError::MissingTag)?;
     if tag.is_empty() || tag.len() > TAG_MAX_LEN {
-        return Err(format!("tag '{tag}': must be 1 to {TAG_MAX_LEN} bytes"));
+        return Err(FsOptionError::TagLength(tag));
     }
     if tag.contains('\0') {
-        return Err("tag must not contain NUL".into());
+        return Err(FsOptionError::TagNul);
     }
-    let path = path.ok_or("missing path=DIR")?;
-    let meta = std::fs::metadata(&path).map_err(|e| format!("path {}: {e}", path.display()))?;
+    let path = path.ok_or(FsOptionError::MissingPath)?;
+    let meta = match std::fs::metadata(&path) {
+        Ok(meta) => meta,
+        Err(source) => return Err(FsOptionError::Path { path, source }),
+    };
     if !meta.is_dir() {
-        return Err(format!("path {}: not a directory", path.display()));
+        return Err(FsOptionError::NotADirectory(path));
     }
-    let path = path
-        .canonicalize()
-        .map_err(|e| format!("path {}: {e}", path.display()))?;
+    let path = match path.canonicalize() {
+        Ok(p) => p,
+        Err(source) => return Err(FsOptionError::Path { path, source }),
+    };
     Ok(FsShare {
         tag,
         path,
@@ -181,10 +245,10 @@ fn default_ids(own: u32) -> IdMap {
 }
 
 /// Rejects two shares with one tag: the guest could mount only one of them.
-pub fn check_unique_tags(shares: &[FsShare]) -> Result<(), String> {
+pub fn check_unique_tags(shares: &[FsShare]) -> Result<(), FsOptionError> {
     for (i, a) in shares.iter().enumerate() {
         if shares[..i].iter().any(|b| b.tag == a.tag) {
-            return Err(format!("--fs: tag '{}' is used twice", a.tag));
+            return Err(FsOptionError::DuplicateTag(a.tag.clone()));
         }
     }
     Ok(())
@@ -261,7 +325,7 @@ mod tests {
             (format!("tag=a,path={t},cache-size=lots"), "cache-size=lots"),
         ];
         for (input, want) in cases {
-            let err = parse_fs(&input).unwrap_err();
+            let err = parse_fs(&input).unwrap_err().to_string();
             assert!(err.contains(want), "{input}: {err}");
         }
     }
@@ -313,8 +377,9 @@ mod tests {
         let a = parse_fs(&format!("tag=a,path={}", tmp())).unwrap();
         let b = parse_fs(&format!("tag=b,path={}", tmp())).unwrap();
         assert!(check_unique_tags(&[a.clone(), b]).is_ok());
-        assert!(check_unique_tags(&[a.clone(), a])
-            .unwrap_err()
-            .contains("twice"));
+        assert!(matches!(
+            check_unique_tags(&[a.clone(), a]),
+            Err(FsOptionError::DuplicateTag(t)) if t == "a"
+        ));
     }
 }

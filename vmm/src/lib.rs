@@ -12,6 +12,7 @@ pub mod loader;
 pub mod memory;
 pub mod run;
 pub mod sandbox;
+pub mod size;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

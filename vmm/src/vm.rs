@@ -177,7 +177,7 @@ fn add_pci_devices(
     io_bus: &Bus,
     mmio_bus: &Arc<Bus>,
 ) -> Result<FsDevices> {
-    check_unique_tags(&cli.machine.fs).map_err(anyhow::Error::msg)?;
+    check_unique_tags(&cli.machine.fs)?;
     let vm_ops: Arc<dyn VmOps> = Arc::new(KvmVmOps::new(vm.clone(), first_free_slot));
     let mut bars = AddressAllocator::new(MMIO32_START, MMIO32_BARS_SIZE);
     let mmio64 = mmio64_start(cli.machine.memory);

@@ -120,7 +120,7 @@ fn file_server_works(dir: &Path) {
         assert!(r >= 0, "{what}: {}", std::io::Error::last_os_error());
         r
     };
-    // SAFETY (all calls below): valid descriptors, C strings and buffers.
+    // SAFETY: (all calls below) valid descriptors, C strings and buffers.
     unsafe {
         let f = ok(
             libc::openat(fd, c("new").as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o644),

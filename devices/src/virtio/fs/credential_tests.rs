@@ -21,9 +21,9 @@ const STRANGER: (u32, u32) = (65533, 65532);
 
 fn must_be_root() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "these cases need root: Ferry as root acts with each guest user's ids"
     );
 }
@@ -127,6 +127,7 @@ fn device_nodes_and_setid_files_need_a_neutering_mount_or_the_opt_in() {
     for dev_suid in [false, true] {
         let mut h = Harness::with_share(false, None, |s| s.dev_suid = dev_suid);
         h.init();
+        // SAFETY: statvfs is plain integers; all zeroes is valid.
         let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
         let dir = std::ffi::CString::new(h.share_dir().to_str().unwrap()).unwrap();
         // SAFETY: statvfs writes into the struct we own.
@@ -212,10 +213,8 @@ fn existing_device_nodes_and_setid_files_are_defused() {
     let share = h.share_dir();
     let node = std::ffi::CString::new(share.join("null").to_str().unwrap()).unwrap();
     // SAFETY: makes a node at a path we own; checked.
-    assert_eq!(
-        unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) },
-        0
-    );
+    let made = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
+    assert_eq!(made, 0);
     let (_, error, reply) = h.lookup(b"null");
     assert_eq!(error, 0);
     let null = node_of(&reply);
@@ -337,10 +336,8 @@ fn access_acls_are_judged_like_chmod() {
     std::fs::set_permissions(share.join("sgid"), std::fs::Permissions::from_mode(0o2644)).unwrap();
     let node = std::ffi::CString::new(share.join("null").to_str().unwrap()).unwrap();
     // SAFETY: makes a node at a path we own; checked.
-    assert_eq!(
-        unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) },
-        0
-    );
+    let made = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
+    assert_eq!(made, 0);
     let acl = setxattr_body("system.posix_acl_access", &acl_value(EVERYONE_RWX));
     for name in ["sgid", "null"] {
         let (_, error, reply) = h.lookup(name.as_bytes());

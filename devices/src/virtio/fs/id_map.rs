@@ -68,6 +68,21 @@ pub struct IdMap {
     rules: Vec<IdRule>,
 }
 
+/// Why a `uid-map=`/`gid-map=` rule was refused; each names the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdRuleError {
+    #[error("'{text}': unknown rule '{kind}' (map, guest, host, squash-guest, squash-host)")]
+    UnknownKind { text: String, kind: String },
+    #[error("'{0}': expected [KIND:]FROM:TO:COUNT, e.g. map:0:1000:1")]
+    Shape(String),
+    #[error("'{text}': '{word}' is not an id (0 to 4294967295)")]
+    NotAnId { text: String, word: String },
+    #[error("'{0}': COUNT must be at least 1")]
+    ZeroCount(String),
+    #[error("'{0}': the range runs past id 4294967295")]
+    PastLastId(String),
+}
+
 impl IdMap {
     pub fn new(rules: Vec<IdRule>) -> Self {
         IdMap { rules }
@@ -123,7 +138,7 @@ impl IdMap {
 
     /// Parses one rule, `[map:|guest:|host:]FROM:TO:COUNT` or
     /// `squash-guest:|squash-host:FROM:TO:COUNT`, and appends it.
-    pub fn push_rule(&mut self, text: &str) -> Result<(), String> {
+    pub fn push_rule(&mut self, text: &str) -> Result<(), IdRuleError> {
         let parts: Vec<&str> = text.split(':').collect();
         let (kind, numbers) = match parts.as_slice() {
             [a, b, c] => (IdRuleKind::Map, [*a, *b, *c]),
@@ -135,36 +150,33 @@ impl IdMap {
                     "squash-guest" => IdRuleKind::SquashGuest,
                     "squash-host" => IdRuleKind::SquashHost,
                     other => {
-                        return Err(format!(
-                            "'{text}': unknown rule '{other}' (map, guest, host, squash-guest, \
-                             squash-host)"
-                        ))
+                        return Err(IdRuleError::UnknownKind {
+                            text: text.to_string(),
+                            kind: other.to_string(),
+                        })
                     }
                 };
                 (kind, [*a, *b, *c])
             }
-            _ => {
-                return Err(format!(
-                    "'{text}': expected [KIND:]FROM:TO:COUNT, e.g. map:0:1000:1"
-                ))
-            }
+            _ => return Err(IdRuleError::Shape(text.to_string())),
         };
         let mut n = [0u32; 3];
         for (slot, s) in n.iter_mut().zip(numbers) {
-            *slot = s
-                .parse()
-                .map_err(|_| format!("'{text}': '{s}' is not an id (0 to 4294967295)"))?;
+            *slot = s.parse().map_err(|_| IdRuleError::NotAnId {
+                text: text.to_string(),
+                word: s.to_string(),
+            })?;
         }
         let [from, to, count] = n;
         if count == 0 {
-            return Err(format!("'{text}': COUNT must be at least 1"));
+            return Err(IdRuleError::ZeroCount(text.to_string()));
         }
         let squash = matches!(kind, IdRuleKind::SquashGuest | IdRuleKind::SquashHost);
         // Ranges must not wrap past the last id.
         if u64::from(from) + u64::from(count) > 1 << 32
             || (!squash && u64::from(to) + u64::from(count) > 1 << 32)
         {
-            return Err(format!("'{text}': the range runs past id 4294967295"));
+            return Err(IdRuleError::PastLastId(text.to_string()));
         }
         self.rules.push(IdRule {
             kind,
@@ -289,7 +301,7 @@ mod tests {
             ("map:0:4294967295:2", "runs past"),
             ("-1:0:1", "not an id"),
         ] {
-            let err = IdMap::default().push_rule(rule).unwrap_err();
+            let err = IdMap::default().push_rule(rule).unwrap_err().to_string();
             assert!(err.contains(want), "{rule}: {err}");
         }
         assert!(IdMap::default()

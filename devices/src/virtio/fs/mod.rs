@@ -17,7 +17,7 @@ mod window_faults;
 mod worker;
 
 pub use dax::{DaxWindow, DAX_WINDOW_MIN};
-pub use id_map::{IdMap, IdMapping};
+pub use id_map::{IdMap, IdMapping, IdRuleError};
 pub use stats::FsStats;
 
 use std::path::PathBuf;
