@@ -401,7 +401,7 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
         threads.push(vcpu.spawn().context("cannot start a vCPU thread")?);
     }
     // Last: a thread started after this would inherit the main filter.
-    sandbox.confine_main().map_err(anyhow::Error::msg)?;
+    sandbox.confine_main()?;
     log::info!(
         "guest started: {} vCPU(s), {} MiB",
         machine.cpus,

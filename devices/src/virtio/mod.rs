@@ -89,8 +89,20 @@ pub struct Activation {
 pub enum ActivateError {
     #[error("no request queue is ready; the device needs at least one")]
     NoRequestQueue,
-    #[error("cannot start the device: {0}")]
-    Start(String),
+    #[error("cannot start the device: no stop event: {0}")]
+    StopEvent(#[source] std::io::Error),
+    #[error("cannot start the device: cannot share its stop event: {0}")]
+    CloneStop(#[source] std::io::Error),
+    #[error("cannot start the device: cannot start a queue worker: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+impl ActivateError {
+    /// Whether the driver is to blame (it set the device up wrongly), as
+    /// opposed to the host running out of descriptors or threads.
+    pub fn is_guest_fault(&self) -> bool {
+        matches!(self, ActivateError::NoRequestQueue)
+    }
 }
 
 /// A virtio shared memory region: host memory the guest sees through a

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::queue_config::{set_half, QueueConfig, NO_VECTOR};
+use super::queue_config::{set_half, QueueConfig, QueueConfigError, NO_VECTOR};
 use super::{
-    Activation, ActiveQueue, BusMaster, GuestMemoryShared, SharedMemoryRegion, VirtioDevice,
-    VirtioInterrupt,
+    ActivateError, Activation, ActiveQueue, BusMaster, GuestMemoryShared, SharedMemoryRegion,
+    VirtioDevice, VirtioInterrupt,
 };
 use super::{VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
 use crate::pci::{BarKind, MsixChange, MsixState, PciConfig, PciDevice, MSIX_ENTRY_SIZE};
@@ -363,7 +363,15 @@ impl VirtioPciDevice {
         self.status = new;
         if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
             if let Err(e) = self.activate() {
-                log::error!(
+                // A driver's mistake is the guest's business; running out of
+                // descriptors or threads is the host operator's.
+                let level = if e.is_guest_fault() {
+                    log::Level::Warn
+                } else {
+                    log::Level::Error
+                };
+                log::log!(
+                    level,
                     "virtio-pci: device {} not started: {e}",
                     self.device.device_type()
                 );
@@ -374,9 +382,9 @@ impl VirtioPciDevice {
         }
     }
 
-    fn activate(&mut self) -> Result<(), String> {
+    fn activate(&mut self) -> Result<(), DriverOkError> {
         if self.status & STATUS_FEATURES_OK == 0 {
-            return Err("DRIVER_OK without FEATURES_OK".into());
+            return Err(DriverOkError::NoFeaturesOk);
         }
         let event_idx = self.driver_features & VIRTIO_F_RING_EVENT_IDX != 0;
         let mut queues = Vec::new();
@@ -386,8 +394,10 @@ impl VirtioPciDevice {
             }
             let queue = cfg
                 .build(event_idx)
-                .map_err(|e| format!("queue {index}: {e}"))?;
-            let kick = self.kicks[index].try_clone().map_err(|e| e.to_string())?;
+                .map_err(|source| DriverOkError::Queue { index, source })?;
+            let kick = self.kicks[index]
+                .try_clone()
+                .map_err(|source| DriverOkError::CloneKick { index, source })?;
             log::debug!(
                 "virtio-pci: queue {index}: size {}, vector {}",
                 cfg.size,
@@ -407,7 +417,7 @@ impl VirtioPciDevice {
             bus_master: self.bus_master.clone(),
             features: self.driver_features,
         };
-        self.device.activate(activation).map_err(|e| e.to_string())
+        Ok(self.device.activate(activation)?)
     }
 
     fn reset(&mut self) {
@@ -614,19 +624,68 @@ impl VirtioPciDevice {
     }
 }
 
+/// Why a rising DRIVER_OK did not start the device.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverOkError {
+    #[error("DRIVER_OK without FEATURES_OK")]
+    NoFeaturesOk,
+    #[error("queue {index}: {source}")]
+    Queue {
+        index: usize,
+        #[source]
+        source: QueueConfigError,
+    },
+    #[error("queue {index}: cannot share its kick event: {source}")]
+    CloneKick {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Device(#[from] ActivateError),
+}
+
+impl DriverOkError {
+    /// Whether the driver is to blame, as opposed to the host.
+    pub fn is_guest_fault(&self) -> bool {
+        match self {
+            DriverOkError::NoFeaturesOk => true,
+            DriverOkError::Queue { source, .. } => source.is_guest_fault(),
+            DriverOkError::CloneKick { .. } => false,
+            DriverOkError::Device(e) => e.is_guest_fault(),
+        }
+    }
+}
+
+/// Why the shared memory region could not be moved in the workers' view.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryViewError {
+    #[error("the memory view's lock is poisoned")]
+    Poisoned,
+    #[error("cannot take the old region out: {0}")]
+    Remove(#[source] vm_memory::GuestRegionCollectionError),
+    #[error("cannot describe the region: {0}")]
+    Build(#[source] vm_memory::mmap::MmapRegionError),
+    #[error("shared memory address overflows")]
+    AddressOverflow,
+    /// The guest moved the BAR over RAM or another region.
+    #[error("cannot put the region in: {0}")]
+    Insert(#[source] vm_memory::GuestRegionCollectionError),
+}
+
 /// Moves the shared memory region in the memory view of the device's
 /// workers from `old` to `new`.
 pub(crate) fn show_in_memory_view(
     mem: &GuestMemoryShared,
     old: Option<GuestMapping>,
     new: Option<GuestMapping>,
-) -> Result<(), String> {
-    let guard = mem.lock().map_err(|e| e.to_string())?;
+) -> Result<(), MemoryViewError> {
+    let guard = mem.lock().map_err(|_| MemoryViewError::Poisoned)?;
     let mut view: GuestMemoryMmap = (*mem.memory()).clone();
     if let Some(m) = old {
         view = view
             .remove_region(GuestAddress(m.guest_addr), m.size)
-            .map_err(|e| e.to_string())?
+            .map_err(MemoryViewError::Remove)?
             .0;
     }
     if let Some(m) = new {
@@ -641,12 +700,12 @@ pub(crate) fn show_in_memory_view(
                 libc::MAP_SHARED,
             )
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(MemoryViewError::Build)?;
         let region = GuestRegionMmap::new(region, GuestAddress(m.guest_addr))
-            .ok_or("shared memory address overflows")?;
+            .ok_or(MemoryViewError::AddressOverflow)?;
         view = view
             .insert_region(Arc::new(region))
-            .map_err(|e| e.to_string())?;
+            .map_err(MemoryViewError::Insert)?;
     }
     guard.replace(view);
     Ok(())

@@ -15,12 +15,12 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ferry_devices::legacy::{EXIT_PORT, HOST_STREAM_PORT};
 
-use super::spec::RunSpec;
+use super::spec::{RunSpec, SpecError};
 use crate::control::signalfd_for;
 
 /// Set on the kernel command line by `ferry run`; the kernel hands unknown
@@ -100,23 +100,79 @@ fn say(msg: &str) {
     out_bytes(STDERR_PORT, msg.as_bytes());
 }
 
-fn init(spec_path: &Path) -> Result<i32, String> {
+/// Why init could not run the command (it then exits 125, as GNU
+/// `timeout` and `env` do when they fail before the command).
+#[derive(Debug, thiserror::Error)]
+enum InitError {
+    #[error("cannot read {}: {source}", path.display())]
+    ReadSpec {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    DecodeSpec {
+        path: PathBuf,
+        #[source]
+        source: SpecError,
+    },
+    #[error("cannot create mount point {}: {source}", path.display())]
+    MountPoint {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot mount share '{tag}' at {}: {source}", path.display())]
+    MountShare {
+        tag: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot mount {fstype} at {path}: {source}")]
+    MountUserland {
+        fstype: &'static str,
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("signalfd: {0}")]
+    Signalfd(#[source] io::Error),
+    #[error("pipe: {0}")]
+    Pipe(#[source] io::Error),
+    #[error("working directory {}: {source}", path.display())]
+    Cwd {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn init(spec_path: &Path) -> Result<i32, InitError> {
     // Read before /tmp gets its tmpfs: the spec may lie in the host's /tmp.
-    let bytes = std::fs::read(spec_path)
-        .map_err(|e| format!("cannot read {}: {e}", spec_path.display()))?;
-    let spec = RunSpec::decode(&bytes).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+    let path = || spec_path.to_path_buf();
+    let bytes = std::fs::read(spec_path).map_err(|source| InitError::ReadSpec {
+        path: path(),
+        source,
+    })?;
+    let spec = RunSpec::decode(&bytes).map_err(|source| InitError::DecodeSpec {
+        path: path(),
+        source,
+    })?;
     mount_userland()?;
     for m in &spec.mounts {
         if !m.path.is_dir() {
-            std::fs::create_dir_all(&m.path)
-                .map_err(|e| format!("cannot create mount point {}: {e}", m.path.display()))?;
+            std::fs::create_dir_all(&m.path).map_err(|source| InitError::MountPoint {
+                path: m.path.clone(),
+                source,
+            })?;
         }
-        mount(&m.tag, &m.path, "virtiofs", 0, &m.options).map_err(|e| {
-            format!(
-                "cannot mount share '{}' at {}: {e}",
-                m.tag,
-                m.path.display()
-            )
+        mount(&m.tag, &m.path, "virtiofs", 0, &m.options).map_err(|source| {
+            InitError::MountShare {
+                tag: m.tag.clone(),
+                path: m.path.clone(),
+                source,
+            }
         })?;
     }
     set_hostname("ferry");
@@ -127,7 +183,7 @@ fn init(spec_path: &Path) -> Result<i32, String> {
 }
 
 /// The file systems a Linux userland expects, on the read-only root.
-fn mount_userland() -> Result<(), String> {
+fn mount_userland() -> Result<(), InitError> {
     use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID};
     // (file system, where, flags, data); the source is the type's name.
     let kernel_fs = [
@@ -147,16 +203,19 @@ fn mount_userland() -> Result<(), String> {
             .into_iter()
             .map(|(at, data)| ("tmpfs", at, MS_NOSUID | MS_NODEV, data)),
     );
-    for (fstype, target, flags, data) in all {
-        let target = Path::new(target);
+    for (fstype, at, flags, data) in all {
+        let target = Path::new(at);
         // On the read-only root only a tmpfs or devtmpfs parent can take a
         // new directory (/dev/pts, /dev/shm); a missing one elsewhere is
         // left out.
         if !target.is_dir() && std::fs::create_dir(target).is_err() {
             continue;
         }
-        mount(fstype, target, fstype, flags, data)
-            .map_err(|e| format!("cannot mount {fstype} at {}: {e}", target.display()))?;
+        mount(fstype, target, fstype, flags, data).map_err(|source| InitError::MountUserland {
+            fstype,
+            path: at,
+            source,
+        })?;
     }
     Ok(())
 }
@@ -237,11 +296,11 @@ fn pipe() -> io::Result<(File, OwnedFd)> {
     unsafe { Ok((File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
 }
 
-fn run_command(spec: &RunSpec) -> Result<i32, String> {
+fn run_command(spec: &RunSpec) -> Result<i32, InitError> {
     // Blocked before the fork; the child's mask is reset by spawn.
-    let sigchld = signalfd_for(&[libc::SIGCHLD]).map_err(|e| format!("signalfd: {e}"))?;
-    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let sigchld = signalfd_for(&[libc::SIGCHLD]).map_err(InitError::Signalfd)?;
+    let (out_r, out_w) = pipe().map_err(InitError::Pipe)?;
+    let (err_r, err_w) = pipe().map_err(InitError::Pipe)?;
     let mut cmd = Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
         .env_clear()
@@ -254,7 +313,10 @@ fn run_command(spec: &RunSpec) -> Result<i32, String> {
         .stdout(out_w)
         .stderr(err_w);
     let (uid, gid, groups, umask) = (spec.uid, spec.gid, spec.groups.clone(), spec.umask);
-    let cwd = cstring(spec.cwd.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let cwd = cstring(spec.cwd.as_os_str().as_bytes()).map_err(|source| InitError::Cwd {
+        path: spec.cwd.clone(),
+        source,
+    })?;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

@@ -16,7 +16,7 @@ use landlock::{
     ABI,
 };
 
-use super::Role;
+use super::{Role, SandboxError};
 
 /// The newest ABI Ferry knows the file rights of; older kernels get what
 /// they support of it.
@@ -25,25 +25,26 @@ const ABI_WANTED: ABI = ABI::V6;
 static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Restricts the calling thread for `role`; `share` is the file server's.
-pub(super) fn restrict(role: Role, share: Option<&FsShare>) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| format!("Landlock for {role}: {e}");
+pub(super) fn restrict(role: Role, share: Option<&FsShare>) -> Result<(), SandboxError> {
+    let err = |source| SandboxError::Landlock { role, source };
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(ABI_WANTED))
-        .map_err(|e| err(&e))?
+        .map_err(err)?
         .create()
-        .map_err(|e| err(&e))?;
+        .map_err(err)?;
     if let Some(share) = share {
         let access = if share.readonly {
             AccessFs::from_read(ABI_WANTED)
         } else {
             AccessFs::from_all(ABI_WANTED)
         };
-        let root = PathFd::new(&share.path).map_err(|e| err(&e))?;
+        let root =
+            PathFd::new(&share.path).map_err(|source| SandboxError::SharePath { role, source })?;
         ruleset = ruleset
             .add_rule(PathBeneath::new(root, access))
-            .map_err(|e| err(&e))?;
+            .map_err(err)?;
     }
-    let status = ruleset.restrict_self().map_err(|e| err(&e))?;
+    let status = ruleset.restrict_self().map_err(err)?;
     if status.ruleset == RulesetStatus::NotEnforced && !WARNED.swap(true, Ordering::Relaxed) {
         log::warn!(
             "this kernel has no Landlock: the file server is confined by seccomp and its own \

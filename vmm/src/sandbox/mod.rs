@@ -12,6 +12,7 @@
 //!
 //! `--sandbox off` skips all of it, for debugging.
 
+mod error;
 mod landlock_rules;
 mod seccomp_filters;
 mod sigsys;
@@ -22,6 +23,7 @@ use anyhow::{Context, Result};
 use ferry_devices::virtio::fs::{ConfineFileServer, FsShare};
 use seccompiler::BpfProgram;
 
+pub use error::SandboxError;
 pub use seccomp_filters::Role;
 
 /// `--sandbox`.
@@ -81,7 +83,7 @@ impl Sandbox {
     }
 
     /// Confines the calling thread as a vCPU.
-    pub fn confine_vcpu(&self) -> Result<(), String> {
+    pub fn confine_vcpu(&self) -> Result<(), SandboxError> {
         let Some(f) = &self.filters else {
             return Ok(());
         };
@@ -91,7 +93,7 @@ impl Sandbox {
 
     /// Confines the calling (main) thread; every other thread must have
     /// started already, or it would inherit this filter.
-    pub fn confine_main(&self) -> Result<(), String> {
+    pub fn confine_main(&self) -> Result<(), SandboxError> {
         let Some(f) = &self.filters else {
             return Ok(());
         };
@@ -104,15 +106,16 @@ impl Sandbox {
         Some(Arc::new(move |share: &FsShare| {
             landlock_rules::restrict(Role::FileServer, Some(share))?;
             // The allow-list last: it forbids seccomp(2) itself.
-            apply(Role::FileServer, &[&f.no_clone3, &f.file_server])
+            apply(Role::FileServer, &[&f.no_clone3, &f.file_server])?;
+            Ok(())
         }))
     }
 }
 
-fn apply(role: Role, programs: &[&BpfProgram]) -> Result<(), String> {
+fn apply(role: Role, programs: &[&BpfProgram]) -> Result<(), SandboxError> {
     sigsys::set_thread_role(role);
     for p in programs {
-        seccompiler::apply_filter(p).map_err(|e| format!("seccomp filter for {role}: {e}"))?;
+        seccompiler::apply_filter(p).map_err(|source| SandboxError::Seccomp { role, source })?;
     }
     log::debug!(
         "thread '{}' confined as {role}",

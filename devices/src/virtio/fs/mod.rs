@@ -79,7 +79,11 @@ pub(crate) type FsServer = Server<Arc<ShareFs>>;
 /// Confines the calling thread as the file server of a share (the VMM's
 /// sandbox). The device runs it once, on the thread that later starts the
 /// share's queue workers, before the guest can send a request.
-pub type ConfineFileServer = Arc<dyn Fn(&FsShare) -> Result<(), String> + Send + Sync>;
+pub type ConfineFileServer = Arc<dyn Fn(&FsShare) -> Result<(), ConfineError> + Send + Sync>;
+
+/// Why the sandbox could not confine a file server; the VMM's own error,
+/// which this crate cannot name.
+pub type ConfineError = Box<dyn std::error::Error + Send + Sync>;
 
 pub struct VirtioFs {
     share: FsShare,
@@ -147,9 +151,7 @@ impl VirtioFs {
                 queue: q.queue,
                 kick: q.kick,
                 vector: q.vector,
-                stop: stop
-                    .try_clone()
-                    .map_err(|e| ActivateError::Start(e.to_string()))?,
+                stop: stop.try_clone().map_err(ActivateError::CloneStop)?,
                 mem: activation.mem.clone(),
                 interrupt: activation.interrupt.clone(),
                 bus_master: activation.bus_master.clone(),
@@ -164,7 +166,7 @@ impl VirtioFs {
                 .spawn(format!("fs-{}-q{}", self.share.tag, q.index), move || {
                     worker.run()
                 })
-                .map_err(|e| ActivateError::Start(e.to_string()))?;
+                .map_err(ActivateError::Spawn)?;
             self.workers.push(handle);
         }
         Ok(())
@@ -287,8 +289,7 @@ impl VirtioDevice for VirtioFs {
             return Err(ActivateError::NoRequestQueue);
         }
         self.reset();
-        let stop =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| ActivateError::Start(e.to_string()))?;
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::StopEvent)?;
         log::info!(
             "virtio-fs '{}': active, {} of {} request queue(s) in use, features {:#x}",
             self.share.tag,

@@ -12,7 +12,14 @@ use std::io;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use super::ConfineError;
+
 type Job = Box<dyn FnOnce() + Send>;
+
+/// The spawner thread could not confine itself, so no worker may start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot confine the file server: {0}")]
+pub(super) struct ConfineFailed(#[source] ConfineError);
 
 struct Order {
     name: String,
@@ -34,7 +41,7 @@ impl Spawner {
     /// if `confine` does.
     pub fn start(
         name: String,
-        confine: impl FnOnce() -> Result<(), String> + Send + 'static,
+        confine: impl FnOnce() -> Result<(), ConfineError> + Send + 'static,
     ) -> io::Result<Spawner> {
         let (orders, inbox) = mpsc::channel::<Order>();
         let (ready_tx, ready) = mpsc::sync_channel(1);
@@ -61,9 +68,7 @@ impl Spawner {
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
-                Err(io::Error::other(format!(
-                    "cannot confine the file server: {e}"
-                )))
+                Err(io::Error::other(ConfineFailed(e)))
             }
             Err(_) => Err(io::Error::other("the worker spawner thread died")),
         }

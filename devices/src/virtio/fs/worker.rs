@@ -14,7 +14,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::dax::{DaxRequests, DaxWindow};
+use super::dax::{DaxRequests, DaxWindow, PinError};
 use super::{filter, init_reply, FsServer, FsStats, ShareFs};
 use crate::virtio::{BusMaster, GuestMemoryShared, QueueVector, VirtioInterrupt};
 
@@ -41,6 +41,40 @@ pub(super) struct QueueWorker {
 }
 
 type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
+
+/// Why a round over the ring stopped early. Both are the guest's doing:
+/// the next kick tries again and Ferry carries on.
+#[derive(Debug, thiserror::Error)]
+enum RingFault {
+    #[error("{0:?}")]
+    Queue(#[source] virtio_queue::Error),
+    #[error("the available ring is broken (index or element out of range)")]
+    BrokenAvailRing,
+}
+
+/// Why one chain went back unanswered (the guest sees an I/O error).
+/// Every one is the guest's doing: what goes wrong on the host (a failed
+/// open, a full disk) travels to the guest as an errno in a reply, not
+/// here.
+#[derive(Debug, thiserror::Error)]
+enum RequestFault {
+    #[error("an indirect descriptor table in the DAX window")]
+    IndirectTableInWindow,
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    /// A chain the transport cannot read or write (bad addresses, wrong
+    /// directions, too short).
+    #[error("{0}")]
+    Chain(#[source] fuse_backend_rs::transport::Error),
+    #[error("FUSE header: {0}")]
+    Header(#[source] std::io::Error),
+    #[error("{0}")]
+    Reply(#[source] std::io::Error),
+    /// A request the FUSE server refused to decode, or a reply buffer it
+    /// could not fill.
+    #[error("{0}")]
+    Server(#[source] fuse_backend_rs::Error),
+}
 
 impl QueueWorker {
     pub fn run(mut self) {
@@ -169,13 +203,13 @@ impl QueueWorker {
     }
 
     /// Serves chains until the ring is empty; returns whether any were used.
-    fn drain(&mut self, mem: &GuestMemoryMmap) -> Result<bool, String> {
+    fn drain(&mut self, mem: &GuestMemoryMmap) -> Result<bool, RingFault> {
         let mut used = false;
         let mut empty_rounds = 0;
         loop {
             self.queue
                 .disable_notification(mem)
-                .map_err(|e| format!("{e:?}"))?;
+                .map_err(RingFault::Queue)?;
             let mut popped = false;
             while let Some(chain) = self
                 .bus_master
@@ -187,7 +221,7 @@ impl QueueWorker {
                 let len = self.serve(mem, chain);
                 self.queue
                     .add_used(mem, head, len)
-                    .map_err(|e| format!("{e:?}"))?;
+                    .map_err(RingFault::Queue)?;
                 used = true;
                 popped = true;
             }
@@ -197,7 +231,7 @@ impl QueueWorker {
             if !self
                 .queue
                 .enable_notification(mem)
-                .map_err(|e| format!("{e:?}"))?
+                .map_err(RingFault::Queue)?
             {
                 return Ok(used);
             }
@@ -208,7 +242,7 @@ impl QueueWorker {
             // spin forever (found by the fuzzer). Wait for the next kick.
             empty_rounds = if popped { 0 } else { empty_rounds + 1 };
             if empty_rounds >= 2 {
-                return Err("the available ring is broken (index or element out of range)".into());
+                return Err(RingFault::BrokenAvailRing);
             }
         }
     }
@@ -230,7 +264,11 @@ impl QueueWorker {
         }
     }
 
-    fn try_serve(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Result<usize, String> {
+    fn try_serve(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: Chain<'_>,
+    ) -> Result<usize, RequestFault> {
         // Buffers in the DAX window must be backed while anything reads or
         // writes them, the header included (a header in an unmapped part
         // of the window faulted in Ferry: found by the fuzzer).
@@ -240,23 +278,23 @@ impl QueueWorker {
         // Only a window this view shows can hold a table: no walk otherwise.
         if let Some(w) = window.as_ref().filter(|_| shown_at.is_some()) {
             if self.indirect_table_in(w, shown_at, mem, chain.head_index()) {
-                return Err("an indirect descriptor table in the DAX window".into());
+                return Err(RequestFault::IndirectTableInWindow);
             }
         }
         let buffers = chain
             .clone()
             .map(|d| (d.addr().0, u64::from(d.len()), d.is_write_only()));
         let pin = match &window {
-            Some(w) => w.pin(shown_at, buffers).map_err(|e| e.to_string())?,
+            Some(w) => w.pin(shown_at, buffers)?,
             None => None,
         };
         let mut peek =
-            Reader::from_descriptor_chain(mem, chain.clone()).map_err(|e| e.to_string())?;
+            Reader::from_descriptor_chain(mem, chain.clone()).map_err(RequestFault::Chain)?;
         // Only the header is read here, to route the request; what the
         // guest may do is decided on the server's own copy (`policy`).
-        let header: InHeader = peek.read_obj().map_err(|e| format!("FUSE header: {e}"))?;
+        let header: InHeader = peek.read_obj().map_err(RequestFault::Header)?;
         self.stats.request(self.index, header.opcode);
-        let mut writer = VirtioFsWriter::new(mem, chain.clone()).map_err(|e| e.to_string())?;
+        let mut writer = VirtioFsWriter::new(mem, chain.clone()).map_err(RequestFault::Chain)?;
         // Unknown opcodes and DESTROY are answered here. Whatever matters
         // for safety is decided again on the server's own read of the
         // request (`policy`, `DaxRequests`): the guest may rewrite the
@@ -279,11 +317,11 @@ impl QueueWorker {
             };
             writer
                 .write_all(reply.as_slice())
-                .map_err(|e| e.to_string())?;
+                .map_err(RequestFault::Reply)?;
             return Ok(reply.len as usize);
         }
         let reader =
-            Reader::from_descriptor_chain(mem, chain.clone()).map_err(|e| e.to_string())?;
+            Reader::from_descriptor_chain(mem, chain.clone()).map_err(RequestFault::Chain)?;
         let dax = self
             .dax
             .as_mut()
@@ -291,7 +329,7 @@ impl QueueWorker {
         let served = self
             .server
             .handle_message(reader, writer.into(), dax, None)
-            .map_err(|e| e.to_string());
+            .map_err(RequestFault::Server);
         if header.opcode == Opcode::Init as u32 && served.is_ok() {
             if let Some(added) = init_reply::amend(mem, chain) {
                 log::info!("virtio-fs '{}': FUSE INIT also takes {added:?}", self.tag);
