@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 use ferry_devices::bus::Bus;
 use ferry_devices::pci::{PciDevice, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT};
 use ferry_devices::virtio::fs::{CacheMode, DaxWindow, FsShare, VirtioFs};
+use ferry_devices::virtio::spec::{
+    DESC_F_NEXT, DESC_F_WRITE, STATUS_ACKNOWLEDGE as STATUS_ACK, STATUS_DRIVER, STATUS_DRIVER_OK,
+    STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC,
+    VIRTIO_F_VERSION_1,
+};
 use ferry_devices::virtio::VirtioPciDevice;
 use ferry_devices::vm_ops::{GuestMapping, MsiMessage, VmOps};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -80,13 +85,11 @@ const NOTIFY: u64 = 0x3000;
 const MSIX_TABLE: u64 = 0x4000;
 const MSIX_PBA: u64 = 0x6000;
 
-const STATUS_ACK: u8 = 1;
-const STATUS_DRIVER: u8 = 2;
-const STATUS_DRIVER_OK: u8 = 4;
-const STATUS_FEATURES_OK: u8 = 8;
-const STATUS_NEEDS_RESET: u8 = 0x40;
-const F_VERSION_1_HI: u32 = 1; // bit 32
-const F_INDIRECT_AND_EVENT_IDX: u32 = (1 << 28) | (1 << 29);
+/// The feature word's high half as the driver writes it (select 1).
+const F_VERSION_1_HI: u32 = (VIRTIO_F_VERSION_1 >> 32) as u32;
+const F_INDIRECT_AND_EVENT_IDX: u32 =
+    (VIRTIO_F_RING_INDIRECT_DESC | VIRTIO_F_RING_EVENT_IDX) as u32;
+const _: () = assert!(F_VERSION_1_HI == 1 && F_INDIRECT_AND_EVENT_IDX == (1 << 28) | (1 << 29));
 
 /// The `VmOps` failures an input may ask for, after the device is built.
 const FAIL_REGISTER_IOEVENT: u8 = 1;
@@ -666,11 +669,11 @@ fn op_post(m: &mut Machine, inp: &mut Input<'_>) {
         let (flags0, next0) = if inp.chance(16) {
             (inp.u16(), inp.u16())
         } else {
-            (1u16, next) // NEXT
+            (DESC_F_NEXT, next)
         };
         let d0 =
             ferry_devices::virtio::fs::harness::desc(req_addr, req.len() as u32, flags0, next0);
-        let d1 = ferry_devices::virtio::fs::harness::desc(reply_addr, reply_len, 2, 0); // WRITE
+        let d1 = ferry_devices::virtio::fs::harness::desc(reply_addr, reply_len, DESC_F_WRITE, 0);
         guest
             .write_obj(d0, GuestAddress(desc_table + 16 * u64::from(head)))
             .unwrap();

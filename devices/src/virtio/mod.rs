@@ -3,6 +3,7 @@
 pub mod fs;
 mod pci;
 mod queue_config;
+pub mod spec;
 
 pub use pci::{VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
 
@@ -13,9 +14,7 @@ use virtio_queue::Queue;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-pub const VIRTIO_F_RING_INDIRECT_DESC: u64 = 1 << 28;
-pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << 29;
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub use spec::{VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 
 /// Guest memory as the device's workers see it. Atomic so a region (the
 /// DAX window) can be added while workers run.

@@ -11,11 +11,14 @@ use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryMmap, GuestRegionMma
 use vmm_sys_util::eventfd::EventFd;
 
 use super::queue_config::{set_half, QueueConfig, QueueConfigError, NO_VECTOR};
+use super::spec::{
+    STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_VERSION_1,
+};
 use super::{
     ActivateError, Activation, ActiveQueue, BusMaster, GuestMemoryShared, SharedMemoryRegion,
     VirtioDevice, VirtioInterrupt,
 };
-use super::{VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
 use crate::pci::{BarKind, MsixChange, MsixState, PciConfig, PciDevice, MSIX_ENTRY_SIZE};
 use crate::vm_ops::{GuestMapping, MsiMessage, VmOps};
 
@@ -48,10 +51,6 @@ const SHM_BAR: usize = 2;
 const COMMAND_OFFSET: usize = 0x04;
 const COMMAND_MEMORY: u16 = 1 << 1;
 const COMMAND_BUS_MASTER: u16 = 1 << 2;
-
-const STATUS_FEATURES_OK: u8 = 0x08;
-const STATUS_DRIVER_OK: u8 = 0x04;
-const STATUS_NEEDS_RESET: u8 = 0x40;
 
 /// Delivers queue and config interrupts through MSI-X irqfds, or records
 /// them as pending while masked.
@@ -808,7 +807,7 @@ mod tests {
     struct Recording(Arc<Seen>);
     impl VirtioDevice for Recording {
         fn device_type(&self) -> u32 {
-            26
+            crate::virtio::spec::VIRTIO_ID_FS
         }
         fn features(&self) -> u64 {
             VIRTIO_F_VERSION_1

@@ -22,13 +22,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
-use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
+use fuse_backend_rs::abi::virtio_fs::{RemovemappingOne, SetupmappingFlags};
 use fuse_backend_rs::transport::FsCacheReqHandler;
 use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
-/// FUSE_SETUPMAPPING_FLAG_WRITE. (_READ, bit 1, needs nothing: every
-/// mapping is readable.)
-const MAP_FLAG_WRITE: u64 = 1 << 0;
 /// The smallest window: Linux maps in 2 MiB ranges (FUSE_DAX_SZ).
 pub const DAX_WINDOW_MIN: u64 = 2 << 20;
 const NOT_SHOWN: u64 = u64::MAX;
@@ -378,7 +375,8 @@ impl DaxWindow {
             len,
             file: Arc::new(File::from(file)),
             foffset,
-            writable: flags & MAP_FLAG_WRITE != 0,
+            // (READ needs nothing: every mapping is readable.)
+            writable: flags & SetupmappingFlags::WRITE.bits() != 0,
             backed: len,
         };
         let mut mappings = self.write();
@@ -757,7 +755,8 @@ mod tests {
     use std::io::Write;
 
     const MIB: u64 = 1 << 20;
-    const MAP_FLAG_READ: u64 = 1 << 1;
+    const MAP_FLAG_READ: u64 = SetupmappingFlags::READ.bits();
+    const MAP_FLAG_WRITE: u64 = SetupmappingFlags::WRITE.bits();
     const GPA: u64 = 1 << 32;
 
     fn temp_file(name: &str, bytes: &[u8]) -> (std::path::PathBuf, File) {

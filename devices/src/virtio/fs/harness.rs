@@ -24,9 +24,9 @@ pub const USED_RING: u64 = 0x2000;
 pub const REQ_ADDR: u64 = 0x10_0000;
 pub const REPLY_ADDR: u64 = 0x20_0000;
 pub const REPLY_LEN: u32 = 0x2000;
-pub const F_NEXT: u16 = 1;
-pub const F_WRITE: u16 = 2;
-pub const F_INDIRECT: u16 = 4;
+pub use crate::virtio::spec::{
+    DESC_F_INDIRECT as F_INDIRECT, DESC_F_NEXT as F_NEXT, DESC_F_WRITE as F_WRITE,
+};
 
 pub const LOOKUP: u32 = Opcode::Lookup as u32;
 pub const GETATTR: u32 = Opcode::Getattr as u32;

@@ -34,7 +34,7 @@ use super::{
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
-pub const VIRTIO_ID_FS: u32 = 26;
+pub use crate::virtio::spec::VIRTIO_ID_FS;
 pub const TAG_MAX_LEN: usize = 36;
 pub const QUEUE_SIZE: u16 = 1024;
 

@@ -29,7 +29,7 @@ use fuse_backend_rs::abi::fuse_abi::{
     stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid, FOPEN_IN_KILL_SUIDGID,
     WRITE_KILL_PRIV,
 };
-use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
+use fuse_backend_rs::abi::virtio_fs::{RemovemappingOne, SetupmappingFlags};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply,
     ZeroCopyReader, ZeroCopyWriter,
@@ -41,9 +41,6 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 use super::acl;
 use super::id_map::IdMapping;
 use super::privileges::{grants_ids, is_device, without_ids, Privilege, Privileges};
-
-/// FUSE_SETUPMAPPING_FLAG_WRITE.
-const SETUPMAPPING_FLAG_WRITE: u64 = 1;
 
 pub struct SharePolicy<F> {
     inner: F,
@@ -796,7 +793,7 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         vu_req: &mut dyn FsCacheReqHandler,
     ) -> io::Result<()> {
         let ino: u64 = inode.into();
-        if flags & SETUPMAPPING_FLAG_WRITE != 0 {
+        if flags & SetupmappingFlags::WRITE.bits() != 0 {
             self.writable()?;
             self.clear_ids_before_change(ctx, ino)?;
         }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
@@ -16,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::dax::{DaxRequests, DaxWindow, PinError};
 use super::{filter, init_reply, FsServer, FsStats, ShareFs};
+use crate::virtio::spec::{DESC_F_INDIRECT, DESC_F_NEXT};
 use crate::virtio::{BusMaster, GuestMemoryShared, QueueVector, VirtioInterrupt};
 
 pub(super) struct QueueWorker {
@@ -191,10 +191,10 @@ impl QueueWorker {
                 return false;
             };
             let d = SplitDescriptor::from(d);
-            if d.flags() & VRING_DESC_F_INDIRECT as u16 != 0 {
+            if d.flags() & DESC_F_INDIRECT != 0 {
                 return window.overlaps(shown_at, d.addr().0, u64::from(d.len()));
             }
-            if d.flags() & VRING_DESC_F_NEXT as u16 == 0 {
+            if d.flags() & DESC_F_NEXT == 0 {
                 return false;
             }
             index = d.next();
