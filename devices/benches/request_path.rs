@@ -9,28 +9,15 @@
 //! (`cargo test` runs each once, as a smoke test.)
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ferry_devices::virtio::fs::harness::{fuse_request, Harness, GETATTR, LOOKUP, ROOT};
-use fuse_backend_rs::abi::fuse_abi::Opcode;
+use ferry_devices::virtio::fs::harness::{
+    fuse_request, fuse_struct_request, node_of, reply_body, Harness, GETATTR, LOOKUP, ROOT,
+};
+use fuse_backend_rs::abi::fuse_abi::{Opcode, OpenIn, OpenOut, ReadIn, WriteIn};
 
 const OPEN: u32 = Opcode::Open as u32;
 const READ: u32 = Opcode::Read as u32;
 const WRITE: u32 = Opcode::Write as u32;
-const O_RDWR: u32 = 2;
 const BLOCK: usize = 4096;
-
-fn u64_at(reply: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(reply[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// `fuse_read_in` / `fuse_write_in`: fh, offset, size, then flags we leave 0.
-fn io_body(fh: u64, offset: u64, size: u32) -> Vec<u8> {
-    let mut b = Vec::with_capacity(40 + BLOCK);
-    b.extend_from_slice(&fh.to_le_bytes());
-    b.extend_from_slice(&offset.to_le_bytes());
-    b.extend_from_slice(&size.to_le_bytes());
-    b.extend_from_slice(&[0; 20]);
-    b
-}
 
 /// A served share with a 1 MiB file open read-write: (harness, nodeid, fh).
 fn setup() -> (Harness, u64, u64) {
@@ -39,25 +26,34 @@ fn setup() -> (Harness, u64, u64) {
     h.init();
     let (_, error, reply) = h.lookup(b"data");
     assert_eq!(error, 0, "LOOKUP data");
-    let nodeid = u64_at(&reply, 16);
-    let (_, error, reply) = h.request(&fuse_request(
-        OPEN,
-        9,
-        nodeid,
-        &[O_RDWR, 0].map(u32::to_le_bytes).concat(),
-    ));
+    let nodeid = node_of(&reply);
+    let open = OpenIn {
+        flags: libc::O_RDWR as u32,
+        ..OpenIn::default()
+    };
+    let (_, error, reply) = h.request(&fuse_struct_request(OPEN, 9, nodeid, &open, &[]));
     assert_eq!(error, 0, "OPEN data");
-    (h, nodeid, u64_at(&reply, 16))
+    (h, nodeid, reply_body::<OpenOut>(&reply).fh)
 }
 
 fn request_path(c: &mut Criterion) {
     let (mut h, nodeid, fh) = setup();
     let lookup = fuse_request(LOOKUP, 10, ROOT, b"data\0");
     let getattr = fuse_request(GETATTR, 11, nodeid, &[0; 16]);
-    let read = fuse_request(READ, 12, nodeid, &io_body(fh, 4096, BLOCK as u32));
-    let mut write_body = io_body(fh, 8192, BLOCK as u32);
-    write_body.extend_from_slice(&[5u8; BLOCK]);
-    let write = fuse_request(WRITE, 13, nodeid, &write_body);
+    let read_in = ReadIn {
+        fh,
+        offset: 4096,
+        size: BLOCK as u32,
+        ..ReadIn::default()
+    };
+    let read = fuse_struct_request(READ, 12, nodeid, &read_in, &[]);
+    let write_in = WriteIn {
+        fh,
+        offset: 8192,
+        size: BLOCK as u32,
+        ..WriteIn::default()
+    };
+    let write = fuse_struct_request(WRITE, 13, nodeid, &write_in, &[5u8; BLOCK]);
     for (name, req, reply_len) in [
         ("lookup", &lookup, 16 + 128),
         ("getattr", &getattr, 16 + 104),

@@ -3,6 +3,8 @@
 //! raise an interrupt, a callback to end the VM) and never see KVM itself.
 
 pub mod bus;
+#[cfg(any(test, feature = "harness"))]
+pub mod fake_vm;
 pub mod legacy;
 pub mod pci;
 pub mod virtio;

@@ -21,8 +21,8 @@
 use std::sync::Arc;
 
 use ferry_devices::virtio::fs::harness::{
-    desc, fuse_request, Harness, AVAIL_RING, DESC_TABLE, F_INDIRECT, F_NEXT, F_WRITE, QUEUE_LEN,
-    REPLY_ADDR, REQ_ADDR, ROOT, USED_RING,
+    desc, fuse_request, Harness, AVAIL_RING, F_INDIRECT, F_NEXT, F_WRITE, QUEUE_LEN, REPLY_ADDR,
+    REQ_ADDR, ROOT,
 };
 use ferry_devices::virtio::fs::{DaxWindow, IdMap, IdMapping};
 
@@ -132,31 +132,19 @@ fn gen_flags(inp: &mut Input<'_>) -> u16 {
 fn submit(h: &mut Harness, st: &mut State, descs: &[RawDescriptor]) -> Option<u32> {
     debug_assert!(descs.len() <= 4);
     let head = h.next_desc;
-    for (i, d) in descs.iter().enumerate() {
-        let at = DESC_TABLE + 16 * u64::from(head + i as u16);
-        h.mem.write_obj(*d, GuestAddress(at)).unwrap();
-    }
-    let idx: u16 = h.mem.read_obj(GuestAddress(AVAIL_RING + 2)).unwrap();
-    let slot = AVAIL_RING + 4 + 2 * u64::from(idx % QUEUE_LEN);
-    h.mem.write_obj(head, GuestAddress(slot)).unwrap();
-    h.mem
-        .write_obj(idx.wrapping_add(1), GuestAddress(AVAIL_RING + 2))
-        .unwrap();
-    h.next_desc = (head + descs.len() as u16) % (QUEUE_LEN - 4);
+    let want = h.place_raw(descs);
     h.worker_round();
-    let used_idx: u16 = h.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap();
-    let elem = USED_RING + 4 + 8 * u64::from(used_idx.wrapping_sub(1) % QUEUE_LEN);
-    let id: u32 = h.mem.read_obj(GuestAddress(elem)).unwrap();
-    if used_idx != idx.wrapping_add(1) || id != u32::from(head) {
+    let used_idx = h.used_idx();
+    let (id, len) = h.used_elem(used_idx.wrapping_sub(1));
+    if used_idx != want || id != u32::from(head) {
         assert!(
             st.ring_dirty,
             "chain {head} made available on an intact ring did not come back: \
-             avail idx {}, used idx {used_idx}, last used id {id}",
-            idx.wrapping_add(1)
+             avail idx {want}, used idx {used_idx}, last used id {id}"
         );
         return None;
     }
-    Some(h.mem.read_obj(GuestAddress(elem + 4)).unwrap())
+    Some(len)
 }
 
 /// Reads what the device wrote into `pieces` (address, length), up to

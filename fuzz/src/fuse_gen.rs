@@ -5,6 +5,10 @@
 //! is raw bytes, cut short, or has bytes added, and the header lies about
 //! the length or carries another uid/gid.
 
+use std::mem::{offset_of, size_of};
+
+use fuse_backend_rs::abi::fuse_abi::{Dirent, EntryOut, InHeader, OpenOut, OutHeader};
+
 use crate::input::Input;
 
 // include/uapi/linux/fuse.h
@@ -257,8 +261,9 @@ fn le_u32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// `struct fuse_entry_out`: 40 bytes then `struct fuse_attr` (88).
-const ENTRY_OUT: usize = 128;
+const OUT_HEADER: usize = size_of::<OutHeader>();
+const ENTRY_OUT: usize = size_of::<EntryOut>();
+const _: () = assert!(OUT_HEADER == 16 && ENTRY_OUT == 128 && size_of::<Dirent>() == 24);
 
 impl Known {
     pub fn node(&mut self, inp: &mut Input<'_>) -> u64 {
@@ -279,36 +284,41 @@ impl Known {
 
     /// Learns nodes and handles from a reply to `opcode`.
     pub fn learn(&mut self, opcode: u32, reply: &[u8]) {
-        if reply.len() < 16 || le_u32(reply, 4) != Some(0) {
+        if reply.len() < OUT_HEADER || le_u32(reply, offset_of!(OutHeader, error)) != Some(0) {
             return;
         }
         match opcode {
             LOOKUP | SYMLINK | MKNOD | MKDIR | LINK | CREATE | TMPFILE => {
-                if let Some(n) = le_u64(reply, 16).filter(|&n| n != 0) {
+                let entry = OUT_HEADER + offset_of!(EntryOut, nodeid);
+                if let Some(n) = le_u64(reply, entry).filter(|&n| n != 0) {
                     remember(&mut self.nodes, true, n);
                 }
                 if opcode == CREATE || opcode == TMPFILE {
-                    if let Some(fh) = le_u64(reply, 16 + ENTRY_OUT) {
+                    // CREATE's reply: fuse_entry_out, then fuse_open_out.
+                    let fh = OUT_HEADER + ENTRY_OUT + offset_of!(OpenOut, fh);
+                    if let Some(fh) = le_u64(reply, fh) {
                         remember(&mut self.fhs, false, fh);
                     }
                 }
             }
             OPEN | OPENDIR => {
-                if let Some(fh) = le_u64(reply, 16) {
+                if let Some(fh) = le_u64(reply, OUT_HEADER + offset_of!(OpenOut, fh)) {
                     remember(&mut self.fhs, false, fh);
                 }
             }
             READDIRPLUS => {
-                // struct fuse_direntplus { entry_out; dirent { ino, off,
-                // namelen, type, name[] } }, each padded to 8 bytes.
-                let mut at = 16;
-                while let (Some(node), Some(namelen)) =
-                    (le_u64(reply, at), le_u32(reply, at + ENTRY_OUT + 16))
-                {
+                // struct fuse_direntplus { entry_out; dirent; name[] },
+                // each padded to 8 bytes.
+                let mut at = OUT_HEADER;
+                while let (Some(node), Some(namelen)) = (
+                    le_u64(reply, at + offset_of!(EntryOut, nodeid)),
+                    le_u32(reply, at + ENTRY_OUT + offset_of!(Dirent, namelen)),
+                ) {
                     if node != 0 {
                         remember(&mut self.nodes, true, node);
                     }
-                    let len = (ENTRY_OUT + 24 + namelen as usize).next_multiple_of(8);
+                    let len =
+                        (ENTRY_OUT + size_of::<Dirent>() + namelen as usize).next_multiple_of(8);
                     at += len;
                 }
             }
@@ -429,13 +439,17 @@ pub fn request(inp: &mut Input<'_>, known: &mut Known) -> (u32, Vec<u8>) {
         ferry_devices::virtio::fs::harness::fuse_request(opcode, known.unique, nodeid, &body);
     known.unique += 1;
     if inp.chance(24) {
-        // struct fuse_in_header { len, opcode, unique, nodeid, uid, gid,
-        // pid, total_extlen, padding }
         let (at, v) = match inp.below(4) {
-            0 => (0, inp.u32()),
-            1 => (24, inp.u32_from(&[1000, 65534, u32::MAX])),
-            2 => (28, inp.u32_from(&[1000, 65534, u32::MAX])),
-            _ => (32, inp.u32()),
+            0 => (offset_of!(InHeader, len), inp.u32()),
+            1 => (
+                offset_of!(InHeader, uid),
+                inp.u32_from(&[1000, 65534, u32::MAX]),
+            ),
+            2 => (
+                offset_of!(InHeader, gid),
+                inp.u32_from(&[1000, 65534, u32::MAX]),
+            ),
+            _ => (offset_of!(InHeader, pid), inp.u32()),
         };
         req[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }

@@ -1,6 +1,6 @@
 //! `pci_config`: the PCI side of a virtio-fs device. A `PciRoot` on an
 //! I/O bus (mechanism 1, ports 0xCF8..0xCFF), a `VirtioPciDevice` wrapping a
-//! `VirtioFs` on the MMIO bus, a mock `VmOps` that behaves like KVM where
+//! `VirtioFs` on the MMIO bus, `FakeVm` as the `VmOps`, which behaves like KVM where
 //! it matters (an MMIO write to a registered ioeventfd address signals it
 //! instead of exiting; a memory slot may not overlap RAM or another slot;
 //! a guest access inside a shown memory slot is memory, not MMIO, and a
@@ -15,25 +15,22 @@
 //! kicked (the queue workers then run as in Ferry, on their own threads),
 //! guest memory writes, device resets.
 
-use std::collections::HashMap;
-use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_devices::bus::Bus;
+use ferry_devices::fake_vm::FakeVm;
 use ferry_devices::pci::{PciDevice, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT};
 use ferry_devices::virtio::fs::{CacheMode, DaxWindow, FsShare, VirtioFs};
+use ferry_devices::virtio::ring::SplitRingLayout;
 use ferry_devices::virtio::spec::{
     DESC_F_NEXT, DESC_F_WRITE, STATUS_ACKNOWLEDGE as STATUS_ACK, STATUS_DRIVER, STATUS_DRIVER_OK,
     STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC,
     VIRTIO_F_VERSION_1,
 };
 use ferry_devices::virtio::VirtioPciDevice;
-use ferry_devices::vm_ops::{GuestMapping, MsiMessage, VmOps};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::fuse_gen::{self, Known};
 use crate::input::Input;
@@ -91,142 +88,8 @@ const F_INDIRECT_AND_EVENT_IDX: u32 =
     (VIRTIO_F_RING_INDIRECT_DESC | VIRTIO_F_RING_EVENT_IDX) as u32;
 const _: () = assert!(F_VERSION_1_HI == 1 && F_INDIRECT_AND_EVENT_IDX == (1 << 28) | (1 << 29));
 
-/// The `VmOps` failures an input may ask for, after the device is built.
-const FAIL_REGISTER_IOEVENT: u8 = 1;
-const FAIL_UNREGISTER_IOEVENT: u8 = 2;
-const FAIL_ROUTE_MSI: u8 = 4;
-const FAIL_MEMORY_SLOT: u8 = 8;
-
-fn err(code: i32) -> io::Error {
-    io::Error::from_raw_os_error(code)
-}
-
-/// KVM as far as the device can tell.
-struct MockVm {
-    ioevents: Mutex<Vec<(u64, EventFd)>>,
-    next_gsi: AtomicU32,
-    routes: Mutex<HashMap<u32, MsiMessage>>,
-    next_slot: AtomicU32,
-    slots: Mutex<HashMap<u32, GuestMapping>>,
-    fail: u8,
-    armed: AtomicBool,
-}
-
-impl MockVm {
-    fn new(fail: u8) -> Self {
-        MockVm {
-            ioevents: Mutex::new(Vec::new()),
-            next_gsi: AtomicU32::new(24),
-            routes: Mutex::new(HashMap::new()),
-            // Slot 0 holds RAM.
-            next_slot: AtomicU32::new(1),
-            slots: Mutex::new(HashMap::new()),
-            fail,
-            armed: AtomicBool::new(false),
-        }
-    }
-
-    fn failing(&self, what: u8) -> bool {
-        self.fail & what != 0 && self.armed.load(Ordering::Relaxed)
-    }
-
-    /// The ioeventfd KVM would signal for an MMIO write at `addr`.
-    fn kick(&self, addr: u64) -> bool {
-        let events = self.ioevents.lock().unwrap();
-        match events.iter().find(|(a, _)| *a == addr) {
-            Some((_, fd)) => {
-                fd.write(1).expect("eventfd write");
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The memory slot showing `addr`, if any.
-    fn slot_at(&self, addr: u64) -> Option<GuestMapping> {
-        let slots = self.slots.lock().unwrap();
-        slots
-            .values()
-            .find(|m| addr >= m.guest_addr && addr - m.guest_addr < m.size)
-            .copied()
-    }
-}
-
-impl VmOps for MockVm {
-    fn register_ioevent(&self, evt: &EventFd, addr: u64) -> io::Result<()> {
-        if self.failing(FAIL_REGISTER_IOEVENT) {
-            return Err(err(libc::ENOSPC));
-        }
-        let mut events = self.ioevents.lock().unwrap();
-        if events.iter().any(|(a, _)| *a == addr) {
-            return Err(err(libc::EEXIST));
-        }
-        events.push((addr, evt.try_clone()?));
-        Ok(())
-    }
-
-    fn unregister_ioevent(&self, _evt: &EventFd, addr: u64) -> io::Result<()> {
-        if self.failing(FAIL_UNREGISTER_IOEVENT) {
-            return Err(err(libc::EINVAL));
-        }
-        // KVM matches the eventfd too; every kick has its own address here.
-        let mut events = self.ioevents.lock().unwrap();
-        match events.iter().position(|(a, _)| *a == addr) {
-            Some(i) => {
-                events.remove(i);
-                Ok(())
-            }
-            None => Err(err(libc::ENOENT)),
-        }
-    }
-
-    fn add_msi_vector(&self, _irqfd: &EventFd) -> io::Result<u32> {
-        Ok(self.next_gsi.fetch_add(1, Ordering::Relaxed))
-    }
-
-    fn route_msi(&self, gsi: u32, msg: MsiMessage) -> io::Result<()> {
-        if self.failing(FAIL_ROUTE_MSI) {
-            return Err(err(libc::ENOMEM));
-        }
-        assert!(
-            gsi >= 24 && gsi < self.next_gsi.load(Ordering::Relaxed),
-            "route for a GSI never allocated: {gsi}"
-        );
-        self.routes.lock().unwrap().insert(gsi, msg);
-        Ok(())
-    }
-
-    fn new_memory_slot(&self) -> u32 {
-        self.next_slot.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn set_memory_slot(&self, slot: u32, mapping: Option<GuestMapping>) -> io::Result<()> {
-        if self.failing(FAIL_MEMORY_SLOT) {
-            return Err(err(libc::ENOMEM));
-        }
-        let mut slots = self.slots.lock().unwrap();
-        slots.remove(&slot);
-        let Some(m) = mapping else {
-            return Ok(());
-        };
-        let end = m
-            .guest_addr
-            .checked_add(m.size)
-            .ok_or_else(|| err(libc::EINVAL))?;
-        if m.size == 0 || m.guest_addr % 4096 != 0 || m.host_addr % 4096 != 0 {
-            return Err(err(libc::EINVAL));
-        }
-        let overlaps = |a: u64, len: u64| m.guest_addr < a + len && end > a;
-        if overlaps(0, RAM_SIZE) || slots.values().any(|o| overlaps(o.guest_addr, o.size)) {
-            return Err(err(libc::EEXIST));
-        }
-        slots.insert(slot, m);
-        Ok(())
-    }
-}
-
 struct Machine {
-    vm: Arc<MockVm>,
+    vm: Arc<FakeVm>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     io_bus: Bus,
     mmio_bus: Arc<Bus>,
@@ -373,16 +236,22 @@ impl Machine {
             }
             // A ring at guest address 0 counts as not set up: the worker
             // pops nothing from it but still reads its index.
+            let ring = SplitRingLayout {
+                desc: 0,
+                avail,
+                used,
+                size,
+            };
             let consumed: u16 = if avail == 0 {
                 0
             } else if active && in_ram(used, 4) {
-                guest.read_obj(GuestAddress(used + 2)).unwrap()
+                guest.read_obj(ring.used_idx_addr()).unwrap()
             } else {
                 0
             };
-            let idx: u16 = guest.read_obj(GuestAddress(avail + 2)).unwrap();
+            let idx: u16 = guest.read_obj(ring.avail_idx_addr()).unwrap();
             if idx.wrapping_sub(consumed) > size {
-                guest.write_obj(consumed, GuestAddress(avail + 2)).unwrap();
+                guest.write_obj(consumed, ring.avail_idx_addr()).unwrap();
             }
         }
     }
@@ -660,8 +529,14 @@ fn op_post(m: &mut Machine, inp: &mut Input<'_>) {
         guest.write_slice(&req, GuestAddress(req_addr)).unwrap();
     }
     let mut waited_for = None;
-    if in_ram(desc_table, 16 * u64::from(size))
-        && in_ram(avail, 4 + 2 * u64::from(size))
+    let ring = SplitRingLayout {
+        desc: desc_table,
+        avail,
+        used,
+        size,
+    };
+    if in_ram(desc_table, ring.desc_table_len())
+        && in_ram(avail, ring.avail_ring_len_no_event())
         && !(skip && (desc_table < 4 || avail == 0))
     {
         let head = inp.below(usize::from(size)) as u16;
@@ -674,20 +549,15 @@ fn op_post(m: &mut Machine, inp: &mut Input<'_>) {
         let d0 =
             ferry_devices::virtio::fs::harness::desc(req_addr, req.len() as u32, flags0, next0);
         let d1 = ferry_devices::virtio::fs::harness::desc(reply_addr, reply_len, DESC_F_WRITE, 0);
+        guest.write_obj(d0, ring.desc_addr(head)).unwrap();
+        guest.write_obj(d1, ring.desc_addr(next)).unwrap();
+        let idx: u16 = guest.read_obj(ring.avail_idx_addr()).unwrap();
+        guest.write_obj(head, ring.avail_slot_addr(idx)).unwrap();
         guest
-            .write_obj(d0, GuestAddress(desc_table + 16 * u64::from(head)))
-            .unwrap();
-        guest
-            .write_obj(d1, GuestAddress(desc_table + 16 * u64::from(next)))
-            .unwrap();
-        let idx: u16 = guest.read_obj(GuestAddress(avail + 2)).unwrap();
-        let slot = avail + 4 + 2 * u64::from(idx % size);
-        guest.write_obj(head, GuestAddress(slot)).unwrap();
-        guest
-            .write_obj(idx.wrapping_add(1), GuestAddress(avail + 2))
+            .write_obj(idx.wrapping_add(1), ring.avail_idx_addr())
             .unwrap();
         if in_ram(used, 4) {
-            waited_for = Some((used, idx.wrapping_add(1)));
+            waited_for = Some((ring.used_idx_addr(), idx.wrapping_add(1)));
         }
     }
     drop(guest);
@@ -704,10 +574,10 @@ fn op_post(m: &mut Machine, inp: &mut Input<'_>) {
              used {used:#x}), request at {req_addr:#x}, reply at {reply_addr:#x}, active {active}"
         );
     }
-    if let (true, Some((used, want))) = (active, waited_for) {
+    if let (true, Some((used_idx, want))) = (active, waited_for) {
         let deadline = Instant::now() + Duration::from_millis(50);
         while Instant::now() < deadline {
-            let idx: u16 = m.mem.memory().read_obj(GuestAddress(used + 2)).unwrap();
+            let idx: u16 = m.mem.memory().read_obj(used_idx).unwrap();
             if idx == want {
                 if sandbox::verbose() {
                     let mut h = [0u8; 16];
@@ -837,10 +707,10 @@ pub fn run(data: &[u8]) {
     let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)])
         .expect("guest RAM");
     let mem = GuestMemoryAtomic::new(ram);
-    let vm = Arc::new(MockVm::new(fail));
+    let vm = Arc::new(FakeVm::failing(RAM_SIZE, fail));
     let dev = VirtioPciDevice::new(Box::new(fs), vm.clone(), mem.clone(), BAR0, Some(SHM_ADDR))
         .expect("virtio-pci device");
-    vm.armed.store(true, Ordering::Relaxed);
+    vm.arm();
     let msix_cap = {
         // Walk the capability list for MSI-X (0x11).
         let mut at = usize::from(dev.config().read_u16(0x34) as u8);
@@ -915,6 +785,13 @@ pub fn run(data: &[u8]) {
     // Reset stops the workers (joins their threads) before the device goes.
     {
         let mut dev = m.dev.lock().unwrap();
+        // Whatever the guest wrote, a failed DRIVER_OK must be its own
+        // fault: this host has descriptors and threads to spare.
+        let failed = dev.failed_activations();
+        assert_eq!(
+            failed.by_host, 0,
+            "activation failed for a host reason ({failed:?}); see the log"
+        );
         dev.bar_write(0, DEVICE_STATUS, &[0]);
         let mut status = [0xffu8];
         dev.bar_read(0, DEVICE_STATUS, &mut status);

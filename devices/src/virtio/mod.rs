@@ -3,9 +3,11 @@
 pub mod fs;
 mod pci;
 mod queue_config;
+pub mod ring;
 pub mod spec;
+mod status;
 
-pub use pci::{VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
+pub use pci::{FailedActivations, VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
 
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;

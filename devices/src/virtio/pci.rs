@@ -15,6 +15,7 @@ use super::spec::{
     STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_VERSION_1,
 };
+use super::status::{self, FeaturesOk, Transition};
 use super::{
     ActivateError, Activation, ActiveQueue, BusMaster, GuestMemoryShared, SharedMemoryRegion,
     VirtioDevice, VirtioInterrupt,
@@ -121,6 +122,14 @@ pub struct VirtioPciDevice {
     queue_select: u16,
     /// A status write that cleared bits was reported once.
     warned_status_clear: bool,
+    failed_activations: FailedActivations,
+}
+
+/// DRIVER_OK writes that did not start the device, by who was to blame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailedActivations {
+    pub by_guest: u64,
+    pub by_host: u64,
 }
 
 /// The shared memory region's BAR and the memory slot behind it.
@@ -224,7 +233,13 @@ impl VirtioPciDevice {
             config_vector: NO_VECTOR,
             bus_master: BusMaster::default(),
             queue_select: 0,
+            failed_activations: FailedActivations::default(),
         })
+    }
+
+    /// How many activations failed so far, and whose fault each was.
+    pub fn failed_activations(&self) -> FailedActivations {
+        self.failed_activations
     }
 
     fn selected_queue(&mut self) -> Option<&mut QueueConfig> {
@@ -322,51 +337,49 @@ impl VirtioPciDevice {
     }
 
     fn write_status(&mut self, value: u8) {
-        if value == 0 {
-            self.reset();
-            return;
-        }
         let old = self.status;
-        // The driver clears status bits only by writing 0 (virtio 1.2,
-        // 2.1.2). A write that would clear one, DRIVER_OK above all, is
-        // ignored: the workers keep the rings they were given, so the queue
-        // registers must stay locked too (the fuzzer saw them unlocked
-        // under running workers). NEEDS_RESET is the device's to set.
-        let cleared = old & !value & !STATUS_NEEDS_RESET;
-        if cleared != 0 {
-            if !std::mem::replace(&mut self.warned_status_clear, true) {
-                log::warn!(
-                    "virtio-pci: driver wrote status {value:#x} over {old:#x}, clearing bits \
-                     {cleared:#x}; ignored (only a write of 0 resets)"
-                );
+        let offered = self.device.features();
+        let wanted = self.driver_features;
+        let acceptable = || wanted & !offered == 0 && wanted & VIRTIO_F_VERSION_1 != 0;
+        let (new, features, activate) = match status::next(old, value, acceptable) {
+            Transition::Reset => {
+                self.reset();
+                return;
             }
-            return;
-        }
-        let mut new = value | (old & STATUS_NEEDS_RESET);
-        if new & STATUS_FEATURES_OK != 0 && old & STATUS_FEATURES_OK == 0 {
-            let offered = self.device.features();
-            let unknown = self.driver_features & !offered;
-            if unknown != 0 || self.driver_features & VIRTIO_F_VERSION_1 == 0 {
-                log::warn!(
-                    "virtio-pci: driver features {:#x} not acceptable (offered {offered:#x})",
-                    self.driver_features
-                );
-                new &= !STATUS_FEATURES_OK;
-            } else {
-                log::debug!(
-                    "virtio-pci: negotiated features {:#x}",
-                    self.driver_features
-                );
+            Transition::Ignore { cleared } => {
+                if !std::mem::replace(&mut self.warned_status_clear, true) {
+                    log::warn!(
+                        "virtio-pci: driver wrote status {value:#x} over {old:#x}, clearing \
+                         bits {cleared:#x}; ignored (only a write of 0 resets)"
+                    );
+                }
+                return;
             }
+            Transition::Set {
+                status,
+                features,
+                activate,
+            } => (status, features, activate),
+        };
+        match features {
+            Some(FeaturesOk::Refused) => log::warn!(
+                "virtio-pci: driver features {wanted:#x} not acceptable (offered {offered:#x})"
+            ),
+            Some(FeaturesOk::Accepted) => {
+                log::debug!("virtio-pci: negotiated features {wanted:#x}")
+            }
+            None => {}
         }
         self.status = new;
-        if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
+        if activate {
             if let Err(e) = self.activate() {
                 // A driver's mistake is the guest's business; running out of
                 // descriptors or threads is the host operator's.
                 let level = if e.is_guest_fault() {
+                    self.failed_activations.by_guest += 1;
                     log::Level::Warn
                 } else {
+                    self.failed_activations.by_host += 1;
                     log::Level::Error
                 };
                 log::log!(
@@ -773,31 +786,11 @@ mod tests {
     use super::super::{ActivateError, Activation, QueueVector, VirtioDevice};
     use super::*;
 
-    struct NoKvm;
-    impl VmOps for NoKvm {
-        fn register_ioevent(&self, _: &EventFd, _: u64) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn unregister_ioevent(&self, _: &EventFd, _: u64) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn add_msi_vector(&self, _: &EventFd) -> std::io::Result<u32> {
-            Ok(0)
-        }
-        fn route_msi(&self, _: u32, _: MsiMessage) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn new_memory_slot(&self) -> u32 {
-            0
-        }
-        fn set_memory_slot(&self, _: u32, _: Option<GuestMapping>) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// What the test device saw: activations, resets, its queue's vector.
     #[derive(Default)]
     struct Seen {
+        /// Activation fails as the host would fail it (no threads left).
+        no_threads: std::sync::atomic::AtomicBool,
         activations: AtomicUsize,
         resets: AtomicUsize,
         vector: Mutex<Option<QueueVector>>,
@@ -817,6 +810,10 @@ mod tests {
         }
         fn read_config(&self, _: u64, _: &mut [u8]) {}
         fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+            if self.0.no_threads.load(Ordering::Relaxed) {
+                let eagain = std::io::Error::from_raw_os_error(libc::EAGAIN);
+                return Err(ActivateError::Spawn(eagain));
+            }
             self.0.activations.fetch_add(1, Ordering::Relaxed);
             *self.0.vector.lock().unwrap() = a.queues.first().map(|q| q.vector.clone());
             Ok(())
@@ -830,7 +827,7 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         VirtioPciDevice::new(
             dev,
-            Arc::new(NoKvm),
+            Arc::new(crate::fake_vm::FakeVm::new(1 << 20)),
             GuestMemoryAtomic::new(mem),
             0xc000_0000,
             None,
@@ -965,5 +962,96 @@ mod tests {
         d.write_common(0x14, &[0]);
         assert_eq!(read8(&mut d, 0x14), 0);
         assert_eq!(seen.resets.load(Ordering::Relaxed), 1);
+    }
+
+    const STATUS: u64 = 0x14;
+    const GENERATION: u64 = 0x15;
+
+    #[test]
+    fn driver_ok_without_features_ok_is_the_guest_s_fault() {
+        let seen = Arc::new(Seen::default());
+        let mut d = device(Box::new(Recording(seen.clone())));
+        let generation = read8(&mut d, GENERATION);
+        for status in [1u8, 3, 7] {
+            d.write_common(STATUS, &[status]);
+        }
+        assert_eq!(read8(&mut d, STATUS), 7 | STATUS_NEEDS_RESET);
+        assert_eq!(seen.activations.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            d.failed_activations(),
+            FailedActivations {
+                by_guest: 1,
+                by_host: 0
+            }
+        );
+        assert_ne!(
+            read8(&mut d, GENERATION),
+            generation,
+            "no config change shown"
+        );
+        // Sticky until the reset, which clears it.
+        d.write_common(STATUS, &[15]);
+        assert_ne!(read8(&mut d, STATUS) & STATUS_NEEDS_RESET, 0);
+        d.write_common(STATUS, &[0]);
+        assert_eq!(read8(&mut d, STATUS), 0);
+    }
+
+    #[test]
+    fn a_host_failure_on_activation_needs_reset_too() {
+        let seen = Arc::new(Seen::default());
+        seen.no_threads.store(true, Ordering::Relaxed);
+        let mut d = device(Box::new(Recording(seen.clone())));
+        drive_to_ok(&mut d, 1);
+        assert_eq!(read8(&mut d, STATUS), 15 | STATUS_NEEDS_RESET);
+        assert_eq!(
+            d.failed_activations(),
+            FailedActivations {
+                by_guest: 0,
+                by_host: 1
+            }
+        );
+    }
+
+    #[test]
+    fn features_ok_is_refused_for_features_not_offered() {
+        let seen = Arc::new(Seen::default());
+        let mut d = device(Box::new(Recording(seen.clone())));
+        // Page 1: VERSION_1 and bit 33, which the device does not offer.
+        d.write_common(0x08, &1u32.to_le_bytes());
+        d.write_common(0x0c, &3u32.to_le_bytes());
+        for status in [1u8, 3, 11] {
+            d.write_common(STATUS, &[status]);
+        }
+        assert_eq!(read8(&mut d, STATUS), 3, "FEATURES_OK stuck");
+        // Without VERSION_1: refused as well.
+        d.write_common(0x0c, &0u32.to_le_bytes());
+        d.write_common(STATUS, &[11]);
+        assert_eq!(read8(&mut d, STATUS), 3, "a legacy driver was accepted");
+        // With exactly what was offered: kept, and features are then fixed.
+        d.write_common(0x0c, &1u32.to_le_bytes());
+        d.write_common(STATUS, &[11]);
+        assert_eq!(read8(&mut d, STATUS), 11);
+        assert_eq!(seen.activations.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn reset_clears_the_driver_s_settings() {
+        let seen = Arc::new(Seen::default());
+        let mut d = device(Box::new(Recording(seen.clone())));
+        drive_to_ok(&mut d, 1);
+        d.write_common(0x10, &1u16.to_le_bytes());
+        d.write_common(STATUS, &[0]);
+        assert_eq!(read8(&mut d, STATUS), 0);
+        assert_eq!(read16(&mut d, 0x10), NO_VECTOR, "config vector kept");
+        assert_eq!(read16(&mut d, 0x16), 0, "queue select kept");
+        assert_eq!(read16(&mut d, 0x1a), NO_VECTOR, "queue vector kept");
+        assert_eq!(read16(&mut d, 0x1c), 0, "queue left enabled");
+        let mut b = [0u8; 4];
+        d.read_common(0x20, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0, "queue address kept");
+        // And the device can be driven to DRIVER_OK again.
+        drive_to_ok(&mut d, 1);
+        assert_eq!(read8(&mut d, STATUS), 15);
+        assert_eq!(seen.activations.load(Ordering::Relaxed), 2);
     }
 }

@@ -110,7 +110,7 @@ mod tests {
 /// namespace of its own, so the case runs in a child under `unshare`.
 #[cfg(test)]
 mod submount_tests {
-    use super::super::harness::{fuse_request, Harness, LOOKUP, ROOT};
+    use super::super::harness::{fuse_request, node_of, Harness, LOOKUP, ROOT};
     use super::usable;
 
     const CHILD_ENV: &str = "FERRY_SUBMOUNT_TEST_CHILD";
@@ -153,7 +153,7 @@ mod submount_tests {
         let round = |h: &mut Harness| {
             let (_, error, reply) = h.request(&fuse_request(LOOKUP, 5, ROOT, b"sub\0"));
             assert_eq!(error, 0, "LOOKUP sub");
-            let node = u64::from_le_bytes(reply[16..24].try_into().unwrap());
+            let node = node_of(&reply);
             // FORGET has no reply; nlookup 1 drops the only reference.
             h.request(&fuse_request(FORGET, 6, node, &1u64.to_le_bytes()));
         };

@@ -3,24 +3,35 @@
 //! The unit tests feed it hostile chains; `benches/request_path.rs` times
 //! the request path with it. Test code: it panics on setup failures.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use fuse_backend_rs::abi::fuse_abi::Opcode;
+use fuse_backend_rs::abi::fuse_abi::{
+    EntryOut, InHeader, InitIn, Opcode, OutHeader, SetattrIn, SetattrValid,
+};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::QueueWorker;
 use super::{CacheMode, DaxWindow, FsShare, VirtioFs};
-use crate::virtio::VirtioInterrupt;
+use crate::fake_vm::FakeVm;
+use crate::virtio::ring::SplitRingLayout;
 
 pub const QUEUE_LEN: u16 = 16;
+/// The harness's guest memory: plain RAM from address 0.
+pub const GUEST_RAM: u64 = 16 << 20;
 // Ring layout in plain guest memory.
 pub const DESC_TABLE: u64 = 0x0;
 pub const AVAIL_RING: u64 = 0x1000;
 pub const USED_RING: u64 = 0x2000;
+/// The queue as the harness lays it out.
+pub const RING: SplitRingLayout = SplitRingLayout {
+    desc: DESC_TABLE,
+    avail: AVAIL_RING,
+    used: USED_RING,
+    size: QUEUE_LEN,
+};
 pub const REQ_ADDR: u64 = 0x10_0000;
 pub const REPLY_ADDR: u64 = 0x20_0000;
 pub const REPLY_LEN: u32 = 0x2000;
@@ -32,14 +43,6 @@ pub const LOOKUP: u32 = Opcode::Lookup as u32;
 pub const GETATTR: u32 = Opcode::Getattr as u32;
 pub const INIT: u32 = Opcode::Init as u32;
 pub const ROOT: u64 = 1;
-
-#[derive(Default)]
-pub struct CountingInterrupt(AtomicUsize);
-impl VirtioInterrupt for CountingInterrupt {
-    fn notify(&self, _vector: u16) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 pub struct Harness {
     pub mem: GuestMemoryMmap,
@@ -71,16 +74,53 @@ pub fn fuse_request_as(
     nodeid: u64,
     body: &[u8],
 ) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
-    v.extend_from_slice(&opcode.to_le_bytes());
-    v.extend_from_slice(&unique.to_le_bytes());
-    v.extend_from_slice(&nodeid.to_le_bytes());
-    v.extend_from_slice(&uid.to_le_bytes());
-    v.extend_from_slice(&gid.to_le_bytes());
-    v.extend_from_slice(&[0; 8]); // pid, padding
-    v.extend_from_slice(body);
-    v
+    let header = InHeader {
+        len: (std::mem::size_of::<InHeader>() + body.len()) as u32,
+        opcode,
+        unique,
+        nodeid,
+        uid,
+        gid,
+        pid: 0,
+        padding: 0,
+    };
+    [header.as_slice(), body].concat()
+}
+
+/// A request whose body is the FUSE struct `args`, then `tail` (a name,
+/// data).
+pub fn fuse_struct_request<T: ByteValued>(
+    opcode: u32,
+    unique: u64,
+    nodeid: u64,
+    args: &T,
+    tail: &[u8],
+) -> Vec<u8> {
+    fuse_request(opcode, unique, nodeid, &[args.as_slice(), tail].concat())
+}
+
+/// The reply's header.
+pub fn reply_header(reply: &[u8]) -> OutHeader {
+    read_struct(reply, 0)
+}
+
+/// The FUSE struct `T` that follows the reply's header.
+pub fn reply_body<T: ByteValued + Default>(reply: &[u8]) -> T {
+    read_struct(reply, std::mem::size_of::<OutHeader>())
+}
+
+/// A `T` read from `bytes` at `offset` (no alignment needed).
+fn read_struct<T: ByteValued + Default>(bytes: &[u8], offset: usize) -> T {
+    let mut value = T::default();
+    let len = std::mem::size_of::<T>();
+    let from = bytes.get(offset..offset + len).unwrap_or_else(|| {
+        panic!(
+            "a {len}-byte struct at {offset} of a {}-byte reply",
+            bytes.len()
+        )
+    });
+    value.as_mut_slice().copy_from_slice(from);
+    value
 }
 
 /// A NUL-terminated name, as FUSE sends names.
@@ -97,23 +137,30 @@ pub fn words(ws: &[u32]) -> Vec<u8> {
 
 /// `struct fuse_setattr_in` with only the mode set (FATTR_MODE).
 pub fn setattr_mode(mode: u32) -> Vec<u8> {
-    let mut b = vec![0u8; 88];
-    b[0..4].copy_from_slice(&1u32.to_le_bytes());
-    b[68..72].copy_from_slice(&mode.to_le_bytes());
-    b
-}
-
-/// The node id of an entry reply (`fuse_entry_out` after the header).
-pub fn node_of(reply: &[u8]) -> u64 {
-    u64::from_le_bytes(reply[16..24].try_into().unwrap())
-}
-
-pub fn init_body() -> Vec<u8> {
-    let mut b = Vec::new();
-    for w in [7u32, 31, 0x20000, 0] {
-        b.extend_from_slice(&w.to_le_bytes());
+    SetattrIn {
+        valid: SetattrValid::MODE.bits(),
+        mode,
+        ..SetattrIn::default()
     }
-    b
+    .as_slice()
+    .to_vec()
+}
+
+/// The node id of an entry reply.
+pub fn node_of(reply: &[u8]) -> u64 {
+    reply_body::<EntryOut>(reply).nodeid
+}
+
+/// INIT from a 7.31 driver with no flags.
+pub fn init_body() -> Vec<u8> {
+    InitIn {
+        major: 7,
+        minor: 31,
+        max_readahead: 0x20000,
+        flags: 0,
+    }
+    .as_slice()
+    .to_vec()
 }
 
 pub fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
@@ -153,7 +200,8 @@ impl Harness {
         std::fs::create_dir_all(dir.join("share")).unwrap();
         std::fs::write(dir.join("share/file"), "content").unwrap();
         std::fs::write(dir.join("secret"), "outside").unwrap();
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_RAM as usize)]).unwrap();
         let mut queue = Queue::new(QUEUE_LEN).unwrap();
         queue
             .try_set_desc_table_address(GuestAddress(DESC_TABLE))
@@ -184,7 +232,7 @@ impl Harness {
             vector: crate::virtio::QueueVector::new(0),
             stop: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             mem: GuestMemoryAtomic::new(mem.clone()),
-            interrupt: Arc::new(CountingInterrupt::default()),
+            interrupt: Arc::new(FakeVm::new(GUEST_RAM)),
             bus_master: crate::virtio::BusMaster::new(true),
             unsignalled: false,
             server: fs.server.clone(),
@@ -206,26 +254,24 @@ impl Harness {
     /// table, makes the first one available and runs the worker. Returns the
     /// used length.
     pub fn submit_raw(&mut self, descs: &[RawDescriptor]) -> u32 {
-        let idx = self.place_raw(descs).wrapping_sub(1);
+        let want = self.place_raw(descs);
         self.worker_round();
-        let used = GuestAddress(USED_RING);
         let used_idx = self.used_idx();
-        assert_eq!(
-            used_idx,
-            idx.wrapping_add(1),
-            "the chain was not returned as used"
-        );
-        let slot = u64::from(used_idx.wrapping_sub(1) % QUEUE_LEN);
-        self.mem
-            .read_obj(used.unchecked_add(4 + 8 * slot + 4))
-            .unwrap()
+        assert_eq!(used_idx, want, "the chain was not returned as used");
+        self.used_elem(used_idx.wrapping_sub(1)).1
     }
 
     /// The used ring's index.
     pub fn used_idx(&self) -> u16 {
-        self.mem
-            .read_obj(GuestAddress(USED_RING).unchecked_add(2))
-            .unwrap()
+        self.mem.read_obj(RING.used_idx_addr()).unwrap()
+    }
+
+    /// The used element for free-running index `idx`: (id, len).
+    pub fn used_elem(&self, idx: u16) -> (u32, u32) {
+        let at = RING.used_elem_addr(idx);
+        let id = self.mem.read_obj(at).unwrap();
+        let len = self.mem.read_obj(at.unchecked_add(4)).unwrap();
+        (id, len)
     }
 
     /// Places raw descriptors (as given) in the table and makes the first
@@ -234,19 +280,14 @@ impl Harness {
     pub fn place_raw(&mut self, descs: &[RawDescriptor]) -> u16 {
         let head = self.next_desc;
         for (i, d) in descs.iter().enumerate() {
-            let at = DESC_TABLE + 16 * u64::from(head + i as u16);
-            self.mem.write_obj(*d, GuestAddress(at)).unwrap();
+            self.mem
+                .write_obj(*d, RING.desc_addr(head + i as u16))
+                .unwrap();
         }
-        let avail = GuestAddress(AVAIL_RING);
-        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
+        let idx: u16 = self.mem.read_obj(RING.avail_idx_addr()).unwrap();
+        self.mem.write_obj(head, RING.avail_slot_addr(idx)).unwrap();
         self.mem
-            .write_obj(
-                head,
-                avail.unchecked_add(4 + 2 * u64::from(idx % QUEUE_LEN)),
-            )
-            .unwrap();
-        self.mem
-            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
+            .write_obj(idx.wrapping_add(1), RING.avail_idx_addr())
             .unwrap();
         self.next_desc = (head + descs.len() as u16) % (QUEUE_LEN - 4);
         idx.wrapping_add(1)
@@ -286,8 +327,8 @@ impl Harness {
         self.mem
             .read_slice(&mut reply, GuestAddress(REPLY_ADDR))
             .unwrap();
-        let error = if len >= 16 {
-            i32::from_le_bytes(reply[4..8].try_into().unwrap())
+        let error = if reply.len() >= std::mem::size_of::<OutHeader>() {
+            reply_header(&reply).error
         } else {
             0
         };

@@ -95,8 +95,18 @@ pub struct VirtioFs {
     server: Arc<FsServer>,
     fs: Arc<ShareFs>,
     spawner: spawner::Spawner,
-    stop: Option<EventFd>,
-    workers: Vec<JoinHandle<()>>,
+    run: Run,
+}
+
+/// Whether the device serves a driver.
+enum Run {
+    /// Before the first DRIVER_OK and after each reset: no worker runs.
+    Inactive,
+    /// One worker per queue the driver set up; `stop` ends them all.
+    Active {
+        stop: EventFd,
+        workers: Vec<JoinHandle<()>>,
+    },
 }
 
 impl VirtioFs {
@@ -124,9 +134,27 @@ impl VirtioFs {
             server,
             fs,
             spawner,
-            stop: None,
-            workers: Vec::new(),
+            run: Run::Inactive,
         })
+    }
+
+    /// Tells the queue workers to stop and waits for them; the device is
+    /// then inactive.
+    fn stop_workers(&mut self) {
+        if let Run::Active { stop, workers } = std::mem::replace(&mut self.run, Run::Inactive) {
+            let _ = stop.write(1);
+            for w in workers {
+                let _ = w.join();
+            }
+        }
+    }
+
+    /// How many queue workers run (0 while inactive).
+    pub fn running_workers(&self) -> usize {
+        match &self.run {
+            Run::Inactive => 0,
+            Run::Active { workers, .. } => workers.len(),
+        }
     }
 
     /// The DAX window, for repairs after a host truncation.
@@ -143,6 +171,7 @@ impl VirtioFs {
         &mut self,
         stop: &EventFd,
         activation: Activation,
+        workers: &mut Vec<JoinHandle<()>>,
     ) -> Result<(), ActivateError> {
         for q in activation.queues {
             let worker = worker::QueueWorker {
@@ -167,7 +196,7 @@ impl VirtioFs {
                     worker.run()
                 })
                 .map_err(ActivateError::Spawn)?;
-            self.workers.push(handle);
+            workers.push(handle);
         }
         Ok(())
     }
@@ -301,8 +330,9 @@ impl VirtioDevice for VirtioFs {
         // part-way (no descriptors or threads left) can stop and join the
         // workers already running: a later reset would otherwise join
         // workers never told to stop, and hang the vCPU that asked.
-        let started = self.start_workers(&stop, activation);
-        self.stop = Some(stop);
+        let mut workers = Vec::new();
+        let started = self.start_workers(&stop, activation, &mut workers);
+        self.run = Run::Active { stop, workers };
         if let Err(e) = started {
             self.reset();
             return Err(e);
@@ -311,12 +341,7 @@ impl VirtioDevice for VirtioFs {
     }
 
     fn reset(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.write(1);
-        }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        self.stop_workers();
         self.forget_driver();
         // A new driver starts with an empty window; drop the old mappings
         // (and the files they hold open).
@@ -324,6 +349,38 @@ impl VirtioDevice for VirtioFs {
             if let Err(e) = w.clear() {
                 log::warn!(
                     "virtio-fs '{}': cannot empty the DAX window: {e}",
+                    self.share.tag
+                );
+            }
+        }
+    }
+}
+
+/// How long a dropped device waits for its workers to stop.
+const DROP_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A device dropped while active (a VM torn down without a reset, a
+/// test) stops and joins its workers, so none outlives it. Unlike a
+/// reset, the wait is bounded: a worker stuck in a host call (reading a
+/// FIFO nobody writes) must not hold up Ferry's exit; it is left behind
+/// with a warning. The window unmaps itself when its last holder goes.
+impl Drop for VirtioFs {
+    fn drop(&mut self) {
+        let Run::Active { stop, workers } = std::mem::replace(&mut self.run, Run::Inactive) else {
+            return;
+        };
+        let _ = stop.write(1);
+        let deadline = std::time::Instant::now() + DROP_PATIENCE;
+        for w in workers {
+            while !w.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            } else {
+                log::warn!(
+                    "virtio-fs '{}': a queue worker did not stop within {DROP_PATIENCE:?}; \
+                     left behind",
                     self.share.tag
                 );
             }

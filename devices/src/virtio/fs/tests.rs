@@ -9,13 +9,20 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use fuse_backend_rs::abi::fuse_abi::{
+    EntryOut, InHeader, IoctlIn, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, WriteIn,
+};
+use fuse_backend_rs::abi::virtio_fs::{
+    RemovemappingIn, RemovemappingOne, SetupmappingFlags, SetupmappingIn,
+};
+use vm_memory::ByteValued;
+
 use super::harness::*;
 use super::*;
 
-/// `struct fuse_entry_out` starts after the 16-byte header: nodeid, then at
-/// offset 40 the attr, whose first field is ino.
+/// The inode number of an entry reply's attributes.
 fn entry_ino(reply: &[u8]) -> u64 {
-    u64::from_le_bytes(reply[16 + 40..16 + 48].try_into().unwrap())
+    reply_body::<EntryOut>(reply).attr.ino
 }
 
 #[test]
@@ -87,7 +94,8 @@ fn header_longer_than_the_chain() {
     let mut h = Harness::new(false);
     h.init();
     let mut req = fuse_request(LOOKUP, 9, ROOT, b"file\0");
-    req[0..4].copy_from_slice(&4096u32.to_le_bytes());
+    let len = std::mem::offset_of!(InHeader, len);
+    req[len..len + 4].copy_from_slice(&4096u32.to_le_bytes());
     let (len, error, _) = h.request(&req);
     assert!(len == 0 || error != 0 || len > 16, "unexpected reply");
     h.still_serves();
@@ -188,12 +196,12 @@ fn second_init_does_not_break_the_server() {
 fn readonly_share_refuses_writes_before_the_server() {
     let mut h = Harness::new(true);
     h.init();
-    // MKDIR: struct fuse_mkdir_in { mode, umask } then the name.
-    let mut body = Vec::new();
-    body.extend_from_slice(&0o755u32.to_le_bytes());
-    body.extend_from_slice(&0u32.to_le_bytes());
-    body.extend_from_slice(b"newdir\0");
-    let (_, error, _) = h.request(&fuse_request(9, 8, ROOT, &body));
+    let args = MkdirIn {
+        mode: 0o755,
+        umask: 0,
+    };
+    let mkdir = Opcode::Mkdir as u32;
+    let (_, error, _) = h.request(&fuse_struct_request(mkdir, 8, ROOT, &args, b"newdir\0"));
     assert_eq!(error, -libc::EROFS);
     assert!(!h.share_dir().join("newdir").exists());
     h.still_serves();
@@ -204,40 +212,45 @@ fn readonly_share_refuses_writable_dax_mappings() {
     let window = Arc::new(DaxWindow::new(4 << 20).unwrap());
     let mut h = Harness::with_dax(true, Some(window.clone()));
     h.init();
-    let setupmapping = |flags: u64| {
-        // struct fuse_setupmapping_in { fh, foffset, len, flags, moffset }
-        let mut body = Vec::new();
-        for w in [0u64, 0, 2 << 20, flags, 0] {
-            body.extend_from_slice(&w.to_le_bytes());
-        }
-        fuse_request(48, 9, ROOT, &body)
+    let setupmapping = |flags: SetupmappingFlags| {
+        let args = SetupmappingIn {
+            len: 2 << 20,
+            flags: flags.bits(),
+            ..SetupmappingIn::default()
+        };
+        fuse_struct_request(SETUPMAPPING, 9, ROOT, &args, &[])
     };
-    // FUSE_SETUPMAPPING_FLAG_WRITE is bit 0.
-    let (_, error, _) = h.request(&setupmapping(1));
+    let (_, error, _) = h.request(&setupmapping(SetupmappingFlags::WRITE));
     assert_eq!(error, -libc::EROFS);
     assert_eq!(window.mapped_bytes(), 0);
-    let (_, error, _) = h.request(&setupmapping(2));
+    let (_, error, _) = h.request(&setupmapping(SetupmappingFlags::READ));
     assert_ne!(error, -libc::EROFS, "a read-only mapping is no write");
     h.still_serves();
 }
 
+const SETUPMAPPING: u32 = Opcode::SetupMapping as u32;
+const REMOVEMAPPING: u32 = Opcode::RemoveMapping as u32;
+
 fn setupmapping(nodeid: u64, foffset: u64, len: u64, flags: u64, moffset: u64) -> Vec<u8> {
-    // struct fuse_setupmapping_in { fh, foffset, len, flags, moffset }
-    let mut body = Vec::new();
-    for w in [0u64, foffset, len, flags, moffset] {
-        body.extend_from_slice(&w.to_le_bytes());
-    }
-    fuse_request(48, 10, nodeid, &body)
+    let args = SetupmappingIn {
+        fh: 0,
+        foffset,
+        len,
+        flags,
+        moffset,
+    };
+    fuse_struct_request(SETUPMAPPING, 10, nodeid, &args, &[])
 }
 
 fn removemapping(nodeid: u64, ranges: &[(u64, u64)]) -> Vec<u8> {
-    // struct fuse_removemapping_in { u32 count; } then { moffset, len } each
-    let mut body = (ranges.len() as u32).to_le_bytes().to_vec();
-    for (moffset, len) in ranges {
-        body.extend_from_slice(&moffset.to_le_bytes());
-        body.extend_from_slice(&len.to_le_bytes());
-    }
-    fuse_request(49, 11, nodeid, &body)
+    let count = RemovemappingIn {
+        count: ranges.len() as u32,
+    };
+    let ones: Vec<u8> = ranges
+        .iter()
+        .flat_map(|&(moffset, len)| RemovemappingOne { moffset, len }.as_slice().to_vec())
+        .collect();
+    fuse_struct_request(REMOVEMAPPING, 11, nodeid, &count, &ones)
 }
 
 #[test]
@@ -248,7 +261,7 @@ fn dax_requests_are_checked_before_mapping() {
     h.init();
     let (_, error, reply) = h.lookup(b"file");
     assert_eq!(error, 0);
-    let node = u64::from_le_bytes(reply[16..24].try_into().unwrap());
+    let node = node_of(&reply);
     // Outside the window, overflowing, misaligned: error replies, nothing mapped.
     for (foffset, len, moffset) in [
         (0, 2 * MIB, 4 * MIB),
@@ -279,13 +292,13 @@ fn dax_requests_are_checked_before_mapping() {
 fn device_nodes_are_never_created() {
     let mut h = Harness::new(false);
     h.init();
-    // MKNOD: struct fuse_mknod_in { mode, rdev, umask, padding } then the name.
-    let mut body = Vec::new();
-    body.extend_from_slice(&(libc::S_IFBLK | 0o600).to_le_bytes());
-    body.extend_from_slice(&0x0800u32.to_le_bytes());
-    body.extend_from_slice(&[0; 8]);
-    body.extend_from_slice(b"sda\0");
-    let (_, error, _) = h.request(&fuse_request(8, 8, ROOT, &body));
+    let args = MknodIn {
+        mode: libc::S_IFBLK | 0o600,
+        rdev: 0x0800,
+        ..MknodIn::default()
+    };
+    let mknod = Opcode::Mknod as u32;
+    let (_, error, _) = h.request(&fuse_struct_request(mknod, 8, ROOT, &args, b"sda\0"));
     assert_eq!(error, -libc::EPERM);
     assert!(!h.share_dir().join("sda").exists());
     h.still_serves();
@@ -304,7 +317,7 @@ fn activation(indexes: &[usize]) -> crate::virtio::Activation {
                 vector: crate::virtio::QueueVector::new(0),
             })
             .collect(),
-        interrupt: Arc::new(CountingInterrupt::default()),
+        interrupt: Arc::new(crate::fake_vm::FakeVm::new(1 << 20)),
         bus_master: crate::virtio::BusMaster::new(true),
         features: 0,
     }
@@ -336,6 +349,31 @@ fn driver_may_use_fewer_request_queues_than_offered() {
 }
 
 #[test]
+fn dropping_an_active_device_joins_its_workers() {
+    let mut fs = VirtioFs::new(
+        FsShare {
+            tag: "d".into(),
+            path: std::env::temp_dir(),
+            request_queues: 2,
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    fs.activate(activation(&[0, 1, 2])).unwrap();
+    assert_eq!(fs.running_workers(), 3);
+    // Each worker holds the device's counters until its thread ends.
+    let stats = fs.stats();
+    assert!(Arc::strong_count(&stats) > 2);
+    drop(fs);
+    assert_eq!(
+        Arc::strong_count(&stats),
+        1,
+        "a worker outlived the device it served"
+    );
+}
+
+#[test]
 fn a_failed_activation_stops_the_workers_it_started() {
     // The first worker starts, the second cannot (no threads left on the
     // host): activation fails and the running worker is stopped and joined
@@ -355,7 +393,7 @@ fn a_failed_activation_stops_the_workers_it_started() {
     let (done_tx, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let failed = fs.activate(activation(&[0, 1, 2])).is_err();
-        let running = fs.workers.len();
+        let running = fs.running_workers();
         fs.reset();
         fs.spawner.spawns_left = None;
         let again = fs.activate(activation(&[0, 1])).is_ok();
@@ -403,7 +441,7 @@ fn destroy_is_answered_and_a_new_init_serves_again() {
     h.init();
     let (_, error, _) = h.lookup(b"file");
     assert_eq!(error, 0);
-    let destroy = fuse_backend_rs::abi::fuse_abi::Opcode::Destroy as u32;
+    let destroy = Opcode::Destroy as u32;
     let (len, error, _) = h.request(&fuse_request(destroy, 9, 0, &[]));
     assert_eq!((len, error), (16, 0));
     h.init();
@@ -418,8 +456,8 @@ fn unmount_and_reset_drop_what_the_guest_held() {
     // files are gone (their host descriptors closed), as with a fresh
     // server; before, both survived, and a guest mounting or resetting in
     // a loop piled up descriptors.
-    let getattr = fuse_backend_rs::abi::fuse_abi::Opcode::Getattr as u32;
-    let destroy = fuse_backend_rs::abi::fuse_abi::Opcode::Destroy as u32;
+    let getattr = Opcode::Getattr as u32;
+    let destroy = Opcode::Destroy as u32;
     for by_reset in [false, true] {
         let mut h = Harness::new(false);
         h.init();
@@ -501,27 +539,27 @@ fn set_append_only(path: &std::path::Path, on: bool) -> std::io::Result<()> {
 }
 
 fn open_fh(h: &mut Harness, node: u64, flags: i32) -> u64 {
-    let open = fuse_backend_rs::abi::fuse_abi::Opcode::Open as u32;
-    let mut body = (flags as u32).to_le_bytes().to_vec();
-    body.extend_from_slice(&[0; 4]);
-    let (_, error, reply) = h.request(&fuse_request(open, 8, node, &body));
+    let open = Opcode::Open as u32;
+    let args = OpenIn {
+        flags: flags as u32,
+        ..OpenIn::default()
+    };
+    let (_, error, reply) = h.request(&fuse_struct_request(open, 8, node, &args, &[]));
     assert_eq!(error, 0, "OPEN");
-    u64::from_le_bytes(reply[16..24].try_into().unwrap())
+    reply_body::<OpenOut>(&reply).fh
 }
 
-/// struct fuse_write_in (40 bytes) and the data.
+/// A WRITE of `data` at `offset` with open flags `flags`.
 fn write_request(node: u64, fh: u64, offset: u64, flags: i32, data: &[u8]) -> Vec<u8> {
-    let write = fuse_backend_rs::abi::fuse_abi::Opcode::Write as u32;
-    let mut body = Vec::new();
-    body.extend_from_slice(&fh.to_le_bytes());
-    body.extend_from_slice(&offset.to_le_bytes());
-    body.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    body.extend_from_slice(&0u32.to_le_bytes()); // write_flags
-    body.extend_from_slice(&0u64.to_le_bytes()); // lock_owner
-    body.extend_from_slice(&(flags as u32).to_le_bytes());
-    body.extend_from_slice(&0u32.to_le_bytes());
-    body.extend_from_slice(data);
-    fuse_request(write, 9, node, &body)
+    let write = Opcode::Write as u32;
+    let args = WriteIn {
+        fh,
+        offset,
+        size: data.len() as u32,
+        flags: flags as u32,
+        ..WriteIn::default()
+    };
+    fuse_struct_request(write, 9, node, &args, data)
 }
 
 /// A WRITE whose flags the host refuses to apply (clearing O_APPEND on an
@@ -547,7 +585,7 @@ fn refused_write_flags_leave_the_handle_its_file() {
 
     let (_, error, reply) = h.lookup(b"log");
     assert_eq!(error, 0);
-    let log_node = u64::from_le_bytes(reply[16..24].try_into().unwrap());
+    let log_node = node_of(&reply);
     let log_fh = open_fh(&mut h, log_node, libc::O_WRONLY | libc::O_APPEND);
     let (_, error, _) = h.request(&write_request(log_node, log_fh, 1, libc::O_WRONLY, b"x"));
     assert_eq!(
@@ -559,7 +597,7 @@ fn refused_write_flags_leave_the_handle_its_file() {
     // The next descriptor the server opens takes the lowest free number.
     let (_, error, reply) = h.lookup(b"other");
     assert_eq!(error, 0);
-    let other_node = u64::from_le_bytes(reply[16..24].try_into().unwrap());
+    let other_node = node_of(&reply);
     let _other_fh = open_fh(&mut h, other_node, libc::O_RDWR);
 
     let (_, error, _) = h.request(&write_request(
@@ -622,17 +660,20 @@ fn a_mapping_change_from_inside_the_window_is_refused() {
     std::fs::write(h.share_dir().join("file"), vec![0u8; 8192]).unwrap();
     let (_, error, reply) = h.lookup(b"file");
     assert_eq!(error, 0);
-    let node = u64::from_le_bytes(reply[16..24].try_into().unwrap());
-    let open = fuse_backend_rs::abi::fuse_abi::Opcode::Open as u32;
+    let node = node_of(&reply);
+    let open = Opcode::Open as u32;
     let (_, error, reply) = h.request(&fuse_request(open, 4, node, &[2, 0, 0, 0, 0, 0, 0, 0]));
     assert_eq!(error, 0);
-    let fh = u64::from_le_bytes(reply[16..24].try_into().unwrap());
+    let fh = reply_body::<OpenOut>(&reply).fh;
     let map = |moffset: u64| {
-        let mut body = Vec::new();
-        for w in [fh, 0, 4096, 3, moffset] {
-            body.extend_from_slice(&w.to_le_bytes());
-        }
-        fuse_request(48, 12, node, &body)
+        let args = SetupmappingIn {
+            fh,
+            foffset: 0,
+            len: 4096,
+            flags: (SetupmappingFlags::READ | SetupmappingFlags::WRITE).bits(),
+            moffset,
+        };
+        fuse_struct_request(SETUPMAPPING, 12, node, &args, &[])
     };
     // Window page 0 shows the file, read-write.
     let (_, error, _) = h.request(&map(0));
@@ -657,7 +698,7 @@ fn a_mapping_change_from_inside_the_window_is_refused() {
     h.mem
         .read_slice(&mut out, vm_memory::GuestAddress(REPLY_ADDR))
         .unwrap();
-    let error = i32::from_le_bytes(out[4..8].try_into().unwrap());
+    let error = reply_header(&out).error;
     assert_eq!(
         (len, error),
         (16, -libc::EINVAL),
@@ -678,23 +719,18 @@ fn a_mapping_change_from_inside_the_window_is_refused() {
 /// read 100 MiB, then answered ENOTTY).
 #[test]
 fn ioctl_in_buffer_is_bounded_by_the_message() {
-    const IOCTL: u32 = fuse_backend_rs::abi::fuse_abi::Opcode::Ioctl as u32;
+    const IOCTL: u32 = Opcode::Ioctl as u32;
     let mut h = Harness::new(false);
     h.init();
     let (_, error, reply) = h.lookup(b"file");
     assert_eq!(error, 0);
-    let node = u64::from_le_bytes(reply[16..24].try_into().unwrap());
-    // fuse_ioctl_in: fh, flags, cmd, arg, in_size, out_size.
-    let mut body = Vec::new();
-    body.extend_from_slice(&0u64.to_le_bytes());
-    for w in [0u32, 0x5401] {
-        body.extend_from_slice(&w.to_le_bytes());
-    }
-    body.extend_from_slice(&0u64.to_le_bytes());
-    for w in [100u32 << 20, 0] {
-        body.extend_from_slice(&w.to_le_bytes());
-    }
-    let req = fuse_request(IOCTL, 60, node, &body);
+    let node = node_of(&reply);
+    let args = IoctlIn {
+        cmd: 0x5401, // TCGETS
+        in_size: 100 << 20,
+        ..IoctlIn::default()
+    };
+    let req = fuse_struct_request(IOCTL, 60, node, &args, &[]);
     h.mem.write_slice(&req, GuestAddress(REQ_ADDR)).unwrap();
     // The whole table, from slot 0 (the previous chains are used).
     h.next_desc = 0;
@@ -711,7 +747,7 @@ fn ioctl_in_buffer_is_bounded_by_the_message() {
         .read_slice(&mut reply, GuestAddress(REPLY_ADDR))
         .unwrap();
     assert!(len >= 16, "no reply");
-    let error = i32::from_le_bytes(reply[4..8].try_into().unwrap());
+    let error = reply_header(&reply).error;
     assert_eq!(
         error,
         -libc::EINVAL,

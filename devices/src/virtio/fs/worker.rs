@@ -10,11 +10,12 @@ use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::dax::{DaxRequests, DaxWindow, PinError};
 use super::{filter, init_reply, FsServer, FsStats, ShareFs};
+use crate::virtio::ring::SplitRingLayout;
 use crate::virtio::spec::{DESC_F_INDIRECT, DESC_F_NEXT};
 use crate::virtio::{BusMaster, GuestMemoryShared, QueueVector, VirtioInterrupt};
 
@@ -161,14 +162,10 @@ impl QueueWorker {
             return false;
         };
         let shown_at = dax.0.shown_in(mem);
-        let size = u64::from(self.queue.size());
-        [
-            (self.queue.desc_table(), 16 * size),
-            (self.queue.avail_ring(), 6 + 2 * size),
-            (self.queue.used_ring(), 6 + 8 * size),
-        ]
-        .into_iter()
-        .any(|(addr, len)| dax.0.overlaps(shown_at, addr, len))
+        SplitRingLayout::of(&self.queue)
+            .areas()
+            .into_iter()
+            .any(|(addr, len)| dax.0.overlaps(shown_at, addr, len))
     }
 
     /// Whether the chain from `head` uses an indirect table inside the
@@ -182,12 +179,10 @@ impl QueueWorker {
         mem: &GuestMemoryMmap,
         head: u16,
     ) -> bool {
-        let table = self.queue.desc_table();
-        let size = self.queue.size();
+        let ring = SplitRingLayout::of(&self.queue);
         let mut index = head;
-        for _ in 0..size {
-            let at = GuestAddress(table + 16 * u64::from(index % size.max(1)));
-            let Ok(d) = mem.read_obj::<RawDescriptor>(at) else {
+        for _ in 0..ring.size {
+            let Ok(d) = mem.read_obj::<RawDescriptor>(ring.desc_addr(index)) else {
                 return false;
             };
             let d = SplitDescriptor::from(d);
