@@ -1,6 +1,8 @@
 //! What devices may ask of the VM, without seeing KVM: ioeventfds on their
 //! notify addresses, MSI routes for their irqfds, and memory slots for
-//! shared-memory BARs. `vmm` implements it.
+//! shared-memory BARs. `vmm` implements it. And the other way round, what
+//! the VM asks of a device whose memory the guest sees: to repair it when
+//! KVM cannot reach it (`GuestMemoryFault`).
 
 use std::io;
 
@@ -21,6 +23,22 @@ pub struct GuestMapping {
     pub host_addr: u64,
     /// Guest writes exit to the VMM (and are dropped) instead of landing.
     pub readonly: bool,
+}
+
+/// A device that puts host memory in the guest's physical address space
+/// (a shared-memory BAR) and can repair it: memory KVM could not reach
+/// (a file truncated under a mapping, an unmapped part of a window). The
+/// vCPUs and the control loop call every device's hook without knowing
+/// what is behind it.
+pub trait GuestMemoryFault: Send + Sync {
+    /// KVM could not reach guest memory (at `gpa`, when KVM says where):
+    /// make what is this device's reachable. Returns the bytes repaired;
+    /// 0 means the fault was not this device's (or already repaired).
+    fn on_fault(&self, gpa: Option<u64>) -> u64;
+
+    /// Once a second, from the control loop: repair what KVM may be
+    /// retrying without saying so. Must not wait on the device's workers.
+    fn on_tick(&self) {}
 }
 
 pub trait VmOps: Send + Sync {

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use ferry_devices::virtio::fs::DaxWindow;
+use ferry_devices::vm_ops::GuestMemoryFault;
 use ferry_devices::Bus;
 
 use crate::exit::{ExitReason, VmExit};
@@ -38,7 +38,8 @@ pub struct Vcpu {
     pub progress: Arc<VcpuProgress>,
     /// Checked when guest memory cannot be reached: a file mapped there
     /// may have been truncated.
-    pub dax_windows: Vec<Arc<DaxWindow>>,
+    /// The devices that show host memory to the guest, and repair it.
+    pub fault_hooks: Arc<[Arc<dyn GuestMemoryFault>]>,
     /// Since when KVM_RUN has failed with EFAULT with nothing repaired
     /// (reset by any other exit).
     pub efault_since: Option<std::time::Instant>,
@@ -152,24 +153,18 @@ impl Vcpu {
     }
 
     /// KVM could not reach the host page behind a guest page (at `gpa`,
-    /// when KVM says where). With DAX the cause is a host file truncated
-    /// under a mapping, or the guest touching an unmapped part of a window:
-    /// the windows put zero pages there and the guest goes on. Another vCPU
-    /// (or a host process growing the file again) may have made it
-    /// reachable already, so faults with nothing repaired are retried for
+    /// when KVM says where). The devices that show host memory repair
+    /// what is theirs (a DAX window puts zero pages behind a truncated
+    /// file or an unmapped range) and the guest goes on. Another vCPU (or a
+    /// host process growing the file again) may have made it reachable
+    /// already, so faults with nothing repaired are retried for
     /// [`EFAULT_PATIENCE`] before giving up: a host that truncates and
     /// regrows a mapped file in a loop made two in a row common (found by
     /// the DAX stress test; one retry ended the VM with EFAULT).
     fn guest_memory_fault(&mut self, gpa: Option<u64>) -> Step {
-        let repaired: u64 = self.dax_windows.iter().map(|w| w.handle_fault(gpa)).sum();
+        let repaired: u64 = self.fault_hooks.iter().map(|h| h.on_fault(gpa)).sum();
         let at = gpa.map(|g| format!(" at {g:#x}")).unwrap_or_default();
         if repaired > 0 {
-            log::warn!(
-                "vCPU {}: guest access{at} to a DAX window page the host cannot back (past the end \
-                 of a truncated file, or an unmapped range); {} KiB now read as zeros",
-                self.id,
-                repaired >> 10
-            );
             return Step::Continue;
         }
         let since = *self

@@ -17,9 +17,9 @@ use ferry_devices::legacy::{
     HOST_STREAM_PORT_COUNT, I8042, I8042_PORT, I8042_PORT_COUNT, SERIAL_PORT_COUNT,
 };
 use ferry_devices::pci::{PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT};
-use ferry_devices::virtio::fs::{DaxWindow, FsStats, VirtioFs};
+use ferry_devices::virtio::fs::{FsStats, VirtioFs};
 use ferry_devices::virtio::{VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
-use ferry_devices::vm_ops::VmOps;
+use ferry_devices::vm_ops::{GuestMemoryFault, VmOps};
 use ferry_devices::Bus;
 use vm_memory::GuestMemoryAtomic;
 
@@ -163,8 +163,9 @@ impl std::io::Write for StopOnBrokenPipe {
 struct FsDevices {
     /// Request counters by tag, logged at exit.
     stats: Vec<(String, Arc<FsStats>)>,
-    /// DAX windows, which the vCPUs repair after a host truncation.
-    dax_windows: Vec<Arc<DaxWindow>>,
+    /// What repairs device memory KVM cannot reach (the DAX windows),
+    /// called by the vCPUs and once a second by the control loop.
+    fault_hooks: Vec<Arc<dyn GuestMemoryFault>>,
 }
 
 /// The PCI root bus with one virtio-fs device per share.
@@ -189,7 +190,6 @@ fn add_pci_devices(
         let context = || format!("virtio-fs '{}'", share.tag);
         let fs = VirtioFs::new(share.clone(), confine.clone()).with_context(context)?;
         devices.stats.push((share.tag.clone(), fs.stats()));
-        devices.dax_windows.extend(fs.dax_window());
         let bar = bars.allocate(VIRTIO_PCI_BAR_SIZE)?;
         let shm_bar = match share.dax_window {
             Some(size) => Some(bars64.allocate(size).with_context(context)?),
@@ -205,6 +205,7 @@ fn add_pci_devices(
             shm_bar,
         )
         .with_context(context)?;
+        devices.fault_hooks.extend(device.memory_fault_hook());
         let slot = root
             .add_device(Arc::new(Mutex::new(device)))
             .with_context(context)?;
@@ -253,26 +254,6 @@ fn create_vcpus(
             Ok(fd)
         })
         .collect()
-}
-
-/// Puts zero pages behind DAX window pages past the end of their file (the
-/// guest or a host process truncated it; a guest access there could
-/// otherwise fail inside KVM forever), and the file back where it grew.
-/// Runs on the control loop, so it never waits: a window a request holds
-/// is repaired on a later tick.
-fn repair_dax_windows(windows: &[Arc<DaxWindow>]) {
-    for w in windows {
-        let repaired = w.repair_if_free().unwrap_or(0);
-        if repaired > 0 {
-            // Routine when the guest truncates files it has mapped, so
-            // not a warning.
-            log::info!(
-                "a file mapped into a DAX window shrank (truncated by the guest or on the host); \
-                 {} KiB past its new end read as zeros until it grows again",
-                repaired >> 10
-            );
-        }
-    }
 }
 
 /// Raises the limit on open files: the file server keeps a descriptor per
@@ -360,6 +341,7 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
         &mmio_bus,
     )?;
     let vcpu_fds = create_vcpus(&kvm, &vm, &mem, machine.cpus, entry)?;
+    let fault_hooks: Arc<[Arc<dyn GuestMemoryFault>]> = fs.fault_hooks.clone().into();
 
     let mut event_manager = EventManager::<Subscriber>::new().context("event loop")?;
     let console = if interactive {
@@ -394,7 +376,7 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
             exit: exit.clone(),
             epoch: epoch.clone(),
             progress: p,
-            dax_windows: fs.dax_windows.clone(),
+            fault_hooks: fault_hooks.clone(),
             efault_since: None,
             sandbox: sandbox.clone(),
         };
@@ -452,7 +434,11 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
             for t in &threads {
                 let _ = t.kill(kick_signal());
             }
-            repair_dax_windows(&fs.dax_windows);
+            // Device memory KVM may be retrying without saying so (a DAX
+            // page past the end of a file truncated on the host).
+            for hook in fault_hooks.iter() {
+                hook.on_tick();
+            }
         }
     };
     drop(terminal);

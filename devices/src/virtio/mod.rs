@@ -16,6 +16,8 @@ use virtio_queue::Queue;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::vm_ops::GuestMemoryFault;
+
 pub use spec::{VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 
 /// Guest memory as the device's workers see it. Atomic so a region (the
@@ -132,7 +134,13 @@ pub trait VirtioDevice: Send {
     }
     /// The guest now sees the shared memory region at `addr` (`None`: not
     /// at all, memory decode is off).
-    fn shared_memory_shown(&mut self, _addr: Option<u64>) {}
+    /// `view` is the device's own view of guest memory (what its workers
+    /// read through): the device moves the region in it.
+    fn shared_memory_shown(&mut self, _view: &GuestMemoryShared, _addr: Option<u64>) {}
+    /// What repairs the shared memory region when KVM cannot reach it.
+    fn memory_fault_hook(&self) -> Option<Arc<dyn GuestMemoryFault>> {
+        None
+    }
     /// The driver set DRIVER_OK: start serving the queues.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// The driver reset the device: stop serving and forget the queues.

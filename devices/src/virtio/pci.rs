@@ -7,7 +7,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::queue_config::{set_half, QueueConfig, QueueConfigError, NO_VECTOR};
@@ -21,7 +20,7 @@ use super::{
     VirtioDevice, VirtioInterrupt,
 };
 use crate::pci::{BarKind, MsixChange, MsixState, PciConfig, PciDevice, MSIX_ENTRY_SIZE};
-use crate::vm_ops::{GuestMapping, MsiMessage, VmOps};
+use crate::vm_ops::{GuestMapping, GuestMemoryFault, MsiMessage, VmOps};
 
 pub const VIRTIO_PCI_BAR_SIZE: u64 = 0x8000;
 const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
@@ -235,6 +234,11 @@ impl VirtioPciDevice {
             queue_select: 0,
             failed_activations: FailedActivations::default(),
         })
+    }
+
+    /// What repairs the device's shared memory when KVM cannot reach it.
+    pub fn memory_fault_hook(&self) -> Option<Arc<dyn GuestMemoryFault>> {
+        self.device.memory_fault_hook()
     }
 
     /// How many activations failed so far, and whose fault each was.
@@ -615,7 +619,6 @@ impl VirtioPciDevice {
         if want == shm.shown {
             return;
         }
-        let old = shm.shown;
         match self.vm.set_memory_slot(shm.slot, want) {
             Ok(()) => shm.shown = want,
             Err(e) => {
@@ -626,13 +629,8 @@ impl VirtioPciDevice {
                 shm.shown = None;
             }
         }
-        let shown = shm.shown;
-        // The queues' view of guest memory follows, so buffers in the
-        // region (a DAX-mapped page handed to read(2)) can be served.
-        if let Err(e) = show_in_memory_view(&self.mem, old, shown) {
-            log::warn!("virtio-pci: shared memory in the queues' view: {e}");
-        }
-        self.device.shared_memory_shown(shown.map(|m| m.guest_addr));
+        let shown = shm.shown.map(|m| m.guest_addr);
+        self.device.shared_memory_shown(&self.mem, shown);
     }
 }
 
@@ -667,60 +665,6 @@ impl DriverOkError {
             DriverOkError::Device(e) => e.is_guest_fault(),
         }
     }
-}
-
-/// Why the shared memory region could not be moved in the workers' view.
-#[derive(Debug, thiserror::Error)]
-pub enum MemoryViewError {
-    #[error("the memory view's lock is poisoned")]
-    Poisoned,
-    #[error("cannot take the old region out: {0}")]
-    Remove(#[source] vm_memory::GuestRegionCollectionError),
-    #[error("cannot describe the region: {0}")]
-    Build(#[source] vm_memory::mmap::MmapRegionError),
-    #[error("shared memory address overflows")]
-    AddressOverflow,
-    /// The guest moved the BAR over RAM or another region.
-    #[error("cannot put the region in: {0}")]
-    Insert(#[source] vm_memory::GuestRegionCollectionError),
-}
-
-/// Moves the shared memory region in the memory view of the device's
-/// workers from `old` to `new`.
-pub(crate) fn show_in_memory_view(
-    mem: &GuestMemoryShared,
-    old: Option<GuestMapping>,
-    new: Option<GuestMapping>,
-) -> Result<(), MemoryViewError> {
-    let guard = mem.lock().map_err(|_| MemoryViewError::Poisoned)?;
-    let mut view: GuestMemoryMmap = (*mem.memory()).clone();
-    if let Some(m) = old {
-        view = view
-            .remove_region(GuestAddress(m.guest_addr), m.size)
-            .map_err(MemoryViewError::Remove)?
-            .0;
-    }
-    if let Some(m) = new {
-        // SAFETY: the range is the device's reservation, which outlives the
-        // view (the device owns it for the VM's life); `build_raw` does not
-        // take ownership, so nothing unmaps it twice.
-        let region = unsafe {
-            MmapRegion::build_raw(
-                m.host_addr as *mut u8,
-                m.size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-            )
-        }
-        .map_err(MemoryViewError::Build)?;
-        let region = GuestRegionMmap::new(region, GuestAddress(m.guest_addr))
-            .ok_or(MemoryViewError::AddressOverflow)?;
-        view = view
-            .insert_region(Arc::new(region))
-            .map_err(MemoryViewError::Insert)?;
-    }
-    guard.replace(view);
-    Ok(())
 }
 
 /// Declares `region` as BAR 2 at `addr` with its capability; the memory
@@ -781,7 +725,7 @@ fn get(data: &[u8]) -> u64 {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use vm_memory::GuestMemoryAtomic;
+    use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
     use super::super::{ActivateError, Activation, QueueVector, VirtioDevice};
     use super::*;

@@ -363,13 +363,7 @@ impl Harness {
     /// caller: the two change at different moments in a real VM.
     pub fn show_window(&mut self, window: &DaxWindow, new: Option<u64>) {
         let old = std::mem::replace(&mut self.window_shown, new);
-        let at = |guest_addr| crate::vm_ops::GuestMapping {
-            guest_addr,
-            size: window.size(),
-            host_addr: window.host_addr(),
-            readonly: false,
-        };
-        crate::virtio::pci::show_in_memory_view(&self.worker.mem, old.map(at), new.map(at))
+        super::dax::view::show_window(&self.worker.mem, window, old, new)
             .expect("show the DAX window in the memory view");
     }
 

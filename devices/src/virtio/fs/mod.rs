@@ -13,7 +13,6 @@ mod policy;
 mod privileges;
 mod spawner;
 mod stats;
-mod window_faults;
 mod worker;
 
 pub use dax::{DaxWindow, DAX_WINDOW_MIN};
@@ -29,9 +28,11 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::vm_ops::GuestMemoryFault;
+
 use super::{
-    ActivateError, Activation, SharedMemoryRegion, VirtioDevice, VIRTIO_F_RING_EVENT_IDX,
-    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+    ActivateError, Activation, GuestMemoryShared, SharedMemoryRegion, VirtioDevice,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
 pub use crate::virtio::spec::VIRTIO_ID_FS;
@@ -96,6 +97,8 @@ pub struct VirtioFs {
     fs: Arc<ShareFs>,
     spawner: spawner::Spawner,
     run: Run,
+    /// Where the workers' view of guest memory shows the DAX window.
+    window_in_view: Option<u64>,
 }
 
 /// Whether the device serves a driver.
@@ -135,6 +138,7 @@ impl VirtioFs {
             fs,
             spawner,
             run: Run::Inactive,
+            window_in_view: None,
         })
     }
 
@@ -295,10 +299,25 @@ impl VirtioDevice for VirtioFs {
         })
     }
 
-    fn shared_memory_shown(&mut self, addr: Option<u64>) {
-        if let Some(w) = &self.dax {
-            w.set_guest_addr(addr);
+    fn shared_memory_shown(&mut self, view: &GuestMemoryShared, addr: Option<u64>) {
+        let Some(w) = &self.dax else {
+            return;
+        };
+        // The workers' view first, then the window's own record: a request
+        // the window's record lets through must find the pages in the view.
+        match dax::view::show_window(view, w, self.window_in_view, addr) {
+            Ok(()) => self.window_in_view = addr,
+            Err(e) => log::warn!(
+                "virtio-fs '{}': the DAX window in the queues' view of memory: {e}",
+                self.share.tag
+            ),
         }
+        w.set_guest_addr(addr);
+    }
+
+    fn memory_fault_hook(&self) -> Option<Arc<dyn GuestMemoryFault>> {
+        let window: Arc<dyn GuestMemoryFault> = self.dax.clone()?;
+        Some(window)
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -217,7 +217,7 @@ mod tests {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "virtio::fs::window_faults::tests::fault_outside_child",
+                "virtio::fs::dax::faults::tests::fault_outside_child",
             ])
             .args(["--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, "1")
