@@ -23,6 +23,7 @@ use ferry_devices::bus::Bus;
 use ferry_devices::fake_vm::FakeVm;
 use ferry_devices::pci::{PciDevice, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT};
 use ferry_devices::virtio::fs::{CacheMode, DaxWindow, FsShare, VirtioFs};
+use ferry_devices::virtio::pci_layout::common::*;
 use ferry_devices::virtio::ring::SplitRingLayout;
 use ferry_devices::virtio::spec::{
     DESC_F_NEXT, DESC_F_WRITE, STATUS_ACKNOWLEDGE as STATUS_ACK, STATUS_DRIVER, STATUS_DRIVER_OK,
@@ -43,44 +44,32 @@ const DAX_SIZE: u64 = 2 << 20;
 const BAR_SIZE: u64 = ferry_devices::virtio::VIRTIO_PCI_BAR_SIZE;
 const MAX_OPS: usize = 96;
 
-// Common configuration (virtio 1.x, struct virtio_pci_common_cfg).
-const DEVICE_FEATURE_SELECT: u64 = 0x00;
-const DRIVER_FEATURE_SELECT: u64 = 0x08;
-const DRIVER_FEATURE: u64 = 0x0c;
-const DEVICE_STATUS: u64 = 0x14;
-const QUEUE_SELECT: u64 = 0x16;
-const QUEUE_SIZE: u64 = 0x18;
-const QUEUE_MSIX_VECTOR: u64 = 0x1a;
-const QUEUE_ENABLE: u64 = 0x1c;
-const QUEUE_DESC: u64 = 0x20;
-const QUEUE_AVAIL: u64 = 0x28;
-const QUEUE_USED: u64 = 0x30;
+/// The common configuration's registers and their widths, in the order
+/// inputs pick them (the order is part of the input encoding).
 const COMMON_REGS: &[(u64, usize)] = &[
-    (0x00, 4),
-    (0x04, 4),
-    (0x08, 4),
-    (0x0c, 4),
-    (0x10, 2),
-    (0x12, 2),
-    (0x14, 1),
-    (0x15, 1),
-    (0x16, 2),
-    (0x18, 2),
-    (0x1a, 2),
-    (0x1c, 2),
-    (0x1e, 2),
-    (0x20, 4),
-    (0x24, 4),
-    (0x28, 4),
-    (0x2c, 4),
-    (0x30, 4),
-    (0x34, 4),
+    (DEVICE_FEATURE_SELECT, 4),
+    (DEVICE_FEATURE, 4),
+    (DRIVER_FEATURE_SELECT, 4),
+    (DRIVER_FEATURE, 4),
+    (CONFIG_MSIX_VECTOR, 2),
+    (NUM_QUEUES, 2),
+    (DEVICE_STATUS, 1),
+    (CONFIG_GENERATION, 1),
+    (QUEUE_SELECT, 2),
+    (QUEUE_SIZE, 2),
+    (QUEUE_MSIX_VECTOR, 2),
+    (QUEUE_ENABLE, 2),
+    (QUEUE_NOTIFY_OFF, 2),
+    (QUEUE_DESC, 4),
+    (QUEUE_DESC_HI, 4),
+    (QUEUE_AVAIL, 4),
+    (QUEUE_AVAIL_HI, 4),
+    (QUEUE_USED, 4),
+    (QUEUE_USED_HI, 4),
 ];
-const ISR: u64 = 0x1000;
-const DEVICE_CFG: u64 = 0x2000;
-const NOTIFY: u64 = 0x3000;
-const MSIX_TABLE: u64 = 0x4000;
-const MSIX_PBA: u64 = 0x6000;
+use ferry_devices::virtio::pci_layout::bar0::{
+    DEVICE as DEVICE_CFG, ISR, MSIX_PBA, MSIX_TABLE, NOTIFY,
+};
 
 /// The feature word's high half as the driver writes it (select 1).
 const F_VERSION_1_HI: u32 = (VIRTIO_F_VERSION_1 >> 32) as u32;

@@ -7,7 +7,7 @@ pub mod ring;
 pub mod spec;
 mod status;
 
-pub use pci::{FailedActivations, VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
+pub use pci::{layout as pci_layout, FailedActivations, VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
 
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vm_ops::GuestMemoryFault;
@@ -37,6 +38,30 @@ use super::{
 
 pub use crate::virtio::spec::VIRTIO_ID_FS;
 pub const TAG_MAX_LEN: usize = 36;
+
+/// `struct virtio_fs_config` (virtio 1.2, 5.11.4): the device's
+/// configuration space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct VirtioFsConfig {
+    /// The tag, NUL-padded (not terminated when 36 bytes long).
+    tag: [u8; TAG_MAX_LEN],
+    num_request_queues: u32,
+}
+
+impl Default for VirtioFsConfig {
+    fn default() -> Self {
+        VirtioFsConfig {
+            tag: [0; TAG_MAX_LEN],
+            num_request_queues: 0,
+        }
+    }
+}
+
+// SAFETY: a byte array and a u32 with no padding (40 bytes, checked
+// below); every bit pattern is valid.
+unsafe impl ByteValued for VirtioFsConfig {}
+const _: () = assert!(std::mem::size_of::<VirtioFsConfig>() == 40);
 pub const QUEUE_SIZE: u16 = 1024;
 
 /// How much the guest may cache, as with virtiofsd's `--cache`.
@@ -321,12 +346,18 @@ impl VirtioDevice for VirtioFs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_fs_config { u8 tag[36]; le32 num_request_queues; }
-        let mut config = [0u8; TAG_MAX_LEN + 4];
-        config[..self.share.tag.len()].copy_from_slice(self.share.tag.as_bytes());
-        config[TAG_MAX_LEN..].copy_from_slice(&u32::from(self.share.request_queues).to_le_bytes());
+        let mut config = VirtioFsConfig {
+            tag: [0; TAG_MAX_LEN],
+            num_request_queues: u32::from(self.share.request_queues).to_le(),
+        };
+        // The tag was checked to fit when the share was parsed.
+        let tag = self.share.tag.as_bytes();
+        let n = tag.len().min(TAG_MAX_LEN);
+        config.tag[..n].copy_from_slice(&tag[..n]);
+        let bytes = config.as_slice();
         for (i, b) in data.iter_mut().enumerate() {
-            *b = config.get(offset as usize + i).copied().unwrap_or(0);
+            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
+            *b = at.and_then(|at| bytes.get(at)).copied().unwrap_or(0);
         }
     }
 

@@ -755,3 +755,28 @@ fn ioctl_in_buffer_is_bounded_by_the_message() {
     );
     h.still_serves();
 }
+
+#[test]
+fn config_space_holds_the_tag_and_queue_count() {
+    let fs = VirtioFs::new(
+        FsShare {
+            tag: "myfs".into(),
+            path: std::env::temp_dir(),
+            request_queues: 3,
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    let mut config = [0xffu8; 40];
+    fs.read_config(0, &mut config);
+    assert_eq!(&config[..4], b"myfs");
+    assert!(config[4..36].iter().all(|&b| b == 0), "tag not NUL-padded");
+    assert_eq!(config[36..], 3u32.to_le_bytes());
+    // A read of the count alone, and one past the end (zeros).
+    let mut word = [0u8; 4];
+    fs.read_config(36, &mut word);
+    assert_eq!(u32::from_le_bytes(word), 3);
+    fs.read_config(u64::MAX - 1, &mut word);
+    assert_eq!(word, [0; 4]);
+}

@@ -5,6 +5,7 @@
 //! shared memory region (the virtio-fs DAX window) gets it as BAR 2, a
 //! 64-bit prefetchable BAR backed by a KVM memory slot.
 
+use std::mem::size_of;
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -22,30 +23,21 @@ use super::{
 use crate::pci::{BarKind, MsixChange, MsixState, PciConfig, PciDevice, MSIX_ENTRY_SIZE};
 use crate::vm_ops::{GuestMapping, GuestMemoryFault, MsiMessage, VmOps};
 
-pub const VIRTIO_PCI_BAR_SIZE: u64 = 0x8000;
+pub mod layout;
+
+use layout::bar0::{
+    DEVICE as DEVICE_OFFSET, DEVICE_SIZE, ISR as ISR_OFFSET, ISR_SIZE, MSIX_PBA as MSIX_PBA_OFFSET,
+    MSIX_PBA_SIZE, MSIX_TABLE as MSIX_TABLE_OFFSET, NOTIFY as NOTIFY_OFFSET, NOTIFY_MULTIPLIER,
+    NOTIFY_SIZE,
+};
+use layout::common::*;
+use layout::{cfg_type, VirtioPciCap, VirtioPciCap64, VirtioPciNotifyCap, CAP_VENDOR};
+
+pub const VIRTIO_PCI_BAR_SIZE: u64 = layout::bar0::SIZE;
 const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
 const VIRTIO_PCI_DEVICE_BASE: u16 = 0x1040;
 
-const COMMON_OFFSET: u64 = 0x0000;
-const COMMON_SIZE: u64 = 0x38;
-const ISR_OFFSET: u64 = 0x1000;
-const ISR_SIZE: u64 = 4;
-const DEVICE_OFFSET: u64 = 0x2000;
-const DEVICE_SIZE: u64 = 0x1000;
-const NOTIFY_OFFSET: u64 = 0x3000;
-const NOTIFY_SIZE: u64 = 0x1000;
-const NOTIFY_MULTIPLIER: u32 = 4;
-const MSIX_TABLE_OFFSET: u64 = 0x4000;
-const MSIX_PBA_OFFSET: u64 = 0x6000;
-const MSIX_PBA_SIZE: u64 = 0x2000;
-
-const CAP_VENDOR: u8 = 0x09;
 const CAP_MSIX: u8 = 0x11;
-const CFG_COMMON: u8 = 1;
-const CFG_NOTIFY: u8 = 2;
-const CFG_ISR: u8 = 3;
-const CFG_DEVICE: u8 = 4;
-const CFG_SHARED_MEMORY: u8 = 8;
 const CONFIG_BAR: usize = 0;
 const SHM_BAR: usize = 2;
 const COMMAND_OFFSET: usize = 0x04;
@@ -171,17 +163,27 @@ impl VirtioPciDevice {
         let mut config = PciConfig::new(VIRTIO_PCI_VENDOR, device_id, 0x01, 0x80, 1);
         config.set_subsystem(VIRTIO_PCI_VENDOR, 0x40);
         config.add_bar(CONFIG_BAR, bar_addr, VIRTIO_PCI_BAR_SIZE, BarKind::Mmio32);
+        let bar = CONFIG_BAR as u8;
         for (cfg_type, offset, len) in [
-            (CFG_COMMON, COMMON_OFFSET, COMMON_SIZE),
-            (CFG_ISR, ISR_OFFSET, ISR_SIZE),
-            (CFG_DEVICE, DEVICE_OFFSET, DEVICE_SIZE),
+            (cfg_type::COMMON, layout::bar0::COMMON, layout::common::SIZE),
+            (cfg_type::ISR, ISR_OFFSET, ISR_SIZE),
+            (cfg_type::DEVICE, DEVICE_OFFSET, DEVICE_SIZE),
         ] {
-            let cap = virtio_cap(cfg_type, CONFIG_BAR, 0, offset, len, 16);
-            config.add_capability(CAP_VENDOR, &cap, &[]);
+            let cap = VirtioPciCap::new(cfg_type, bar, 0, offset, len, size_of::<VirtioPciCap>());
+            config.add_capability(CAP_VENDOR, layout::body(&cap), &[]);
         }
-        let mut notify = virtio_cap(CFG_NOTIFY, CONFIG_BAR, 0, NOTIFY_OFFSET, NOTIFY_SIZE, 20);
-        notify.extend_from_slice(&NOTIFY_MULTIPLIER.to_le_bytes());
-        config.add_capability(CAP_VENDOR, &notify, &[]);
+        let notify = VirtioPciNotifyCap {
+            cap: VirtioPciCap::new(
+                cfg_type::NOTIFY,
+                bar,
+                0,
+                NOTIFY_OFFSET,
+                NOTIFY_SIZE,
+                size_of::<VirtioPciNotifyCap>(),
+            ),
+            notify_off_multiplier: NOTIFY_MULTIPLIER.to_le(),
+        };
+        config.add_capability(CAP_VENDOR, layout::body(&notify), &[]);
         let mut msix = Vec::new();
         msix.extend_from_slice(&((vectors - 1) as u16).to_le_bytes());
         msix.extend_from_slice(&(MSIX_TABLE_OFFSET as u32).to_le_bytes());
@@ -253,45 +255,41 @@ impl VirtioPciDevice {
     fn read_common(&mut self, offset: u64, data: &mut [u8]) {
         let features = self.device.features();
         let value: u64 = match offset {
-            0x00 => u64::from(self.device_feature_select),
-            0x04 => match self.device_feature_select {
+            DEVICE_FEATURE_SELECT => u64::from(self.device_feature_select),
+            DEVICE_FEATURE => match self.device_feature_select {
                 0 => features & 0xffff_ffff,
                 1 => features >> 32,
                 _ => 0,
             },
-            0x08 => u64::from(self.driver_feature_select),
-            0x0c => match self.driver_feature_select {
+            DRIVER_FEATURE_SELECT => u64::from(self.driver_feature_select),
+            DRIVER_FEATURE => match self.driver_feature_select {
                 0 => self.driver_features & 0xffff_ffff,
                 1 => self.driver_features >> 32,
                 _ => 0,
             },
-            0x10 => u64::from(self.config_vector),
-            0x12 => self.queues.len() as u64,
-            0x14 => u64::from(self.status),
-            0x15 => u64::from(self.config_generation),
-            0x16 => u64::from(self.queue_select),
+            CONFIG_MSIX_VECTOR => u64::from(self.config_vector),
+            NUM_QUEUES => self.queues.len() as u64,
+            DEVICE_STATUS => u64::from(self.status),
+            CONFIG_GENERATION => u64::from(self.config_generation),
+            QUEUE_SELECT => u64::from(self.queue_select),
+            // Queue i is notified at NOTIFY + i * NOTIFY_MULTIPLIER, so each
+            // queue's notify offset is its index.
+            QUEUE_NOTIFY_OFF => u64::from(self.queue_select),
             _ => match self.selected_queue() {
                 None => 0,
                 Some(q) => match offset {
-                    0x18 => u64::from(q.size),
-                    0x1a => u64::from(q.vector.get()),
-                    0x1c => u64::from(q.ready),
-                    0x1e => 0, // queue_notify_off: queue i at i * multiplier
-                    0x20 => q.desc & 0xffff_ffff,
-                    0x24 => q.desc >> 32,
-                    0x28 => q.avail & 0xffff_ffff,
-                    0x2c => q.avail >> 32,
-                    0x30 => q.used & 0xffff_ffff,
-                    0x34 => q.used >> 32,
+                    QUEUE_SIZE => u64::from(q.size),
+                    QUEUE_MSIX_VECTOR => u64::from(q.vector.get()),
+                    QUEUE_ENABLE => u64::from(q.ready),
+                    QUEUE_DESC => q.desc & 0xffff_ffff,
+                    QUEUE_DESC_HI => q.desc >> 32,
+                    QUEUE_AVAIL => q.avail & 0xffff_ffff,
+                    QUEUE_AVAIL_HI => q.avail >> 32,
+                    QUEUE_USED => q.used & 0xffff_ffff,
+                    QUEUE_USED_HI => q.used >> 32,
                     _ => 0,
                 },
             },
-        };
-        // 0x1e reads the queue index so each queue gets its own address.
-        let value = if offset == 0x1e {
-            u64::from(self.queue_select)
-        } else {
-            value
         };
         put(data, value);
     }
@@ -310,30 +308,32 @@ impl VirtioPciDevice {
             NO_VECTOR
         };
         match offset {
-            0x00 => self.device_feature_select = v32,
-            0x08 => self.driver_feature_select = v32,
-            0x0c if self.status & STATUS_FEATURES_OK == 0 => match self.driver_feature_select {
-                0 => set_half(&mut self.driver_features, false, v32),
-                1 => set_half(&mut self.driver_features, true, v32),
-                _ => {}
-            },
-            0x10 => self.config_vector = vector,
-            0x14 => self.write_status(value as u8),
-            0x16 => self.queue_select = v16,
+            DEVICE_FEATURE_SELECT => self.device_feature_select = v32,
+            DRIVER_FEATURE_SELECT => self.driver_feature_select = v32,
+            DRIVER_FEATURE if self.status & STATUS_FEATURES_OK == 0 => {
+                match self.driver_feature_select {
+                    0 => set_half(&mut self.driver_features, false, v32),
+                    1 => set_half(&mut self.driver_features, true, v32),
+                    _ => {}
+                }
+            }
+            CONFIG_MSIX_VECTOR => self.config_vector = vector,
+            DEVICE_STATUS => self.write_status(value as u8),
+            QUEUE_SELECT => self.queue_select = v16,
             _ => {
                 let Some(q) = self.queues.get_mut(usize::from(self.queue_select)) else {
                     return;
                 };
                 match offset {
-                    0x18 if configurable => q.size = v16,
-                    0x1a => q.vector.set(vector),
-                    0x1c if configurable => q.ready = v16 == 1,
-                    0x20 if configurable => set_half(&mut q.desc, false, v32),
-                    0x24 if configurable => set_half(&mut q.desc, true, v32),
-                    0x28 if configurable => set_half(&mut q.avail, false, v32),
-                    0x2c if configurable => set_half(&mut q.avail, true, v32),
-                    0x30 if configurable => set_half(&mut q.used, false, v32),
-                    0x34 if configurable => set_half(&mut q.used, true, v32),
+                    QUEUE_SIZE if configurable => q.size = v16,
+                    QUEUE_MSIX_VECTOR => q.vector.set(vector),
+                    QUEUE_ENABLE if configurable => q.ready = v16 == 1,
+                    QUEUE_DESC if configurable => set_half(&mut q.desc, false, v32),
+                    QUEUE_DESC_HI if configurable => set_half(&mut q.desc, true, v32),
+                    QUEUE_AVAIL if configurable => set_half(&mut q.avail, false, v32),
+                    QUEUE_AVAIL_HI if configurable => set_half(&mut q.avail, true, v32),
+                    QUEUE_USED if configurable => set_half(&mut q.used, false, v32),
+                    QUEUE_USED_HI if configurable => set_half(&mut q.used, true, v32),
                     _ => {}
                 }
             }
@@ -531,7 +531,7 @@ impl PciDevice for VirtioPciDevice {
             return;
         }
         match offset {
-            o if o < COMMON_OFFSET + COMMON_SIZE => self.read_common(o, data),
+            o if o < layout::bar0::COMMON + layout::common::SIZE => self.read_common(o, data),
             o if (ISR_OFFSET..ISR_OFFSET + ISR_SIZE).contains(&o) => data.fill(0),
             o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_SIZE).contains(&o) => {
                 self.device.read_config(o - DEVICE_OFFSET, data)
@@ -557,7 +557,7 @@ impl PciDevice for VirtioPciDevice {
             return;
         }
         match offset {
-            o if o < COMMON_OFFSET + COMMON_SIZE => self.write_common(o, data),
+            o if o < layout::bar0::COMMON + layout::common::SIZE => self.write_common(o, data),
             o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_SIZE).contains(&o) => {
                 self.device.write_config(o - DEVICE_OFFSET, data)
             }
@@ -676,12 +676,19 @@ fn add_shm_bar(
     addr: u64,
 ) -> ShmBar {
     config.add_bar(SHM_BAR, addr, region.size, BarKind::Mmio64Prefetchable);
-    // struct virtio_pci_cap64: the 32-bit offset and length, then their
-    // high halves.
-    let mut cap = virtio_cap(CFG_SHARED_MEMORY, SHM_BAR, region.id, 0, region.size, 24);
-    cap.extend_from_slice(&0u32.to_le_bytes());
-    cap.extend_from_slice(&((region.size >> 32) as u32).to_le_bytes());
-    config.add_capability(CAP_VENDOR, &cap, &[]);
+    let cap = VirtioPciCap64 {
+        cap: VirtioPciCap::new(
+            cfg_type::SHARED_MEMORY,
+            SHM_BAR as u8,
+            region.id,
+            0,
+            region.size,
+            size_of::<VirtioPciCap64>(),
+        ),
+        offset_hi: 0,
+        length_hi: ((region.size >> 32) as u32).to_le(),
+    };
+    config.add_capability(CAP_VENDOR, layout::body(&cap), &[]);
     ShmBar {
         slot: vm.new_memory_slot(),
         mapping: GuestMapping {
@@ -700,13 +707,6 @@ fn notify_addr(bar: u64, queue: usize) -> u64 {
 
 /// `struct virtio_pci_cap` after its first two bytes: length, type, BAR,
 /// id (shmid for shared memory), padding, offset and length in the BAR.
-fn virtio_cap(cfg_type: u8, bar: usize, id: u8, offset: u64, len: u64, cap_len: u8) -> Vec<u8> {
-    let mut body = vec![cap_len, cfg_type, bar as u8, id, 0, 0];
-    body.extend_from_slice(&(offset as u32).to_le_bytes());
-    body.extend_from_slice(&(len as u32).to_le_bytes());
-    body
-}
-
 fn put(data: &mut [u8], value: u64) {
     let bytes = value.to_le_bytes();
     for (i, b) in data.iter_mut().enumerate() {
@@ -722,280 +722,4 @@ fn get(data: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
-
-    use super::super::{ActivateError, Activation, QueueVector, VirtioDevice};
-    use super::*;
-
-    /// What the test device saw: activations, resets, its queue's vector.
-    #[derive(Default)]
-    struct Seen {
-        /// Activation fails as the host would fail it (no threads left).
-        no_threads: std::sync::atomic::AtomicBool,
-        activations: AtomicUsize,
-        resets: AtomicUsize,
-        vector: Mutex<Option<QueueVector>>,
-    }
-
-    /// A device with one queue that records what it saw.
-    struct Recording(Arc<Seen>);
-    impl VirtioDevice for Recording {
-        fn device_type(&self) -> u32 {
-            crate::virtio::spec::VIRTIO_ID_FS
-        }
-        fn features(&self) -> u64 {
-            VIRTIO_F_VERSION_1
-        }
-        fn queue_max_sizes(&self) -> Vec<u16> {
-            vec![16]
-        }
-        fn read_config(&self, _: u64, _: &mut [u8]) {}
-        fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-            if self.0.no_threads.load(Ordering::Relaxed) {
-                let eagain = std::io::Error::from_raw_os_error(libc::EAGAIN);
-                return Err(ActivateError::Spawn(eagain));
-            }
-            self.0.activations.fetch_add(1, Ordering::Relaxed);
-            *self.0.vector.lock().unwrap() = a.queues.first().map(|q| q.vector.clone());
-            Ok(())
-        }
-        fn reset(&mut self) {
-            self.0.resets.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn device(dev: Box<dyn VirtioDevice>) -> VirtioPciDevice {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        VirtioPciDevice::new(
-            dev,
-            Arc::new(crate::fake_vm::FakeVm::new(1 << 20)),
-            GuestMemoryAtomic::new(mem),
-            0xc000_0000,
-            None,
-        )
-        .unwrap()
-    }
-
-    /// Features, queue 0 at fixed addresses with `vector`, DRIVER_OK.
-    fn drive_to_ok(d: &mut VirtioPciDevice, vector: u16) {
-        d.write_common(0x08, &1u32.to_le_bytes());
-        d.write_common(0x0c, &1u32.to_le_bytes());
-        for status in [1u8, 3, 11] {
-            d.write_common(0x14, &[status]);
-        }
-        d.write_common(0x16, &0u16.to_le_bytes());
-        d.write_common(0x20, &0x1000u32.to_le_bytes());
-        d.write_common(0x28, &0x2000u32.to_le_bytes());
-        d.write_common(0x30, &0x3000u32.to_le_bytes());
-        d.write_common(0x1a, &vector.to_le_bytes());
-        d.write_common(0x1c, &1u16.to_le_bytes());
-        d.write_common(0x14, &[15]);
-    }
-
-    fn read16(d: &mut VirtioPciDevice, offset: u64) -> u16 {
-        let mut b = [0u8; 2];
-        d.read_common(offset, &mut b);
-        u16::from_le_bytes(b)
-    }
-
-    #[test]
-    fn vectors_past_the_table_read_back_as_no_vector() {
-        // One queue: vectors 0 (config) and 1 (the queue).
-        let mut d = device(Box::new(Recording(Arc::default())));
-        d.write_common(0x10, &1u16.to_le_bytes());
-        assert_eq!(read16(&mut d, 0x10), 1);
-        d.write_common(0x10, &2u16.to_le_bytes());
-        assert_eq!(read16(&mut d, 0x10), NO_VECTOR, "config vector 2 taken");
-        d.write_common(0x16, &0u16.to_le_bytes());
-        d.write_common(0x1a, &0x7fffu16.to_le_bytes());
-        assert_eq!(read16(&mut d, 0x1a), NO_VECTOR, "queue vector 0x7fff taken");
-        d.write_common(0x1a, &1u16.to_le_bytes());
-        assert_eq!(read16(&mut d, 0x1a), 1);
-    }
-
-    #[test]
-    fn a_vector_change_after_driver_ok_reaches_the_running_queue() {
-        let seen = Arc::new(Seen::default());
-        let mut d = device(Box::new(Recording(seen.clone())));
-        drive_to_ok(&mut d, 1);
-        let vector = seen.vector.lock().unwrap().clone().expect("activated");
-        assert_eq!(vector.get(), 1);
-        d.write_common(0x16, &0u16.to_le_bytes());
-        d.write_common(0x1a, &0u16.to_le_bytes());
-        assert_eq!(vector.get(), 0, "the worker would still use vector 1");
-        d.write_common(0x1a, &9u16.to_le_bytes());
-        assert_eq!(vector.get(), NO_VECTOR);
-    }
-
-    #[test]
-    fn no_vector_fires_after_the_write_that_masked_it() {
-        // A race, so probabilistic: with the old order (the lock dropped
-        // before the irqfd write) 2 of 3 runs caught a late fire here.
-        let msix = Arc::new(Mutex::new(MsixState::new(1)));
-        let irq = Arc::new(MsixInterrupt {
-            msix: msix.clone(),
-            irqfds: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
-        });
-        {
-            let mut m = msix.lock().unwrap();
-            m.set_control(0x8000);
-            m.table_write(12, &0u32.to_le_bytes());
-        }
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let notifier = {
-            let (irq, stop) = (irq.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    irq.notify(0);
-                }
-            })
-        };
-        let mut late = 0;
-        for _ in 0..20_000 {
-            {
-                // The guest masks the vector; what fired before is taken.
-                let mut m = msix.lock().unwrap();
-                m.table_write(12, &1u32.to_le_bytes());
-                let _ = irq.irqfds[0].read();
-            }
-            std::hint::spin_loop();
-            if irq.irqfds[0].read().is_ok() {
-                late += 1;
-            }
-            msix.lock().unwrap().table_write(12, &0u32.to_le_bytes());
-        }
-        stop.store(true, Ordering::Relaxed);
-        notifier.join().unwrap();
-        assert_eq!(late, 0, "a vector fired after the write that masked it");
-    }
-
-    fn read8(d: &mut VirtioPciDevice, offset: u64) -> u8 {
-        let mut b = [0u8; 1];
-        d.read_common(offset, &mut b);
-        b[0]
-    }
-
-    #[test]
-    fn a_status_write_that_clears_bits_is_ignored() {
-        let seen = Arc::new(Seen::default());
-        let mut d = device(Box::new(Recording(seen.clone())));
-        drive_to_ok(&mut d, 1);
-        assert_eq!(read8(&mut d, 0x14), 15, "FEATURES_OK or DRIVER_OK refused");
-        assert_eq!(seen.activations.load(Ordering::Relaxed), 1, "not activated");
-
-        // DRIVER_OK cleared without a reset: ignored.
-        d.write_common(0x14, &[11]);
-        assert_eq!(read8(&mut d, 0x14), 15);
-        // The running queue's registers stay locked.
-        d.write_common(0x20, &0x8000u32.to_le_bytes());
-        let mut b = [0u8; 4];
-        d.read_common(0x20, &mut b);
-        assert_eq!(
-            u32::from_le_bytes(b),
-            0x1000,
-            "queue moved under a running device"
-        );
-        // Setting DRIVER_OK again starts nothing new.
-        d.write_common(0x14, &[15]);
-        assert_eq!(seen.activations.load(Ordering::Relaxed), 1);
-        assert_eq!(seen.resets.load(Ordering::Relaxed), 0);
-        // A write of 0 is the reset.
-        d.write_common(0x14, &[0]);
-        assert_eq!(read8(&mut d, 0x14), 0);
-        assert_eq!(seen.resets.load(Ordering::Relaxed), 1);
-    }
-
-    const STATUS: u64 = 0x14;
-    const GENERATION: u64 = 0x15;
-
-    #[test]
-    fn driver_ok_without_features_ok_is_the_guest_s_fault() {
-        let seen = Arc::new(Seen::default());
-        let mut d = device(Box::new(Recording(seen.clone())));
-        let generation = read8(&mut d, GENERATION);
-        for status in [1u8, 3, 7] {
-            d.write_common(STATUS, &[status]);
-        }
-        assert_eq!(read8(&mut d, STATUS), 7 | STATUS_NEEDS_RESET);
-        assert_eq!(seen.activations.load(Ordering::Relaxed), 0);
-        assert_eq!(
-            d.failed_activations(),
-            FailedActivations {
-                by_guest: 1,
-                by_host: 0
-            }
-        );
-        assert_ne!(
-            read8(&mut d, GENERATION),
-            generation,
-            "no config change shown"
-        );
-        // Sticky until the reset, which clears it.
-        d.write_common(STATUS, &[15]);
-        assert_ne!(read8(&mut d, STATUS) & STATUS_NEEDS_RESET, 0);
-        d.write_common(STATUS, &[0]);
-        assert_eq!(read8(&mut d, STATUS), 0);
-    }
-
-    #[test]
-    fn a_host_failure_on_activation_needs_reset_too() {
-        let seen = Arc::new(Seen::default());
-        seen.no_threads.store(true, Ordering::Relaxed);
-        let mut d = device(Box::new(Recording(seen.clone())));
-        drive_to_ok(&mut d, 1);
-        assert_eq!(read8(&mut d, STATUS), 15 | STATUS_NEEDS_RESET);
-        assert_eq!(
-            d.failed_activations(),
-            FailedActivations {
-                by_guest: 0,
-                by_host: 1
-            }
-        );
-    }
-
-    #[test]
-    fn features_ok_is_refused_for_features_not_offered() {
-        let seen = Arc::new(Seen::default());
-        let mut d = device(Box::new(Recording(seen.clone())));
-        // Page 1: VERSION_1 and bit 33, which the device does not offer.
-        d.write_common(0x08, &1u32.to_le_bytes());
-        d.write_common(0x0c, &3u32.to_le_bytes());
-        for status in [1u8, 3, 11] {
-            d.write_common(STATUS, &[status]);
-        }
-        assert_eq!(read8(&mut d, STATUS), 3, "FEATURES_OK stuck");
-        // Without VERSION_1: refused as well.
-        d.write_common(0x0c, &0u32.to_le_bytes());
-        d.write_common(STATUS, &[11]);
-        assert_eq!(read8(&mut d, STATUS), 3, "a legacy driver was accepted");
-        // With exactly what was offered: kept, and features are then fixed.
-        d.write_common(0x0c, &1u32.to_le_bytes());
-        d.write_common(STATUS, &[11]);
-        assert_eq!(read8(&mut d, STATUS), 11);
-        assert_eq!(seen.activations.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
-    fn reset_clears_the_driver_s_settings() {
-        let seen = Arc::new(Seen::default());
-        let mut d = device(Box::new(Recording(seen.clone())));
-        drive_to_ok(&mut d, 1);
-        d.write_common(0x10, &1u16.to_le_bytes());
-        d.write_common(STATUS, &[0]);
-        assert_eq!(read8(&mut d, STATUS), 0);
-        assert_eq!(read16(&mut d, 0x10), NO_VECTOR, "config vector kept");
-        assert_eq!(read16(&mut d, 0x16), 0, "queue select kept");
-        assert_eq!(read16(&mut d, 0x1a), NO_VECTOR, "queue vector kept");
-        assert_eq!(read16(&mut d, 0x1c), 0, "queue left enabled");
-        let mut b = [0u8; 4];
-        d.read_common(0x20, &mut b);
-        assert_eq!(u32::from_le_bytes(b), 0, "queue address kept");
-        // And the device can be driven to DRIVER_OK again.
-        drive_to_ok(&mut d, 1);
-        assert_eq!(read8(&mut d, STATUS), 15);
-        assert_eq!(seen.activations.load(Ordering::Relaxed), 2);
-    }
-}
+mod tests;
