@@ -83,12 +83,15 @@ pub fn write_zero_page<M: GuestMemory>(
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_size as u32;
+    params.hdr.cmd_line_ptr = const { low32(CMDLINE_START) };
+    params.hdr.cmdline_size =
+        u32::try_from(cmdline_size).map_err(|_| Error::GuestMemory("command line"))?;
     params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
     if let Some(rd) = initrd {
-        params.hdr.ramdisk_image = rd.addr as u32;
-        params.hdr.ramdisk_size = rd.size as u32;
+        // place_initrd puts it below the kernel's initrd_addr_max (< 4 GiB).
+        let too_high = |_| Error::GuestMemory("initramfs (above 4 GiB)");
+        params.hdr.ramdisk_image = u32::try_from(rd.addr).map_err(too_high)?;
+        params.hdr.ramdisk_size = u32::try_from(rd.size).map_err(too_high)?;
     }
     let ram = e820_ram(mem_size);
     for (i, (addr, size)) in ram.iter().enumerate() {
@@ -98,7 +101,8 @@ pub fn write_zero_page<M: GuestMemory>(
             type_: E820_RAM,
         };
     }
-    params.e820_entries = ram.len() as u8;
+    // e820_ram gives at most two ranges (below and above the 32-bit hole).
+    params.e820_entries = u8::try_from(ram.len()).map_err(|_| Error::GuestMemory("e820 table"))?;
     mem.write_obj(BootParams(params), GuestAddress(ZERO_PAGE_START))
         .map_err(|_| Error::GuestMemory("zero page"))
 }
@@ -127,7 +131,7 @@ pub fn write_pvh_start_info<M: GuestMemory>(
         version: 1,
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
-        memmap_entries: ram.len() as u32,
+        memmap_entries: u32::try_from(ram.len()).map_err(|_| Error::GuestMemory("PVH memmap"))?,
         ..Default::default()
     };
     if let Some(rd) = initrd {
@@ -186,7 +190,7 @@ mod tests {
         let p: BootParams = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         let hdr = p.0.hdr;
         assert_eq!({ hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
-        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!({ hdr.cmd_line_ptr }, low32(CMDLINE_START));
         assert_eq!({ hdr.cmdline_size }, 42);
         assert_eq!({ hdr.ramdisk_image }, 0x80_0000);
         assert_eq!(p.0.e820_entries, 2);

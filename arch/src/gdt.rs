@@ -15,7 +15,7 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 /// The KVM view of GDT entry `entry` loaded with selector `index * 8`.
 pub fn kvm_segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
-    let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
+    let limit_raw = (entry & 0xffff) as u32 | ((entry >> 32) & 0x000f_0000) as u32;
     let g = ((entry >> 55) & 1) as u8;
     // With 4 KiB granularity the limit counts pages: KVM wants bytes.
     let limit = if g == 1 {

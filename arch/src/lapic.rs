@@ -13,12 +13,18 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 
 fn get_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
     let b = &lapic.regs[offset..offset + 4];
-    u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+    // kvm_lapic_state holds the registers as C chars (i8 here).
+    u32::from_le_bytes([
+        b[0].cast_unsigned(),
+        b[1].cast_unsigned(),
+        b[2].cast_unsigned(),
+        b[3].cast_unsigned(),
+    ])
 }
 
 fn set_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
     for (i, byte) in value.to_le_bytes().iter().enumerate() {
-        lapic.regs[offset + i] = *byte as _;
+        lapic.regs[offset + i] = byte.cast_signed();
     }
 }
 

@@ -66,6 +66,15 @@ pub fn mmio64_start(mem_size: u64) -> u64 {
     end.next_multiple_of(1 << 30)
 }
 
+/// `addr` as the 32-bit field a boot protocol or the MP table holds it in.
+/// Such addresses lie below 4 GiB by this layout; used in a constant, a
+/// wrong one stops the build.
+#[allow(clippy::cast_possible_truncation)] // checked by the assert
+pub const fn low32(addr: u64) -> u32 {
+    assert!(addr <= u32::MAX as u64, "a 32-bit boot field above 4 GiB");
+    addr as u32
+}
+
 // The low boot structures must not overlap: checked when compiling.
 const _: () = {
     assert!(IDT_START >= GDT_START + 4 * 8);

@@ -3,7 +3,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-use crate::layout::{APIC_START, EBDA_SIZE, EBDA_START, IOAPIC_START};
+use crate::layout::{low32, APIC_START, EBDA_SIZE, EBDA_START, IOAPIC_START};
 use crate::{Error, Result};
 
 /// Highest vCPU count Ferry supports; the table must fit in the EBDA.
@@ -61,7 +61,7 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>> {
     push(&[ENTRY_BUS, BUS_ID_ISA, b'I', b'S', b'A', b' ', b' ', b' ']);
     let ioapic = ioapic_id(cpus);
     let mut e = vec![ENTRY_IOAPIC, ioapic, IOAPIC_VERSION, 1];
-    e.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
+    e.extend_from_slice(&const { low32(IOAPIC_START) }.to_le_bytes());
     push(&e);
     // ISA IRQ n on IOAPIC pin n, as KVM's default GSI routing has it (the
     // in-kernel PIT raises GSI 0, so IRQ 0 is an ordinary INT too).
@@ -100,27 +100,31 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>> {
     ]);
 
     let table_len = HEADER_SIZE + entries.len();
-    if FLOATING_POINTER_SIZE + table_len > EBDA_SIZE as usize {
+    if (FLOATING_POINTER_SIZE + table_len) as u64 > EBDA_SIZE {
         return Err(Error::MpTableTooLarge(cpus));
     }
     let table_addr = base + FLOATING_POINTER_SIZE as u64;
 
     let mut fp = Vec::with_capacity(FLOATING_POINTER_SIZE);
     fp.extend_from_slice(b"_MP_");
-    fp.extend_from_slice(&(table_addr as u32).to_le_bytes());
+    // Below 640 KiB: the table lies in the EBDA.
+    let table_addr = u32::try_from(table_addr).map_err(|_| Error::MpTableTooLarge(cpus))?;
+    fp.extend_from_slice(&table_addr.to_le_bytes());
     fp.extend_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]); // length (16-byte units), spec 1.4
     fp[10] = checksum(&fp);
 
     let mut header = Vec::with_capacity(HEADER_SIZE);
     header.extend_from_slice(b"PCMP");
-    header.extend_from_slice(&(table_len as u16).to_le_bytes());
+    // Fits: checked against the EBDA's size above.
+    let table_len16 = u16::try_from(table_len).map_err(|_| Error::MpTableTooLarge(cpus))?;
+    header.extend_from_slice(&table_len16.to_le_bytes());
     header.extend_from_slice(&[4, 0]); // spec revision, checksum (below)
     header.extend_from_slice(b"FERRY   ");
     header.extend_from_slice(b"FERRY-VM    ");
     header.extend_from_slice(&0u32.to_le_bytes()); // OEM table pointer
     header.extend_from_slice(&0u16.to_le_bytes()); // OEM table size
     header.extend_from_slice(&count.to_le_bytes());
-    header.extend_from_slice(&(APIC_START as u32).to_le_bytes());
+    header.extend_from_slice(&const { low32(APIC_START) }.to_le_bytes());
     header.extend_from_slice(&[0; 4]); // extended table length, checksum, reserved
     debug_assert_eq!(header.len(), HEADER_SIZE);
 
@@ -190,6 +194,6 @@ mod tests {
     fn bounds() {
         assert!(build(0, EBDA_START).is_err());
         assert!(build(MAX_CPUS + 1, EBDA_START).is_err());
-        assert!(build(MAX_CPUS, EBDA_START).unwrap().len() <= EBDA_SIZE as usize);
+        assert!(build(MAX_CPUS, EBDA_START).unwrap().len() as u64 <= EBDA_SIZE);
     }
 }

@@ -94,7 +94,13 @@ fn set_segments(sregs: &mut kvm_sregs, gdt: &[u64; 4]) {
     let data = kvm_segment_from_gdt(gdt[2], 2);
     let tss = kvm_segment_from_gdt(gdt[3], 3);
     sregs.gdt.base = GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(gdt) - 1) as u16;
+    const GDT_LIMIT: u16 = {
+        assert!(std::mem::size_of::<[u64; 4]>() <= 1 << 16);
+        #[allow(clippy::cast_possible_truncation)] // checked just above
+        let limit = (std::mem::size_of::<[u64; 4]>() - 1) as u16;
+        limit
+    };
+    sregs.gdt.limit = GDT_LIMIT;
     sregs.idt.base = IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = code;

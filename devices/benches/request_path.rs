@@ -18,6 +18,7 @@ const OPEN: u32 = Opcode::Open as u32;
 const READ: u32 = Opcode::Read as u32;
 const WRITE: u32 = Opcode::Write as u32;
 const BLOCK: usize = 4096;
+const BLOCK_U32: u32 = 4096;
 
 /// A served share with a 1 MiB file open read-write: (harness, nodeid, fh).
 fn setup() -> (Harness, u64, u64) {
@@ -43,21 +44,21 @@ fn request_path(c: &mut Criterion) {
     let read_in = ReadIn {
         fh,
         offset: 4096,
-        size: BLOCK as u32,
+        size: BLOCK_U32,
         ..ReadIn::default()
     };
     let read = fuse_struct_request(READ, 12, nodeid, &read_in, &[]);
     let write_in = WriteIn {
         fh,
         offset: 8192,
-        size: BLOCK as u32,
+        size: BLOCK_U32,
         ..WriteIn::default()
     };
     let write = fuse_struct_request(WRITE, 13, nodeid, &write_in, &[5u8; BLOCK]);
     for (name, req, reply_len) in [
         ("lookup", &lookup, 16 + 128),
         ("getattr", &getattr, 16 + 104),
-        ("read_4k", &read, 16 + BLOCK as u32),
+        ("read_4k", &read, 16 + BLOCK_U32),
         ("write_4k", &write, 16 + 8),
     ] {
         // Each request must really succeed before it is timed.

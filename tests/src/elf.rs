@@ -21,8 +21,8 @@ pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
     f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
     f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    f.extend_from_slice(&(EHDR as u16).to_le_bytes());
-    f.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    f.extend_from_slice(&u16::try_from(EHDR).expect("64-byte header").to_le_bytes());
+    f.extend_from_slice(&u16::try_from(PHDR).expect("56-byte entry").to_le_bytes());
     f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
     f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
     f.extend_from_slice(&0u16.to_le_bytes()); // e_shnum

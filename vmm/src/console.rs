@@ -23,8 +23,8 @@ impl Write for FdWriter {
         loop {
             // SAFETY: writes from a valid buffer to a descriptor we keep open.
             let n = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
-            if n >= 0 {
-                return Ok(n as usize);
+            if let Ok(n) = usize::try_from(n) {
+                return Ok(n);
             }
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {
@@ -99,7 +99,7 @@ impl StdinToSerial {
         let n = unsafe { libc::read(STDIN_FD, buf.as_mut_ptr().cast(), want) };
         match n {
             n if n > 0 => {
-                let n = n as usize;
+                let n = n.unsigned_abs();
                 let taken = self
                     .serial
                     .lock()

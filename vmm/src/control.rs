@@ -66,7 +66,8 @@ impl Control {
                 size,
             )
         };
-        (n as usize == size).then_some(info.ssi_signo as i32)
+        let whole = usize::try_from(n).is_ok_and(|n| n == size);
+        whole.then(|| i32::try_from(info.ssi_signo).ok()).flatten()
     }
 }
 

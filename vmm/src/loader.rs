@@ -162,14 +162,14 @@ fn load_initramfs(
         return Err(open_err(std::io::Error::other("not a regular file")));
     }
     let size = meta.len();
-    let addr = place_initrd(mem_size, kernel_end, addr_max, size).ok_or_else(|| {
-        LoadError::InitramfsTooLarge {
-            path: path.into(),
-            size,
-            max: addr_max,
-        }
-    })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+    let too_large = || LoadError::InitramfsTooLarge {
+        path: path.into(),
+        size,
+        max: addr_max,
+    };
+    let addr = place_initrd(mem_size, kernel_end, addr_max, size).ok_or_else(too_large)?;
+    let len = usize::try_from(size).map_err(|_| too_large())?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
         .map_err(LoadError::CopyInitramfs)?;
     Ok(Initrd { addr, size })
 }

@@ -16,16 +16,19 @@ pub enum MemoryError {
         size: u64,
         err: vm_memory::mmap::FromRangesError,
     },
+    #[error("{0} MiB of guest memory do not fit this host's address space")]
+    TooLarge(u64),
     #[error("KVM refused guest memory slot {slot}: {err}")]
     Register { slot: u32, err: kvm_ioctls::Error },
 }
 
 /// Maps `size` bytes of guest RAM (lazily: nothing is touched until used).
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryFerry, MemoryError> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+    let ranges = ram_ranges(size)
         .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
+        .map(|(start, len)| Ok((GuestAddress(start), usize::try_from(len)?)))
+        .collect::<Result<Vec<_>, std::num::TryFromIntError>>()
+        .map_err(|_| MemoryError::TooLarge(size >> 20))?;
     GuestMemoryMmap::from_ranges(&ranges).map_err(|err| MemoryError::Map {
         size: size >> 20,
         err,

@@ -369,7 +369,8 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
         let p = Arc::new(VcpuProgress::default());
         progress.push(p.clone());
         let vcpu = Vcpu {
-            id: id as u8,
+            // At most MAX_CPUS (32) vCPUs: checked when the CLI was parsed.
+            id: u8::try_from(id).expect("at most 32 vCPUs"),
             fd,
             io_bus: io_bus.clone(),
             mmio_bus: mmio_bus.clone(),
@@ -391,7 +392,8 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
     );
 
     let deadline = timeout.map(|t| (Instant::now() + t, t));
-    let limit = machine.stall_timeout.div_ceil(WATCHDOG_PERIOD.as_secs()) as u32;
+    let limit = u32::try_from(machine.stall_timeout.div_ceil(WATCHDOG_PERIOD.as_secs()))
+        .unwrap_or(u32::MAX);
     let mut watchdog = Watchdog::new(epoch, progress, limit);
     let mut next_tick = Instant::now() + WATCHDOG_PERIOD;
     let reason = loop {
@@ -400,7 +402,8 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
             .is_some_and(|c| c.lock().unwrap_or_else(|e| e.into_inner()).has_pending());
         let now = Instant::now();
         let next_wake = deadline.map_or(next_tick, |(d, _)| d.min(next_tick));
-        let until_tick = next_wake.saturating_duration_since(now).as_millis() as i32;
+        let until_tick =
+            i32::try_from(next_wake.saturating_duration_since(now).as_millis()).unwrap_or(i32::MAX);
         let timeout = if pending {
             INPUT_RETRY_MS.min(until_tick)
         } else {

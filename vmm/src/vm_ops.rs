@@ -85,7 +85,7 @@ impl KvmVmOps {
                 type_: KVM_IRQ_ROUTING_MSI,
                 u: kvm_irq_routing_entry__bindgen_ty_1 {
                     msi: kvm_irq_routing_msi {
-                        address_lo: msg.addr as u32,
+                        address_lo: (msg.addr & 0xffff_ffff) as u32,
                         address_hi: (msg.addr >> 32) as u32,
                         data: msg.data,
                         ..Default::default()

@@ -37,7 +37,7 @@ impl BusDevice for HostStreams {
     fn write(&mut self, offset: u64, data: &[u8]) {
         // Only writes that start a stream's port count: a stray write to
         // the middle of one is dropped rather than guessed at.
-        if !offset.is_multiple_of(STREAM_STRIDE) || data.len() > STREAM_STRIDE as usize {
+        if !offset.is_multiple_of(STREAM_STRIDE) || data.len() as u64 > STREAM_STRIDE {
             return;
         }
         let Some(i) = usize::try_from(offset / STREAM_STRIDE)

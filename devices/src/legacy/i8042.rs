@@ -23,7 +23,8 @@ impl I8042 {
 
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let value = self.0.read(offset as u8);
+        // The bus hands this device its two ports only: offset 0 or 4.
+        let value = u8::try_from(offset).map_or(0xff, |o| self.0.read(o));
         data.fill(value);
     }
 

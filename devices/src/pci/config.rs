@@ -69,15 +69,16 @@ impl PciConfig {
         assert!(size.is_power_of_two() && size >= 16 && addr.is_multiple_of(size));
         let reg = BAR0_REG + index;
         match kind {
+            // Register halves: the low 32 bits, then the high ones.
             BarKind::Mmio32 => {
-                self.regs[reg] = addr as u32;
-                self.writable[reg] = !(size as u32 - 1);
+                self.regs[reg] = (addr & 0xffff_ffff) as u32;
+                self.writable[reg] = !(((size - 1) & 0xffff_ffff) as u32);
             }
             BarKind::Mmio64Prefetchable => {
-                self.regs[reg] = (addr as u32) | 0b1100; // 64-bit, prefetchable
+                self.regs[reg] = ((addr & 0xffff_ffff) as u32) | 0b1100; // 64-bit, prefetchable
                 self.regs[reg + 1] = (addr >> 32) as u32;
-                self.writable[reg] = !((size - 1) as u32) & !0xf;
-                self.writable[reg + 1] = !((size - 1) >> 32) as u32;
+                self.writable[reg] = !(((size - 1) & 0xffff_ffff) as u32) & !0xf;
+                self.writable[reg + 1] = !(((size - 1) >> 32) as u32);
             }
         }
         self.bars.push(BarRegion {
@@ -108,10 +109,12 @@ impl PciConfig {
             self.set_byte(offset + 2 + i, *b);
             self.set_writable_byte(offset + 2 + i, writable.get(i).copied().unwrap_or(0));
         }
+        // Capabilities live in the 256-byte config space.
+        let pointer = u8::try_from(offset).expect("capabilities lie in the 256-byte config space");
         match self.last_cap {
-            Some(prev) => self.set_byte(prev + 1, offset as u8),
+            Some(prev) => self.set_byte(prev + 1, pointer),
             None => {
-                self.set_byte(CAP_POINTER_OFFSET, offset as u8);
+                self.set_byte(CAP_POINTER_OFFSET, pointer);
                 self.regs[COMMAND_REG] |= STATUS_CAP_LIST;
             }
         }
@@ -151,7 +154,7 @@ impl PciConfig {
     }
 
     pub fn command(&self) -> u16 {
-        self.regs[COMMAND_REG] as u16
+        (self.regs[COMMAND_REG] & 0xffff) as u16
     }
 
     /// Writes under the write masks. Returns the BAR that moved, if any.
@@ -263,7 +266,7 @@ mod tests {
         let b = c.add_capability(0x11, &[0x01, 0x00, 0, 0, 0, 0, 0, 0, 0, 0], &[0, 0xc0]);
         assert_eq!(a, 0x40);
         assert_eq!(c.read_u16(0x34) & 0xff, 0x40);
-        assert_eq!(c.read_u16(a) >> 8, b as u16);
+        assert_eq!(c.read_u16(a) >> 8, u16::try_from(b).unwrap());
         assert_ne!(read32(&c, 4) & STATUS_CAP_LIST, 0);
         // Only the masked bits of the MSI-X control word change.
         c.write(b + 2, &[0xff, 0xff]);

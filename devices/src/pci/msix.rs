@@ -57,7 +57,8 @@ impl MsixState {
     }
 
     pub fn vectors(&self) -> u16 {
-        self.table.len() as u16
+        // At most 2048 entries (the MSI-X table size field is 11 bits).
+        u16::try_from(self.table.len()).unwrap_or(u16::MAX)
     }
 
     /// Applies the MSI-X control word (enable, function mask). Returns
@@ -90,6 +91,9 @@ impl MsixState {
         if index >= self.table.len() || !matches!(data.len(), 4 | 8) || !offset.is_multiple_of(4) {
             return MsixChange::None;
         }
+        let Ok(vector) = u16::try_from(index) else {
+            return MsixChange::None;
+        };
         let before = self.table[index];
         let mut value = [0u8; 8];
         value[..data.len()].copy_from_slice(data);
@@ -110,11 +114,11 @@ impl MsixState {
         }
         let after = *e;
         if after.masked() != before.masked() && !after.masked() {
-            MsixChange::Unmasked(index as u16)
+            MsixChange::Unmasked(vector)
         } else if (after.addr_lo, after.addr_hi, after.data)
             != (before.addr_lo, before.addr_hi, before.data)
         {
-            MsixChange::Message(index as u16)
+            MsixChange::Message(vector)
         } else {
             MsixChange::None
         }

@@ -174,7 +174,7 @@ impl BusDevice for PciRoot {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .config()
-                    .read(reg + (offset as usize - 4), data),
+                    .read(reg + usize::from(offset_in_data(offset)), data),
                 None => data.fill(0xff),
             },
             _ => data.fill(0xff),
@@ -186,10 +186,16 @@ impl BusDevice for PciRoot {
             0 if data.len() == 4 => {
                 self.address = u32::from_le_bytes(data.try_into().expect("4 bytes"));
             }
-            4..=7 => self.config_write(offset as usize - 4, data),
+            4..=7 => self.config_write(usize::from(offset_in_data(offset)), data),
             _ => {}
         }
     }
+}
+
+/// The byte of CONFIG_DATA an access at port offset `offset` (4 to 7)
+/// starts at.
+fn offset_in_data(offset: u64) -> u8 {
+    (offset.saturating_sub(4) & 3) as u8
 }
 
 #[cfg(test)]
@@ -210,7 +216,7 @@ mod tests {
             &mut self.cfg
         }
         fn bar_read(&mut self, _bar: usize, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill(offset.to_le_bytes()[0]);
         }
         fn bar_write(&mut self, _bar: usize, offset: u64, data: &[u8]) {
             self.last_write = Some((offset, data.to_vec()));
@@ -285,11 +291,11 @@ mod tests {
             let mut b = [0u8; 1];
             cfg_write(&mut root, 1, 0x18, 0xffff_ffff);
             cfg_write(&mut root, 1, 0x1c, 0xffff_ffff);
-            cfg_write(&mut root, 1, 0x18, from as u32 | 0xc);
+            cfg_write(&mut root, 1, 0x18, (from & 0xffff_ffff) as u32 | 0xc);
             cfg_write(&mut root, 1, 0x1c, (from >> 32) as u32);
             assert!(bus.read(from + 0x10, &mut b), "{size:#x}: lost by sizing");
             // A real move, lower half then upper half, as Linux writes it.
-            cfg_write(&mut root, 1, 0x18, to as u32 | 0xc);
+            cfg_write(&mut root, 1, 0x18, (to & 0xffff_ffff) as u32 | 0xc);
             cfg_write(&mut root, 1, 0x1c, (to >> 32) as u32);
             assert!(
                 bus.read(to + 0x10, &mut b),

@@ -13,12 +13,14 @@ const fn feature(bit: u32) -> u64 {
 }
 
 /// A status bit as the byte the device status register holds.
+#[allow(clippy::cast_possible_truncation)] // checked by the assert
 const fn status(bits: u32) -> u8 {
     assert!(bits <= u8::MAX as u32);
     bits as u8
 }
 
 /// A descriptor flag as the u16 of the descriptor.
+#[allow(clippy::cast_possible_truncation)] // checked by the assert
 const fn desc_flag(bits: u32) -> u16 {
     assert!(bits <= u16::MAX as u32);
     bits as u16

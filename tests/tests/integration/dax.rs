@@ -377,7 +377,7 @@ fn stress(name: &str, sigterm: bool) -> TestResult {
                 .map_or(0, |d| d.subsec_nanos());
             std::thread::sleep(Duration::from_millis(u64::from(nanos % 3000)));
             // SAFETY: signals our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            unsafe { libc::kill(pid.cast_signed(), libc::SIGTERM) };
             let sent = Instant::now();
             while !ferry.has_ended()? && sent.elapsed() < Duration::from_secs(20) {
                 std::thread::sleep(Duration::from_millis(5));

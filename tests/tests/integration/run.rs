@@ -346,7 +346,7 @@ fn signal_stops_the_vm(signal: i32, status: i32) -> TestResult {
         return Err("the guest never became ready".into());
     }
     // SAFETY: signals our own child.
-    unsafe { libc::kill(child.id() as i32, signal) };
+    unsafe { libc::kill(child.id().cast_signed(), signal) };
     let code = exit_within(&mut child, &format!("signal {signal}"))?;
     if code != Some(status) {
         return Err(format!("signal {signal}: exit {code:?}, expected {status}").into());

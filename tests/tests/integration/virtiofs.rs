@@ -205,7 +205,9 @@ fn host_xattr(path: &Path, name: &str) -> Option<String> {
     let mut buf = [0u8; 256];
     // SAFETY: valid C strings and a buffer of the given size.
     let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
+    usize::try_from(len)
+        .ok()
+        .map(|len| String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 fn statfs_matches(path: &Path, guest_out: &str) -> bool {

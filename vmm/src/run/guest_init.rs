@@ -27,8 +27,16 @@ use crate::control::signalfd_for;
 /// `NAME=value` words to init as environment variables.
 pub const SPEC_ENV: &str = "FERRY_RUN_SPEC";
 
-const STDOUT_PORT: u16 = HOST_STREAM_PORT as u16;
-const STDERR_PORT: u16 = HOST_STREAM_PORT as u16 + 4;
+/// Ferry's ports as `out` takes them (below 0x100, checked when compiling).
+const fn port(p: u64) -> u16 {
+    assert!(p <= 0xff);
+    #[allow(clippy::cast_possible_truncation)] // checked just above
+    let p16 = p as u16;
+    p16
+}
+const EXIT: u16 = port(EXIT_PORT);
+const STDOUT_PORT: u16 = port(HOST_STREAM_PORT);
+const STDERR_PORT: u16 = port(HOST_STREAM_PORT + 4);
 /// Exit statuses of init itself, as GNU timeout and env use them.
 pub const STATUS_SETUP_FAILED: i32 = 125;
 const STATUS_NOT_EXECUTABLE: i32 = 126;
@@ -47,8 +55,7 @@ pub fn run_if_guest_init() {
     // The ports first, so every later failure can be reported.
     // SAFETY: ioperm only changes this process's I/O permission bitmap.
     let ports_ok = unsafe {
-        libc::ioperm(u64::from(EXIT_PORT as u16), 1, 1) == 0
-            && libc::ioperm(u64::from(STDOUT_PORT), 8, 1) == 0
+        libc::ioperm(u64::from(EXIT), 1, 1) == 0 && libc::ioperm(u64::from(STDOUT_PORT), 8, 1) == 0
     };
     if !ports_ok {
         eprintln!("ferry-init: no access to Ferry's I/O ports; not running under ferry run?");
@@ -65,7 +72,8 @@ pub fn run_if_guest_init() {
     // before Ferry exits.
     // SAFETY: no arguments.
     unsafe { libc::sync() };
-    out_bytes(EXIT_PORT as u16, &[status as u8]);
+    // An exit status is one byte, as for any process.
+    out_bytes(EXIT, &status.to_le_bytes()[..1]);
     reboot();
 }
 
@@ -258,6 +266,10 @@ fn set_hostname(name: &str) {
     unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
 }
 
+/// IFF_UP as the short of `ifr_flags` (it is bit 0).
+const IFF_UP: libc::c_short = 1;
+const _: () = assert!(libc::IFF_UP == 1);
+
 /// Brings `lo` up: tests commonly talk to 127.0.0.1.
 fn loopback_up() -> io::Result<()> {
     // SAFETY: a plain socket, owned right away.
@@ -270,14 +282,14 @@ fn loopback_up() -> io::Result<()> {
     // SAFETY: ifreq is plain data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+        *dst = src.cast_signed();
     }
     // SAFETY: both ioctls read and write the ifreq we own.
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
             return Err(io::Error::last_os_error());
         }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        req.ifr_ifru.ifru_flags |= IFF_UP;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -349,7 +361,9 @@ fn run_command(spec: &RunSpec) -> Result<i32, InitError> {
     };
     // The write ends now live only in the child.
     drop(cmd);
-    let status = relay(child.id() as libc::pid_t, [out_r, err_r], &sigchld);
+    // Pids fit a pid_t (the kernel's pid_max is at most 2^22).
+    let pid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
+    let status = relay(pid, [out_r, err_r], &sigchld);
     Ok(status)
 }
 

@@ -282,9 +282,9 @@ fn current_groups() -> Vec<u32> {
         if n <= 0 {
             return Vec::new();
         }
-        let mut groups = vec![0; n as usize];
+        let mut groups = vec![0; usize::try_from(n).unwrap_or(0)];
         let n = libc::getgroups(n, groups.as_mut_ptr());
-        groups.truncate(n.max(0) as usize);
+        groups.truncate(usize::try_from(n).unwrap_or(0));
         groups
     }
 }

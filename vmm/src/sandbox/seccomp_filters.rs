@@ -204,7 +204,7 @@ fn prctl_rules() -> Result<Vec<SeccompRule>> {
         Ok(SeccompRule::new(vec![cond(
             0,
             SeccompCmpOp::Eq,
-            op as u64,
+            u64::from(op.unsigned_abs()), // PR_* numbers are small and positive
         )?])?)
     })
     .collect()

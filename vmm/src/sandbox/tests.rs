@@ -127,12 +127,12 @@ fn file_server_works(dir: &Path) {
             "openat",
         );
         ok(
-            libc::pwrite(f, b"hello".as_ptr().cast(), 5, 0) as i32,
+            i32::try_from(libc::pwrite(f, b"hello".as_ptr().cast(), 5, 0)).unwrap(),
             "pwrite",
         );
         let mut buf = [0u8; 5];
         ok(
-            libc::pread(f, buf.as_mut_ptr().cast(), 5, 0) as i32,
+            i32::try_from(libc::pread(f, buf.as_mut_ptr().cast(), 5, 0)).unwrap(),
             "pread",
         );
         assert_eq!(&buf, b"hello");
@@ -159,7 +159,7 @@ fn file_server_works(dir: &Path) {
         );
         let mut target = [0u8; 64];
         let n = libc::readlinkat(fd, c("sym").as_ptr(), target.as_mut_ptr().cast(), 64);
-        assert_eq!(&target[..n as usize], b"d/moved");
+        assert_eq!(&target[..usize::try_from(n).unwrap()], b"d/moved");
         ok(libc::unlinkat(fd, c("link").as_ptr(), 0), "unlinkat");
         ok(libc::unlinkat(fd, c("sym").as_ptr(), 0), "unlinkat");
         ok(libc::unlinkat(fd, c("d/moved").as_ptr(), 0), "unlinkat");

@@ -269,7 +269,7 @@ fn existing_device_nodes_and_setid_files_are_defused() {
 /// INIT offering POSIX_ACL and DONT_MASK, as Linux does.
 fn init_with_acls(h: &mut Harness) {
     use fuse_backend_rs::abi::fuse_abi::FsOptions;
-    let flags = (FsOptions::POSIX_ACL | FsOptions::DONT_MASK).bits() as u32;
+    let flags = u32::try_from((FsOptions::POSIX_ACL | FsOptions::DONT_MASK).bits()).unwrap();
     let (len, error, _) = h.request(&fuse_request(INIT, 1, 0, &words(&[7, 31, 0x20000, flags])));
     assert!(len >= 16 && error == 0, "INIT failed: {error}");
 }
@@ -278,7 +278,7 @@ use super::acl::encode as acl_value;
 
 /// `fuse_setxattr_in` (size, flags), the name, the value.
 fn setxattr_body(name: &str, value: &[u8]) -> Vec<u8> {
-    let mut b = words(&[value.len() as u32, 0]);
+    let mut b = words(&[request_len(value), 0]);
     b.extend_from_slice(&cstr(name.as_bytes()));
     b.extend_from_slice(value);
     b

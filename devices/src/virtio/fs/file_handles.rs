@@ -72,8 +72,11 @@ pub(super) fn usable(dir: &Path) -> bool {
     if opened < 0 {
         return false;
     }
+    let Ok(fd) = i32::try_from(opened) else {
+        return false;
+    };
     // SAFETY: a descriptor the kernel just returned to us.
-    drop(unsafe { OwnedFd::from_raw_fd(opened as i32) });
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
     true
 }
 

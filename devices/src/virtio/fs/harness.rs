@@ -20,7 +20,8 @@ use crate::virtio::ring::SplitRingLayout;
 
 pub const QUEUE_LEN: u16 = 16;
 /// The harness's guest memory: plain RAM from address 0.
-pub const GUEST_RAM: u64 = 16 << 20;
+pub const GUEST_RAM: u64 = GUEST_RAM_BYTES as u64;
+const GUEST_RAM_BYTES: usize = 16 << 20;
 // Ring layout in plain guest memory.
 pub const DESC_TABLE: u64 = 0x0;
 pub const AVAIL_RING: u64 = 0x1000;
@@ -75,7 +76,8 @@ pub fn fuse_request_as(
     body: &[u8],
 ) -> Vec<u8> {
     let header = InHeader {
-        len: (std::mem::size_of::<InHeader>() + body.len()) as u32,
+        len: u32::try_from(std::mem::size_of::<InHeader>() + body.len())
+            .expect("a test request under 4 GiB"),
         opcode,
         unique,
         nodeid,
@@ -163,6 +165,11 @@ pub fn init_body() -> Vec<u8> {
     .to_vec()
 }
 
+/// A test request's length as a descriptor holds it.
+pub fn request_len(bytes: &[u8]) -> u32 {
+    u32::try_from(bytes.len()).expect("a test request under 4 GiB")
+}
+
 pub fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
 }
@@ -197,21 +204,21 @@ impl Harness {
             std::process::id(),
             std::thread::current().id()
         ));
-        std::fs::create_dir_all(dir.join("share")).unwrap();
-        std::fs::write(dir.join("share/file"), "content").unwrap();
-        std::fs::write(dir.join("secret"), "outside").unwrap();
-        let mem =
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_RAM as usize)]).unwrap();
-        let mut queue = Queue::new(QUEUE_LEN).unwrap();
+        std::fs::create_dir_all(dir.join("share")).expect("harness setup");
+        std::fs::write(dir.join("share/file"), "content").expect("harness setup");
+        std::fs::write(dir.join("secret"), "outside").expect("harness setup");
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_RAM_BYTES)])
+            .expect("harness setup");
+        let mut queue = Queue::new(QUEUE_LEN).expect("harness setup");
         queue
             .try_set_desc_table_address(GuestAddress(DESC_TABLE))
-            .unwrap();
+            .expect("harness setup");
         queue
             .try_set_avail_ring_address(GuestAddress(AVAIL_RING))
-            .unwrap();
+            .expect("harness setup");
         queue
             .try_set_used_ring_address(GuestAddress(USED_RING))
-            .unwrap();
+            .expect("harness setup");
         queue.set_ready(true);
         let mut share = FsShare {
             tag: "t".into(),
@@ -223,14 +230,14 @@ impl Harness {
             ..Default::default()
         };
         amend(&mut share);
-        let fs = VirtioFs::new(share, None).unwrap();
+        let fs = VirtioFs::new(share, None).expect("harness setup");
         let worker = QueueWorker {
             tag: "t".into(),
             index: 1,
             queue,
-            kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            kick: EventFd::new(libc::EFD_NONBLOCK).expect("harness setup"),
             vector: crate::virtio::QueueVector::new(0),
-            stop: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            stop: EventFd::new(libc::EFD_NONBLOCK).expect("harness setup"),
             mem: GuestMemoryAtomic::new(mem.clone()),
             interrupt: Arc::new(FakeVm::new(GUEST_RAM)),
             bus_master: crate::virtio::BusMaster::new(true),
@@ -263,14 +270,19 @@ impl Harness {
 
     /// The used ring's index.
     pub fn used_idx(&self) -> u16 {
-        self.mem.read_obj(RING.used_idx_addr()).unwrap()
+        self.mem
+            .read_obj(RING.used_idx_addr())
+            .expect("harness guest memory")
     }
 
     /// The used element for free-running index `idx`: (id, len).
     pub fn used_elem(&self, idx: u16) -> (u32, u32) {
         let at = RING.used_elem_addr(idx);
-        let id = self.mem.read_obj(at).unwrap();
-        let len = self.mem.read_obj(at.unchecked_add(4)).unwrap();
+        let id = self.mem.read_obj(at).expect("harness guest memory");
+        let len = self
+            .mem
+            .read_obj(at.unchecked_add(4))
+            .expect("harness guest memory");
         (id, len)
     }
 
@@ -279,17 +291,23 @@ impl Harness {
     /// the worker reaches by serving it.
     pub fn place_raw(&mut self, descs: &[RawDescriptor]) -> u16 {
         let head = self.next_desc;
-        for (i, d) in descs.iter().enumerate() {
+        for (i, d) in (0u16..).zip(descs) {
             self.mem
-                .write_obj(*d, RING.desc_addr(head + i as u16))
-                .unwrap();
+                .write_obj(*d, RING.desc_addr(head + i))
+                .expect("harness guest memory");
         }
-        let idx: u16 = self.mem.read_obj(RING.avail_idx_addr()).unwrap();
-        self.mem.write_obj(head, RING.avail_slot_addr(idx)).unwrap();
+        let idx: u16 = self
+            .mem
+            .read_obj(RING.avail_idx_addr())
+            .expect("harness guest memory");
+        self.mem
+            .write_obj(head, RING.avail_slot_addr(idx))
+            .expect("harness guest memory");
         self.mem
             .write_obj(idx.wrapping_add(1), RING.avail_idx_addr())
-            .unwrap();
-        self.next_desc = (head + descs.len() as u16) % (QUEUE_LEN - 4);
+            .expect("harness guest memory");
+        let count = u16::try_from(descs.len()).expect("a chain shorter than the queue");
+        self.next_desc = (head + count) % (QUEUE_LEN - 4);
         idx.wrapping_add(1)
     }
 
@@ -304,7 +322,7 @@ impl Harness {
                 &fuse_request(GETATTR, 3, ROOT, &[0; 16]),
                 GuestAddress(REQ_ADDR),
             )
-            .unwrap();
+            .expect("harness guest memory");
     }
 
     /// Submits a two-descriptor chain: readable, then writable.
@@ -318,15 +336,17 @@ impl Harness {
 
     /// A well-formed request: one readable, one writable descriptor.
     pub fn request(&mut self, bytes: &[u8]) -> (u32, i32, Vec<u8>) {
-        self.mem.write_slice(bytes, GuestAddress(REQ_ADDR)).unwrap();
+        self.mem
+            .write_slice(bytes, GuestAddress(REQ_ADDR))
+            .expect("harness guest memory");
         self.mem
             .write_slice(&vec![0xaa; REPLY_LEN as usize], GuestAddress(REPLY_ADDR))
-            .unwrap();
-        let len = self.submit_pair((REQ_ADDR, bytes.len() as u32), (REPLY_ADDR, REPLY_LEN));
+            .expect("harness guest memory");
+        let len = self.submit_pair((REQ_ADDR, request_len(bytes)), (REPLY_ADDR, REPLY_LEN));
         let mut reply = vec![0u8; len as usize];
         self.mem
             .read_slice(&mut reply, GuestAddress(REPLY_ADDR))
-            .unwrap();
+            .expect("harness guest memory");
         let error = if reply.len() >= std::mem::size_of::<OutHeader>() {
             reply_header(&reply).error
         } else {
@@ -338,8 +358,10 @@ impl Harness {
     /// Serves one request with nothing else around it (no reply buffer
     /// reset, no reply copy): the used length.
     pub fn serve(&mut self, bytes: &[u8]) -> u32 {
-        self.mem.write_slice(bytes, GuestAddress(REQ_ADDR)).unwrap();
-        self.submit_pair((REQ_ADDR, bytes.len() as u32), (REPLY_ADDR, REPLY_LEN))
+        self.mem
+            .write_slice(bytes, GuestAddress(REQ_ADDR))
+            .expect("harness guest memory");
+        self.submit_pair((REQ_ADDR, request_len(bytes)), (REPLY_ADDR, REPLY_LEN))
     }
 
     pub fn init(&mut self) {

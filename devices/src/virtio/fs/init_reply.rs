@@ -110,7 +110,8 @@ pub(super) fn amend(mem: &GuestMemoryMmap, chain: Chain<'_>) -> Option<FsOptions
     }
     let offered = FsOptions::from_bits_truncate(u64::from(init_in.flags));
     let added = offered & transport_options();
-    reply.flags |= added.bits() as u32;
+    // The flags word holds the low half (FsOptions are 64 bits since 7.36).
+    reply.flags |= (added.bits() & 0xffff_ffff) as u32;
     if added.contains(FsOptions::MAX_PAGES) {
         reply.max_pages = MAX_PAGES;
         reply.max_write = u32::from(MAX_PAGES) * PAGE;
@@ -124,6 +125,11 @@ pub(super) fn amend(mem: &GuestMemoryMmap, chain: Chain<'_>) -> Option<FsOptions
 mod tests {
     use super::super::harness::{fuse_request, Harness, INIT};
     use super::*;
+
+    /// The options' low half: the INIT flags word.
+    fn low(options: FsOptions) -> u32 {
+        (options.bits() & 0xffff_ffff) as u32
+    }
 
     /// A buffer the guest placed at the top of the address space: no
     /// access, and no overflow (a debug build's worker panicked; issue 14
@@ -163,20 +169,20 @@ mod tests {
 
     #[test]
     fn offered_transport_options_are_taken_with_1_mib_requests() {
-        let all = transport_options().bits() as u32;
-        let out = init_with_flags(all | FsOptions::DO_READDIRPLUS.bits() as u32);
+        let all = low(transport_options());
+        let out = init_with_flags(all | low(FsOptions::DO_READDIRPLUS));
         assert_eq!(out.flags & all, all);
-        assert_ne!(out.flags & FsOptions::DO_READDIRPLUS.bits() as u32, 0);
+        assert_ne!(out.flags & low(FsOptions::DO_READDIRPLUS), 0);
         assert_eq!(out.max_pages, 256);
         assert_eq!(out.max_write, 1 << 20);
     }
 
     #[test]
     fn options_the_guest_did_not_offer_stay_off() {
-        let out = init_with_flags(FsOptions::ASYNC_READ.bits() as u32);
-        let others = (transport_options() - FsOptions::ASYNC_READ).bits() as u32;
+        let out = init_with_flags(low(FsOptions::ASYNC_READ));
+        let others = low(transport_options() - FsOptions::ASYNC_READ);
         assert_eq!(out.flags & others, 0);
-        assert_ne!(out.flags & FsOptions::ASYNC_READ.bits() as u32, 0);
+        assert_ne!(out.flags & low(FsOptions::ASYNC_READ), 0);
         assert_eq!(out.max_pages, 0);
         assert_eq!(out.max_write, 4096, "the server's own limit stays");
     }

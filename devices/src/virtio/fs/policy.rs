@@ -131,7 +131,7 @@ impl<F> SharePolicy<F> {
 
 /// Whether a request that opens with `flags` may change the file.
 fn opens_for_change(flags: u32) -> bool {
-    let f = flags as i32;
+    let f = flags.cast_signed();
     f & libc::O_ACCMODE != libc::O_RDONLY || f & libc::O_TRUNC != 0
 }
 
@@ -479,7 +479,7 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions, Option<u32>)> {
-        let f = flags as i32;
+        let f = flags.cast_signed();
         if f & libc::O_PATH != 0 {
             // No Linux guest sends it (O_PATH opens never reach FUSE). The
             // server would open the handle's file O_PATH, fail its first
@@ -509,7 +509,7 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
-        if args.flags as i32 & libc::O_PATH != 0 {
+        if args.flags.cast_signed() & libc::O_PATH != 0 {
             return refuse(libc::EINVAL);
         }
         let dir: u64 = parent.into();
@@ -523,7 +523,7 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         if grants_ids(args.mode & !(args.umask & 0o777), false)
             && !self.allowed_on(ctx, dir, Privilege::SetId)?
         {
-            if args.flags as i32 & libc::O_EXCL == 0 && self.holds(ctx, dir, name) {
+            if args.flags.cast_signed() & libc::O_EXCL == 0 && self.holds(ctx, dir, name) {
                 args.mode &= !(libc::S_ISUID | libc::S_ISGID);
             } else {
                 return self.privileges.refuse(Privilege::SetId);
@@ -725,7 +725,7 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         inode: Self::Inode,
         flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions)> {
-        if flags as i32 & libc::O_PATH != 0 {
+        if flags.cast_signed() & libc::O_PATH != 0 {
             return refuse(libc::EINVAL);
         }
         self.inner.opendir(ctx, inode, flags)

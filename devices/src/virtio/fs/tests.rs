@@ -244,7 +244,7 @@ fn setupmapping(nodeid: u64, foffset: u64, len: u64, flags: u64, moffset: u64) -
 
 fn removemapping(nodeid: u64, ranges: &[(u64, u64)]) -> Vec<u8> {
     let count = RemovemappingIn {
-        count: ranges.len() as u32,
+        count: u32::try_from(ranges.len()).unwrap(),
     };
     let ones: Vec<u8> = ranges
         .iter()
@@ -541,7 +541,7 @@ fn set_append_only(path: &std::path::Path, on: bool) -> std::io::Result<()> {
 fn open_fh(h: &mut Harness, node: u64, flags: i32) -> u64 {
     let open = Opcode::Open as u32;
     let args = OpenIn {
-        flags: flags as u32,
+        flags: flags.cast_unsigned(),
         ..OpenIn::default()
     };
     let (_, error, reply) = h.request(&fuse_struct_request(open, 8, node, &args, &[]));
@@ -555,8 +555,8 @@ fn write_request(node: u64, fh: u64, offset: u64, flags: i32, data: &[u8]) -> Ve
     let args = WriteIn {
         fh,
         offset,
-        size: data.len() as u32,
-        flags: flags as u32,
+        size: request_len(data),
+        flags: flags.cast_unsigned(),
         ..WriteIn::default()
     };
     fuse_struct_request(write, 9, node, &args, data)
@@ -631,7 +631,7 @@ fn a_request_in_the_window_is_judged_where_the_worker_sees_it() {
     for recorded in [None, Some(0x400_0000)] {
         h.show_window(&window, Some(SHOWN_AT));
         window.set_guest_addr(recorded);
-        let len = h.submit_pair((SHOWN_AT, header.len() as u32), (REPLY_ADDR, REPLY_LEN));
+        let len = h.submit_pair((SHOWN_AT, request_len(&header)), (REPLY_ADDR, REPLY_LEN));
         assert_eq!(len, 0, "a request in an unmapped window page was served");
         h.show_window(&window, None);
         h.still_serves();
@@ -639,7 +639,7 @@ fn a_request_in_the_window_is_judged_where_the_worker_sees_it() {
     // Shown in both, the pin judges it the same way.
     h.show_window(&window, Some(SHOWN_AT));
     window.set_guest_addr(Some(SHOWN_AT));
-    let len = h.submit_pair((SHOWN_AT, header.len() as u32), (REPLY_ADDR, REPLY_LEN));
+    let len = h.submit_pair((SHOWN_AT, request_len(&header)), (REPLY_ADDR, REPLY_LEN));
     assert_eq!(len, 0);
     use vm_memory::GuestAddressSpace;
     assert_eq!(window.shown_in(&h.worker.mem.memory()), Some(SHOWN_AT));
@@ -693,7 +693,7 @@ fn a_mapping_change_from_inside_the_window_is_refused() {
     h.mem
         .write_slice(&[0xaa; 64], vm_memory::GuestAddress(REPLY_ADDR))
         .unwrap();
-    let len = h.submit_pair((SHOWN_AT, request.len() as u32), (REPLY_ADDR, REPLY_LEN));
+    let len = h.submit_pair((SHOWN_AT, request_len(&request)), (REPLY_ADDR, REPLY_LEN));
     let mut out = [0u8; 16];
     h.mem
         .read_slice(&mut out, vm_memory::GuestAddress(REPLY_ADDR))
@@ -736,7 +736,7 @@ fn ioctl_in_buffer_is_bounded_by_the_message() {
     h.next_desc = 0;
     let n = 0;
     let alias = 0x40_0000;
-    let mut descs = vec![desc(REQ_ADDR, req.len() as u32, F_NEXT, n + 1)];
+    let mut descs = vec![desc(REQ_ADDR, request_len(&req), F_NEXT, n + 1)];
     for i in 0..QUEUE_LEN - 2 {
         descs.push(desc(alias, 8 << 20, F_NEXT, n + 2 + i));
     }

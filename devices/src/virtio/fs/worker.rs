@@ -43,6 +43,12 @@ pub(super) struct QueueWorker {
 
 type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
 
+/// A reply with no body: its header alone.
+const OUT_HEADER_LEN: u32 = {
+    assert!(std::mem::size_of::<OutHeader>() == 16);
+    16
+};
+
 /// Why a round over the ring stopped early. Both are the guest's doing:
 /// the next kick tries again and Ferry carries on.
 #[derive(Debug, thiserror::Error)]
@@ -306,7 +312,7 @@ impl QueueWorker {
         };
         if let Some(errno) = answer {
             let reply = OutHeader {
-                len: std::mem::size_of::<OutHeader>() as u32,
+                len: OUT_HEADER_LEN,
                 error: -errno,
                 unique: header.unique,
             };

@@ -110,10 +110,15 @@ unsafe impl ByteValued for VirtioPciNotifyCap {}
 // SAFETY: as above.
 unsafe impl ByteValued for VirtioPciCap64 {}
 
+/// Each capability structure's length, as its `cap_len` gives it.
+pub const CAP_LEN: u8 = 16;
+pub const NOTIFY_CAP_LEN: u8 = 20;
+pub const CAP64_LEN: u8 = 24;
+
 const _: () = assert!(size_of::<VirtioPciCommonCfg>() == 0x38);
-const _: () = assert!(size_of::<VirtioPciCap>() == 16);
-const _: () = assert!(size_of::<VirtioPciNotifyCap>() == 20);
-const _: () = assert!(size_of::<VirtioPciCap64>() == 24);
+const _: () = assert!(size_of::<VirtioPciCap>() == CAP_LEN as usize);
+const _: () = assert!(size_of::<VirtioPciNotifyCap>() == NOTIFY_CAP_LEN as usize);
+const _: () = assert!(size_of::<VirtioPciCap64>() == CAP64_LEN as usize);
 
 /// `cfg_type` of a virtio vendor capability.
 pub mod cfg_type {
@@ -131,18 +136,18 @@ impl VirtioPciCap {
     /// A capability for `length` bytes at `offset` of BAR `bar`, of a
     /// structure `cap_len` bytes long (the notify and 64-bit ones are
     /// longer).
-    pub fn new(cfg_type: u8, bar: u8, id: u8, offset: u64, length: u64, cap_len: usize) -> Self {
+    pub fn new(cfg_type: u8, bar: u8, id: u8, offset: u64, length: u64, cap_len: u8) -> Self {
         VirtioPciCap {
             cap_vndr: CAP_VENDOR,
             cap_next: 0,
-            cap_len: cap_len as u8,
+            cap_len,
             cfg_type,
             bar,
             id,
             padding: [0; 2],
             // The low halves; 64-bit regions give the high ones apart.
-            offset: (offset as u32).to_le(),
-            length: (length as u32).to_le(),
+            offset: ((offset & 0xffff_ffff) as u32).to_le(),
+            length: ((length & 0xffff_ffff) as u32).to_le(),
         }
     }
 }
@@ -205,18 +210,18 @@ mod tests {
 
     #[test]
     fn capability_bytes() {
-        let cap = VirtioPciCap::new(cfg_type::DEVICE, 0, 0, bar0::DEVICE, 0x1000, 16);
+        let cap = VirtioPciCap::new(cfg_type::DEVICE, 0, 0, bar0::DEVICE, 0x1000, CAP_LEN);
         assert_eq!(
             body(&cap),
             [16, 4, 0, 0, 0, 0, 0x00, 0x20, 0, 0, 0x00, 0x10, 0, 0]
         );
         let notify = VirtioPciNotifyCap {
-            cap: VirtioPciCap::new(cfg_type::NOTIFY, 0, 0, bar0::NOTIFY, 0x1000, 20),
+            cap: VirtioPciCap::new(cfg_type::NOTIFY, 0, 0, bar0::NOTIFY, 0x1000, NOTIFY_CAP_LEN),
             notify_off_multiplier: 4,
         };
         assert_eq!(&body(&notify)[14..], [4, 0, 0, 0]);
         let shm = VirtioPciCap64 {
-            cap: VirtioPciCap::new(cfg_type::SHARED_MEMORY, 2, 0, 0, 1 << 33, 24),
+            cap: VirtioPciCap::new(cfg_type::SHARED_MEMORY, 2, 0, 0, 1 << 33, CAP64_LEN),
             offset_hi: 0,
             length_hi: 2,
         };

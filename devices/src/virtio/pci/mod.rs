@@ -5,7 +5,6 @@
 //! shared memory region (the virtio-fs DAX window) gets it as BAR 2, a
 //! 64-bit prefetchable BAR backed by a KVM memory slot.
 
-use std::mem::size_of;
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -39,7 +38,9 @@ const VIRTIO_PCI_DEVICE_BASE: u16 = 0x1040;
 
 const CAP_MSIX: u8 = 0x11;
 const CONFIG_BAR: usize = 0;
+const CONFIG_BAR_INDEX: u8 = 0;
 const SHM_BAR: usize = 2;
+const SHM_BAR_INDEX: u8 = 2;
 const COMMAND_OFFSET: usize = 0x04;
 const COMMAND_MEMORY: u16 = 1 << 1;
 const COMMAND_BUS_MASTER: u16 = 1 << 2;
@@ -140,6 +141,8 @@ pub enum VirtioPciError {
     NoShmAddress,
     #[error("virtio-pci: {0} queues need more MSI-X vectors than one BAR holds")]
     TooManyQueues(usize),
+    #[error("virtio-pci: device type {0} has no PCI device id")]
+    DeviceType(u32),
 }
 
 impl VirtioPciDevice {
@@ -155,21 +158,27 @@ impl VirtioPciDevice {
         shm_addr: Option<u64>,
     ) -> Result<Self, VirtioPciError> {
         let max_sizes = device.queue_max_sizes();
-        let vectors = max_sizes.len() + 1;
-        if vectors as u64 * MSIX_ENTRY_SIZE > MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET {
-            return Err(VirtioPciError::TooManyQueues(max_sizes.len()));
+        // One MSI-X vector per queue and one for configuration changes, all
+        // in the table's part of BAR 0.
+        let too_many = || VirtioPciError::TooManyQueues(max_sizes.len());
+        let vectors = u16::try_from(max_sizes.len() + 1).map_err(|_| too_many())?;
+        if u64::from(vectors) * MSIX_ENTRY_SIZE > MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET {
+            return Err(too_many());
         }
-        let device_id = VIRTIO_PCI_DEVICE_BASE + device.device_type() as u16;
+        let device_id = u16::try_from(device.device_type())
+            .ok()
+            .and_then(|t| VIRTIO_PCI_DEVICE_BASE.checked_add(t))
+            .ok_or(VirtioPciError::DeviceType(device.device_type()))?;
         let mut config = PciConfig::new(VIRTIO_PCI_VENDOR, device_id, 0x01, 0x80, 1);
         config.set_subsystem(VIRTIO_PCI_VENDOR, 0x40);
         config.add_bar(CONFIG_BAR, bar_addr, VIRTIO_PCI_BAR_SIZE, BarKind::Mmio32);
-        let bar = CONFIG_BAR as u8;
+        let bar = CONFIG_BAR_INDEX;
         for (cfg_type, offset, len) in [
             (cfg_type::COMMON, layout::bar0::COMMON, layout::common::SIZE),
             (cfg_type::ISR, ISR_OFFSET, ISR_SIZE),
             (cfg_type::DEVICE, DEVICE_OFFSET, DEVICE_SIZE),
         ] {
-            let cap = VirtioPciCap::new(cfg_type, bar, 0, offset, len, size_of::<VirtioPciCap>());
+            let cap = VirtioPciCap::new(cfg_type, bar, 0, offset, len, layout::CAP_LEN);
             config.add_capability(CAP_VENDOR, layout::body(&cap), &[]);
         }
         let notify = VirtioPciNotifyCap {
@@ -179,15 +188,17 @@ impl VirtioPciDevice {
                 0,
                 NOTIFY_OFFSET,
                 NOTIFY_SIZE,
-                size_of::<VirtioPciNotifyCap>(),
+                layout::NOTIFY_CAP_LEN,
             ),
             notify_off_multiplier: NOTIFY_MULTIPLIER.to_le(),
         };
         config.add_capability(CAP_VENDOR, layout::body(&notify), &[]);
         let mut msix = Vec::new();
-        msix.extend_from_slice(&((vectors - 1) as u16).to_le_bytes());
-        msix.extend_from_slice(&(MSIX_TABLE_OFFSET as u32).to_le_bytes());
-        msix.extend_from_slice(&(MSIX_PBA_OFFSET as u32).to_le_bytes());
+        // Table size (N - 1), then the table's and the PBA's offsets in BAR 0
+        // (BIR 0 in the low bits).
+        msix.extend_from_slice(&(vectors - 1).to_le_bytes());
+        msix.extend_from_slice(&((MSIX_TABLE_OFFSET & 0xffff_ffff) as u32).to_le_bytes());
+        msix.extend_from_slice(&((MSIX_PBA_OFFSET & 0xffff_ffff) as u32).to_le_bytes());
         let msix_cap = config.add_capability(CAP_MSIX, &msix, &[0, 0xc0]);
         let shm = match device.shared_memory() {
             None => None,
@@ -219,7 +230,7 @@ impl VirtioPciDevice {
             shm,
             msix_cap,
             interrupt: Arc::new(MsixInterrupt {
-                msix: Arc::new(Mutex::new(MsixState::new(vectors as u16))),
+                msix: Arc::new(Mutex::new(MsixState::new(vectors))),
                 irqfds,
             }),
             gsis,
@@ -295,9 +306,10 @@ impl VirtioPciDevice {
     }
 
     fn write_common(&mut self, offset: u64, data: &[u8]) {
+        // Registers are 1, 2 or 4 bytes wide: the access's low bytes.
         let value = get(data);
-        let v32 = value as u32;
-        let v16 = value as u16;
+        let v32 = (value & 0xffff_ffff) as u32;
+        let v16 = (value & 0xffff) as u16;
         let configurable = self.status & STATUS_DRIVER_OK == 0;
         // A vector past the MSI-X table reads back as NO_VECTOR: that is how
         // the driver learns the device could not take it (virtio 1.2,
@@ -318,7 +330,7 @@ impl VirtioPciDevice {
                 }
             }
             CONFIG_MSIX_VECTOR => self.config_vector = vector,
-            DEVICE_STATUS => self.write_status(value as u8),
+            DEVICE_STATUS => self.write_status((value & 0xff) as u8),
             QUEUE_SELECT => self.queue_select = v16,
             _ => {
                 let Some(q) = self.queues.get_mut(usize::from(self.queue_select)) else {
@@ -563,8 +575,9 @@ impl PciDevice for VirtioPciDevice {
             }
             o if (NOTIFY_OFFSET..NOTIFY_OFFSET + NOTIFY_SIZE).contains(&o) => {
                 // Reached only when the ioeventfd is not (yet) registered.
-                let queue = ((o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER)) as usize;
-                if let Some(k) = self.kicks.get(queue) {
+                let queue = (o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER);
+                let kick = usize::try_from(queue).ok().and_then(|q| self.kicks.get(q));
+                if let Some(k) = kick {
                     let _ = k.write(1);
                 }
             }
@@ -679,11 +692,11 @@ fn add_shm_bar(
     let cap = VirtioPciCap64 {
         cap: VirtioPciCap::new(
             cfg_type::SHARED_MEMORY,
-            SHM_BAR as u8,
+            SHM_BAR_INDEX,
             region.id,
             0,
             region.size,
-            size_of::<VirtioPciCap64>(),
+            layout::CAP64_LEN,
         ),
         offset_hi: 0,
         length_hi: ((region.size >> 32) as u32).to_le(),

@@ -142,7 +142,7 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *mu
             let done = unsafe {
                 libc::mmap(
                     (addr & !(page - 1)) as *mut libc::c_void,
-                    page as usize,
+                    usize::try_from(page).unwrap_or(4096),
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
                     -1,

@@ -118,17 +118,19 @@ impl DaxWindow {
         } else {
             libc::PROT_READ
         };
+        let at = self.window_ptr(moffset + skip)?;
+        let (len, foffset) = (sys_len(len)?, sys_offset(m.foffset + skip)?);
         // SAFETY: inside our reservation (callers checked the range);
         // MAP_FIXED replaces only window pages, and callers hold the write
         // lock, so no worker is copying there.
         let addr = unsafe {
             libc::mmap(
-                (self.base as u64 + moffset + skip) as *mut libc::c_void,
-                len as usize,
+                at,
+                len,
                 prot,
                 libc::MAP_SHARED | libc::MAP_FIXED,
                 m.file.as_raw_fd(),
-                (m.foffset + skip) as libc::off_t,
+                foffset,
             )
         };
         if addr == libc::MAP_FAILED {
@@ -139,12 +141,13 @@ impl DaxWindow {
 
     /// Makes `[moffset, moffset + len)` inaccessible again.
     pub(super) fn reserve(&self, moffset: u64, len: u64) -> io::Result<()> {
+        let (at, len) = (self.window_ptr(moffset)?, sys_len(len)?);
         // SAFETY: the range lies inside our reservation (callers check), and
         // callers hold the write lock, so no worker is copying from it.
         let addr = unsafe {
             libc::mmap(
-                (self.base as u64 + moffset) as *mut libc::c_void,
-                len as usize,
+                at,
+                len,
                 libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
                 -1,
@@ -164,16 +167,18 @@ impl DaxWindow {
         while at < moffset + len {
             let offset = at % SCRATCH_LEN;
             let n = (SCRATCH_LEN - offset).min(moffset + len - at);
+            let (ptr, n_len, file_offset) =
+                (self.window_ptr(at)?, sys_len(n)?, sys_offset(offset)?);
             // SAFETY: inside our reservation (callers check the range), and
             // callers hold the write lock, so no worker is copying there.
             let addr = unsafe {
                 libc::mmap(
-                    (self.base as u64 + at) as *mut libc::c_void,
-                    n as usize,
+                    ptr,
+                    n_len,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_SHARED | libc::MAP_FIXED,
                     self.scratch.file.as_raw_fd(),
-                    offset as libc::off_t,
+                    file_offset,
                 )
             };
             if addr == libc::MAP_FAILED {
@@ -183,5 +188,23 @@ impl DaxWindow {
         }
         self.scratch.zero();
         Ok(())
+    }
+}
+
+/// A length as mmap takes it.
+fn sys_len(len: u64) -> io::Result<usize> {
+    usize::try_from(len).map_err(|_| einval(format!("length {len:#x} too large")))
+}
+
+/// A file offset as mmap takes it.
+fn sys_offset(offset: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(offset).map_err(|_| einval(format!("file offset {offset:#x} too large")))
+}
+
+impl DaxWindow {
+    /// The address of window offset `moffset` in Ferry's address space.
+    fn window_ptr(&self, moffset: u64) -> io::Result<*mut libc::c_void> {
+        let offset = sys_len(moffset)?;
+        Ok(self.base.wrapping_add(offset) as *mut libc::c_void)
     }
 }

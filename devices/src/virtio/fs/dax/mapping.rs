@@ -65,6 +65,11 @@ mod tests {
 
     const PAGE: u64 = 4096;
     const PAGES: u64 = 64;
+    const PAGE_STEP: usize = 4096;
+
+    fn index(page: u64) -> usize {
+        usize::try_from(page).unwrap()
+    }
 
     /// What one window page shows: (file offset, writable, backed).
     type Page = Option<(u64, bool, bool)>;
@@ -84,16 +89,16 @@ mod tests {
     }
 
     fn pages_of(mappings: &Mappings) -> Vec<Page> {
-        let mut pages = vec![None; PAGES as usize];
+        let mut pages = vec![None; index(PAGES)];
         let mut last_end = 0;
         for (&start, m) in mappings {
             assert!(start >= last_end, "mappings overlap at {start:#x}");
             assert!(m.len > 0 && m.len % PAGE == 0 && start % PAGE == 0);
             assert!(m.backed <= m.len, "backed past the mapping's end");
             last_end = start + m.len;
-            for at in (start..start + m.len).step_by(PAGE as usize) {
+            for at in (start..start + m.len).step_by(PAGE_STEP) {
                 let backed = at < start + m.backed;
-                pages[(at / PAGE) as usize] = Some((m.foffset + (at - start), m.writable, backed));
+                pages[index(at / PAGE)] = Some((m.foffset + (at - start), m.writable, backed));
             }
         }
         assert!(last_end <= PAGES * PAGE);
@@ -110,7 +115,7 @@ mod tests {
         for seed in 1..=20u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let mut mappings = Mappings::new();
-            let mut model: Vec<Page> = vec![None; PAGES as usize];
+            let mut model: Vec<Page> = vec![None; index(PAGES)];
             for _ in 0..500 {
                 let first = rng.below(PAGES);
                 let count = 1 + rng.below(PAGES - first);
@@ -132,14 +137,14 @@ mod tests {
                             },
                         );
                         for i in 0..count {
-                            model[(first + i) as usize] =
+                            model[index(first + i)] =
                                 Some((foffset + i * PAGE, writable, i * PAGE < backed));
                         }
                     }
                     1 => {
                         carve(&mut mappings, start, len);
                         for i in 0..count {
-                            model[(first + i) as usize] = None;
+                            model[index(first + i)] = None;
                         }
                     }
                     _ => {
@@ -147,8 +152,8 @@ mod tests {
                         if let Some(m) = mappings.get_mut(&start) {
                             let keep = rng.below(m.len / PAGE + 1) * PAGE;
                             m.backed = m.backed.min(keep);
-                            for at in (start + m.backed..start + m.len).step_by(PAGE as usize) {
-                                if let Some(p) = model[(at / PAGE) as usize].as_mut() {
+                            for at in (start + m.backed..start + m.len).step_by(PAGE_STEP) {
+                                if let Some(p) = model[index(at / PAGE)].as_mut() {
                                     p.2 = false;
                                 }
                             }

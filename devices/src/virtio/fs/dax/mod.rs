@@ -100,7 +100,9 @@ impl DaxWindow {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: sysconf has no memory effects.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .unwrap_or(4096)
+            .max(4096);
         Ok(DaxWindow {
             base: base as usize,
             size,
@@ -205,8 +207,11 @@ impl Drop for DaxWindow {
     fn drop(&mut self) {
         // Unguarded before the range is given back and maybe reused.
         drop(self.faults.take());
-        // SAFETY: the reservation made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.size as usize) };
+        // (`new` checked that the size fits.)
+        if let Ok(len) = usize::try_from(self.size) {
+            // SAFETY: the reservation made in `new`, unmapped once.
+            unsafe { libc::munmap(self.base as *mut libc::c_void, len) };
+        }
     }
 }
 

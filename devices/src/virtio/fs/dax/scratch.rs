@@ -19,7 +19,8 @@ pub(super) struct Scratch {
     view: usize,
 }
 
-pub(super) const SCRATCH_LEN: u64 = 2 << 20;
+pub(super) const SCRATCH_LEN: u64 = SCRATCH_BYTES as u64;
+const SCRATCH_BYTES: usize = 2 << 20;
 
 impl Scratch {
     pub(super) fn new() -> io::Result<Scratch> {
@@ -35,7 +36,7 @@ impl Scratch {
         let view = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                SCRATCH_LEN as usize,
+                SCRATCH_BYTES,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd,
@@ -57,7 +58,7 @@ impl Scratch {
         unsafe {
             libc::madvise(
                 self.view as *mut libc::c_void,
-                SCRATCH_LEN as usize,
+                SCRATCH_BYTES,
                 libc::MADV_REMOVE,
             );
         }
@@ -67,6 +68,6 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         // SAFETY: the view is ours and nothing refers to it any more.
-        unsafe { libc::munmap(self.view as *mut libc::c_void, SCRATCH_LEN as usize) };
+        unsafe { libc::munmap(self.view as *mut libc::c_void, SCRATCH_BYTES) };
     }
 }

@@ -113,7 +113,7 @@ fn bad_ranges_are_refused() {
 #[test]
 fn partial_unmap_keeps_the_rest() {
     let w = DaxWindow::new(2 * MIB).unwrap();
-    let bytes: Vec<u8> = (0..4).flat_map(|i| [i as u8 + 1; 4096]).collect();
+    let bytes: Vec<u8> = (1..=4u8).flat_map(|i| [i; 4096]).collect();
     let (path, f) = temp_file("partial", &bytes);
     w.map(0, 0, 4 * 4096, MAP_FLAG_READ, f.as_raw_fd()).unwrap();
     w.unmap(&[one(4096, 4096)]).unwrap();
@@ -284,7 +284,7 @@ fn guest_writes_to_parked_pages_cost_no_memory_per_page() {
     // here, up to the window's size) beyond `--memory`.
     let size = 32 * MIB;
     let w = DaxWindow::new(64 * MIB).unwrap();
-    let (path, f) = temp_file("parked-writes", &vec![7u8; size as usize]);
+    let (path, f) = temp_file("parked-writes", &vec![7u8; usize::try_from(size).unwrap()]);
     w.map(0, 0, size, MAP_FLAG_READ | MAP_FLAG_WRITE, f.as_raw_fd())
         .unwrap();
     f.set_len(0).unwrap();
