@@ -57,6 +57,10 @@ enum RingFault {
     Queue(#[source] virtio_queue::Error),
     #[error("the available ring is broken (index or element out of range)")]
     BrokenAvailRing,
+    /// Window pages come and go with mappings: Ferry cannot read a ring
+    /// there safely.
+    #[error("the guest placed the queue's rings in the DAX window")]
+    RingsInWindow,
 }
 
 /// Why one chain went back unanswered (the guest sees an I/O error).
@@ -138,10 +142,10 @@ impl QueueWorker {
             // The window's pages come and go with mappings: a ring there
             // would fault in Ferry (the fuzzer placed one there: SIGSEGV).
             log::warn!(
-                "virtio-fs '{}' q{}: the guest placed the queue's rings in the DAX window; \
-                 requests ignored",
+                "virtio-fs '{}' q{}: {}; requests ignored",
                 self.tag,
-                self.index
+                self.index,
+                RingFault::RingsInWindow
             );
             return;
         }
