@@ -136,20 +136,10 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *mu
     if code > 0 {
         if let Some(slot) = slot_of(addr) {
             let page = PAGE.load(Ordering::Relaxed);
-            // SAFETY: replaces one page inside a registered window's own
-            // reservation with a private zero page; mmap is
-            // async-signal-safe.
-            let done = unsafe {
-                libc::mmap(
-                    (addr & !(page - 1)) as *mut libc::c_void,
-                    usize::try_from(page).unwrap_or(4096),
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            if done != libc::MAP_FAILED {
+            // SAFETY: the page lies inside a registered (live) window's
+            // reservation: `slot_of` found it there.
+            let done = unsafe { super::mmap::zero_page_from_handler(addr & !(page - 1), page) };
+            if done {
                 REPAIRED[slot].store(true, Ordering::Release);
                 return; // the access runs again, on the zero page
             }

@@ -1,15 +1,14 @@
-//! SETUPMAPPING and REMOVEMAPPING: the mmap calls that put file pages
-//! into the window and take them out.
+//! SETUPMAPPING and REMOVEMAPPING: which file pages go into the window and
+//! come out (the system calls themselves are `mmap.rs`'s).
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::virtio_fs::{RemovemappingOne, SetupmappingFlags};
 
 use super::mapping::{carve, Mapping};
-use super::scratch::SCRATCH_LEN;
 use super::{einval, DaxWindow};
 
 impl DaxWindow {
@@ -113,98 +112,23 @@ impl DaxWindow {
         skip: u64,
         len: u64,
     ) -> io::Result<()> {
-        let prot = if m.writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        let at = self.window_ptr(moffset + skip)?;
-        let (len, foffset) = (sys_len(len)?, sys_offset(m.foffset + skip)?);
-        // SAFETY: inside our reservation (callers checked the range);
-        // MAP_FIXED replaces only window pages, and callers hold the write
-        // lock, so no worker is copying there.
-        let addr = unsafe {
-            libc::mmap(
-                at,
-                len,
-                prot,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                m.file.as_raw_fd(),
-                foffset,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        self.reservation.map_file(
+            moffset + skip,
+            len,
+            m.file.as_fd(),
+            m.foffset + skip,
+            m.writable,
+        )
     }
 
     /// Makes `[moffset, moffset + len)` inaccessible again.
     pub(super) fn reserve(&self, moffset: u64, len: u64) -> io::Result<()> {
-        let (at, len) = (self.window_ptr(moffset)?, sys_len(len)?);
-        // SAFETY: the range lies inside our reservation (callers check), and
-        // callers hold the write lock, so no worker is copying from it.
-        let addr = unsafe {
-            libc::mmap(
-                at,
-                len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                -1,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        self.reservation.clear(moffset, len)
     }
 
     /// Puts zero pages the guest may read and write at the range: the
-    /// scratch file's, so they cost no memory per page (see [`Scratch`]).
+    /// scratch file's, so they cost no memory per page (see `Scratch`).
     pub(super) fn fill_scratch(&self, moffset: u64, len: u64) -> io::Result<()> {
-        let mut at = moffset;
-        while at < moffset + len {
-            let offset = at % SCRATCH_LEN;
-            let n = (SCRATCH_LEN - offset).min(moffset + len - at);
-            let (ptr, n_len, file_offset) =
-                (self.window_ptr(at)?, sys_len(n)?, sys_offset(offset)?);
-            // SAFETY: inside our reservation (callers check the range), and
-            // callers hold the write lock, so no worker is copying there.
-            let addr = unsafe {
-                libc::mmap(
-                    ptr,
-                    n_len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    self.scratch.file.as_raw_fd(),
-                    file_offset,
-                )
-            };
-            if addr == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
-            at += n;
-        }
-        self.scratch.zero();
-        Ok(())
-    }
-}
-
-/// A length as mmap takes it.
-fn sys_len(len: u64) -> io::Result<usize> {
-    usize::try_from(len).map_err(|_| einval(format!("length {len:#x} too large")))
-}
-
-/// A file offset as mmap takes it.
-fn sys_offset(offset: u64) -> io::Result<libc::off_t> {
-    libc::off_t::try_from(offset).map_err(|_| einval(format!("file offset {offset:#x} too large")))
-}
-
-impl DaxWindow {
-    /// The address of window offset `moffset` in Ferry's address space.
-    fn window_ptr(&self, moffset: u64) -> io::Result<*mut libc::c_void> {
-        let offset = sys_len(moffset)?;
-        Ok(self.base.wrapping_add(offset) as *mut libc::c_void)
+        self.scratch.fill(&self.reservation, moffset, len)
     }
 }

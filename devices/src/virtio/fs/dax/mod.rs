@@ -15,9 +15,11 @@
 //! mapped, inside their file and writable as needed, and hold the pin until
 //! done.
 //!
-//! The rooms: `scratch.rs` and `map.rs` hold the system calls (memfd,
-//! mmap, madvise), `mapping.rs` the pure bookkeeping of what is mapped
-//! where, `pin.rs` the workers' pins, `repair.rs` the truncation and
+//! The rooms: `mmap.rs` holds every system call that changes what the
+//! window maps (the reservation, file pages, the scratch file's zero
+//! pages, the fault handler's zero page), `map.rs` decides what SETUPMAPPING
+//! and REMOVEMAPPING map, `mapping.rs` the pure bookkeeping of what is
+//! mapped where, `pin.rs` the workers' pins, `repair.rs` the truncation and
 //! fault repair (the window's `GuestMemoryFault` hook), `requests.rs`
 //! the FUSE adapter, `faults.rs` the SIGBUS/SIGSEGV handler and `view.rs`
 //! the window's place in the workers' view of guest memory.
@@ -25,10 +27,10 @@
 mod faults;
 mod map;
 mod mapping;
+mod mmap;
 mod pin;
 mod repair;
 mod requests;
-mod scratch;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -39,7 +41,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
 use mapping::Mappings;
-use scratch::Scratch;
+use mmap::{Reservation, Scratch};
 
 pub use pin::PinError;
 pub(super) use requests::DaxRequests;
@@ -66,9 +68,13 @@ pub struct DaxWindow {
     /// How many mappings have parked pages.
     parked: AtomicUsize,
     /// Zero pages for faults in the window during a worker's copy.
+    /// Declared before `reservation`: fields drop in order, so the range
+    /// is unguarded before it is given back (and maybe reused).
     faults: Option<faults::Guard>,
     /// What parked pages and fault fills show (see [`Scratch`]).
     scratch: Scratch,
+    /// The address range itself; unmapped last.
+    reservation: Reservation,
 }
 
 fn einval(what: String) -> io::Error {
@@ -84,27 +90,11 @@ impl DaxWindow {
                 "DAX window size {size:#x}: must be a power of two of at least 2 MiB"
             )));
         }
-        let len = usize::try_from(size).map_err(|_| einval("DAX window too large".into()))?;
-        // SAFETY: a fresh inaccessible reservation; nothing refers to it.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: sysconf has no memory effects.
-        let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-            .unwrap_or(4096)
-            .max(4096);
+        let reservation = Reservation::new(size)?;
+        let base = reservation.base();
+        let page = mmap::page_size();
         Ok(DaxWindow {
-            base: base as usize,
+            base,
             size,
             page,
             guest_addr: AtomicU64::new(NOT_SHOWN),
@@ -112,6 +102,7 @@ impl DaxWindow {
             parked: AtomicUsize::new(0),
             faults: Some(faults::guard(base as u64, size, page)),
             scratch: Scratch::new()?,
+            reservation,
         })
     }
 
@@ -199,18 +190,6 @@ impl DaxWindow {
                 Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
                 Err(TryLockError::WouldBlock) => None,
             },
-        }
-    }
-}
-
-impl Drop for DaxWindow {
-    fn drop(&mut self) {
-        // Unguarded before the range is given back and maybe reused.
-        drop(self.faults.take());
-        // (`new` checked that the size fits.)
-        if let Ok(len) = usize::try_from(self.size) {
-            // SAFETY: the reservation made in `new`, unmapped once.
-            unsafe { libc::munmap(self.base as *mut libc::c_void, len) };
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::abi::virtio_fs::{RemovemappingOne, SetupmappingFlags};
 
-use super::scratch::SCRATCH_LEN;
+use super::mmap::SCRATCH_LEN;
 use super::*;
 
 const MIB: u64 = 1 << 20;
