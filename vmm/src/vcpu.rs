@@ -69,8 +69,9 @@ impl Vcpu {
     fn run(mut self) {
         if let Err(e) = self.sandbox.confine_vcpu() {
             self.exit.request(ExitReason::KvmError(format!(
-                "vCPU {}: cannot confine the thread: {e}",
-                self.id
+                "vCPU {}: cannot confine the thread: {:#}",
+                self.id,
+                anyhow::Error::new(e)
             )));
             return;
         }

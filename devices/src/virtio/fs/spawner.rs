@@ -17,8 +17,9 @@ use super::ConfineError;
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The spawner thread could not confine itself, so no worker may start.
+/// (The cause is the `source()`, printed by the error chain.)
 #[derive(Debug, thiserror::Error)]
-#[error("cannot confine the file server: {0}")]
+#[error("cannot confine the file server")]
 pub(super) struct ConfineFailed(#[source] ConfineError);
 
 struct Order {
@@ -138,6 +139,9 @@ mod tests {
         let e = Spawner::start("spawner-fail".into(), || Err("no".into()))
             .err()
             .expect("must fail");
-        assert!(e.to_string().contains("cannot confine the file server: no"));
+        assert_eq!(e.to_string(), "cannot confine the file server");
+        // The cause comes once, as the error's source.
+        let cause = std::error::Error::source(&e).map(|c| c.to_string());
+        assert_eq!(cause.as_deref(), Some("no"));
     }
 }

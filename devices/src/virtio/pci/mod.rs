@@ -718,8 +718,7 @@ fn notify_addr(bar: u64, queue: usize) -> u64 {
     bar + NOTIFY_OFFSET + queue as u64 * u64::from(NOTIFY_MULTIPLIER)
 }
 
-/// `struct virtio_pci_cap` after its first two bytes: length, type, BAR,
-/// id (shmid for shared memory), padding, offset and length in the BAR.
+/// Writes `value`'s low bytes into a register read of `data.len()` bytes.
 fn put(data: &mut [u8], value: u64) {
     let bytes = value.to_le_bytes();
     for (i, b) in data.iter_mut().enumerate() {

@@ -175,6 +175,7 @@ impl DaxWindow {
     }
 }
 
+/// The window's side of a guest memory fault: the vCPUs and the control
 /// loop reach it through this, knowing nothing of DAX.
 impl GuestMemoryFault for DaxWindow {
     fn on_fault(&self, gpa: Option<u64>) -> u64 {
