@@ -137,11 +137,48 @@ pub fn ferry_bin() -> Result<PathBuf, String> {
             profile_dir.join("ferry")
         }
     };
-    existing(
+    let path = existing(
         path,
         "ferry binary",
         "run `cargo build` first, or set FERRY_BIN",
-    )
+    )?;
+    // `cargo test -p ferry-tests` does not rebuild the binary: a stale one
+    // would test old code without a word.
+    if std::env::var_os("FERRY_BIN").is_none() {
+        let built = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(newer) = newest_source(built) {
+            return Err(format!(
+                "{} is older than {}: run `cargo build -p ferry` (or test with --workspace)",
+                path.display(),
+                newer.display()
+            ));
+        }
+    }
+    Ok(path)
+}
+
+/// A source file of the ferry binary modified after `built`, if any.
+fn newest_source(built: std::time::SystemTime) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = ["arch/src", "devices/src", "vmm/src", "third_party"]
+        .iter()
+        .map(|d| repo_root().join(d))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && meta.modified().is_ok_and(|m| m > built)
+            {
+                return Some(path);
+            }
+        }
+    }
+    None
 }
 
 fn guest_file(env: &str, name: &str, hint: &str) -> Result<PathBuf, String> {
@@ -324,6 +361,18 @@ impl Running {
     fn hung(mut self, deadline: Duration) -> String {
         let program = self.program.clone();
         let waits = thread_waits(self.child.id());
+        // Ferry prints each vCPU's registers on SIGUSR1, at its next
+        // once-a-second tick: where a guest that is not idle is spinning.
+        if Path::new(&program)
+            .file_name()
+            .is_some_and(|n| n == "ferry")
+        {
+            if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+                // SAFETY: a signal to our own child, which has not been reaped.
+                unsafe { libc::kill(pid, libc::SIGUSR1) };
+                std::thread::sleep(Duration::from_millis(2500));
+            }
+        }
         let _ = self.child.kill();
         let child = &mut self.child;
         let ended = poll_until(Instant::now() + Duration::from_secs(10), || {
@@ -342,10 +391,49 @@ impl Running {
         let stderr = PipeReader::collect_from(self.stderr.take(), by);
         format!(
             "{program} did not finish within {deadline:?}; its threads then:\n{waits}{after_kill}\n\
-             --- stdout ---\n{stdout}\n--- stderr (last 60 lines) ---\n{}",
-            last_lines(&stderr, 60)
+             --- stdout ---\n{stdout}\n--- stderr (last 60 lines) ---\n{}{}",
+            last_lines(&stderr, 60),
+            guest_symbols(&stderr)
         )
     }
+}
+
+/// The guest kernel functions the `rip=` values in Ferry's vCPU report
+/// (SIGUSR1) fall in, from the project kernel's symbols (`nm -n` on
+/// target/guest/vmlinux; the kernel is built without KASLR). Empty when
+/// there is nothing to resolve.
+fn guest_symbols(stderr: &str) -> String {
+    let rips: Vec<u64> = stderr
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("rip=0x"))
+        .filter_map(|h| u64::from_str_radix(h, 16).ok())
+        .collect();
+    if rips.is_empty() {
+        return String::new();
+    }
+    let vmlinux = repo_root().join("target/guest/vmlinux");
+    let Ok(out) = Command::new("nm").arg("-n").arg(&vmlinux).output() else {
+        return "\n(nm not found: guest addresses unresolved)".into();
+    };
+    let symbols: Vec<(u64, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let addr = u64::from_str_radix(parts.next()?, 16).ok()?;
+            let kind = parts.next()?;
+            let name = parts.next()?;
+            matches!(kind, "t" | "T").then(|| (addr, name.to_string()))
+        })
+        .collect();
+    let mut report = String::from("\n--- guest vCPUs were in ---\n");
+    for rip in rips {
+        let at = symbols.partition_point(|(a, _)| *a <= rip);
+        match at.checked_sub(1).and_then(|i| symbols.get(i)) {
+            Some((a, name)) => report += &format!("  {rip:#x} = {name}+{:#x}\n", rip - a),
+            None => report += &format!("  {rip:#x} = (not in the kernel's text)\n"),
+        }
+    }
+    report
 }
 
 /// A run dropped unfinished (a test that returned early) is killed, not

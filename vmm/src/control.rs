@@ -1,8 +1,10 @@
 //! Main-loop events that end the VM: the exit event, the i8042 reset line
-//! and SIGINT/SIGTERM/SIGHUP (taken through a signalfd).
+//! and SIGINT/SIGTERM/SIGHUP (taken through a signalfd); and SIGUSR1,
+//! which asks each vCPU to print where it is (a guest that seems hung).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -11,11 +13,36 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::exit::{ExitReason, VmExit};
 
 const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// Asks for the vCPUs' registers on stderr.
+pub const REPORT_SIGNAL: i32 = libc::SIGUSR1;
 
-/// Blocks the stop signals in the calling thread (and every thread it
-/// starts afterwards) and returns a signalfd that receives them.
+/// Blocks the stop signals and the report signal in the calling thread
+/// (and every thread it starts afterwards) and returns a signalfd that
+/// receives them.
 pub fn take_stop_signals() -> io::Result<OwnedFd> {
-    signalfd_for(&STOP_SIGNALS)
+    signalfd_for(&[
+        STOP_SIGNALS[0],
+        STOP_SIGNALS[1],
+        STOP_SIGNALS[2],
+        REPORT_SIGNAL,
+    ])
+}
+
+/// How many reports were asked for; each vCPU prints its registers once
+/// per request, when it is next kicked (within a second).
+#[derive(Clone, Default)]
+pub struct ReportRequests(Arc<AtomicU64>);
+
+impl ReportRequests {
+    fn ask(&self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+
+    /// Whether a report was asked for since `seen`, which it updates.
+    pub fn new_since(&self, seen: &mut u64) -> bool {
+        let now = self.0.load(Ordering::Acquire);
+        std::mem::replace(seen, now) != now
+    }
 }
 
 /// Blocks `signals` in the calling thread (and the threads it starts
@@ -43,14 +70,21 @@ pub struct Control {
     exit: Arc<VmExit>,
     reset: EventFd,
     signals: OwnedFd,
+    reports: ReportRequests,
 }
 
 impl Control {
-    pub fn new(exit: Arc<VmExit>, reset: EventFd, signals: OwnedFd) -> Self {
+    pub fn new(
+        exit: Arc<VmExit>,
+        reset: EventFd,
+        signals: OwnedFd,
+        reports: ReportRequests,
+    ) -> Self {
         Control {
             exit,
             reset,
             signals,
+            reports,
         }
     }
 
@@ -90,8 +124,10 @@ impl MutEventSubscriber for Control {
             let _ = self.reset.read();
             self.exit.request(ExitReason::Reset);
         } else if fd == self.signals.as_raw_fd() {
-            if let Some(sig) = self.read_signal() {
-                self.exit.request(ExitReason::Signal(sig));
+            match self.read_signal() {
+                Some(REPORT_SIGNAL) => self.reports.ask(),
+                Some(sig) => self.exit.request(ExitReason::Signal(sig)),
+                None => {}
             }
         } else if fd == self.exit.event().as_raw_fd() {
             // The main loop reads the reason after `run_with_timeout`.

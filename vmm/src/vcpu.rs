@@ -10,6 +10,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use ferry_devices::vm_ops::GuestMemoryFault;
 use ferry_devices::Bus;
 
+use crate::control::ReportRequests;
 use crate::exit::{ExitReason, VmExit};
 use crate::sandbox::Sandbox;
 use crate::watchdog::{is_stuck, Epoch, VcpuProgress};
@@ -36,10 +37,12 @@ pub struct Vcpu {
     pub exit: Arc<VmExit>,
     pub epoch: Epoch,
     pub progress: Arc<VcpuProgress>,
-    /// Checked when guest memory cannot be reached: a file mapped there
-    /// may have been truncated.
     /// The devices that show host memory to the guest, and repair it.
     pub fault_hooks: Arc<[Arc<dyn GuestMemoryFault>]>,
+    /// SIGUSR1 asks for this vCPU's registers; `reports_seen` counts the
+    /// requests already answered.
+    pub reports: ReportRequests,
+    pub reports_seen: u64,
     /// Since when KVM_RUN has failed with EFAULT with nothing repaired
     /// (reset by any other exit).
     pub efault_since: Option<std::time::Instant>,
@@ -183,10 +186,26 @@ impl Vcpu {
     }
 
     fn sample_progress(&mut self) {
-        let stuck = match (self.fd.get_mp_state(), self.fd.get_regs()) {
+        let (mp, regs) = (self.fd.get_mp_state(), self.fd.get_regs());
+        let stuck = match (&mp, &regs) {
             (Ok(mp), Ok(regs)) => is_stuck(mp.mp_state, regs.rflags),
             _ => false,
         };
+        if self.reports.new_since(&mut self.reports_seen) {
+            match (&mp, &regs) {
+                // One line per vCPU: where a guest that seems hung is.
+                (Ok(mp), Ok(r)) => log::warn!(
+                    "vCPU {}: rip={:#x} rsp={:#x} rbp={:#x} rflags={:#x} mp_state={}",
+                    self.id,
+                    r.rip,
+                    r.rsp,
+                    r.rbp,
+                    r.rflags,
+                    mp.mp_state
+                ),
+                _ => log::warn!("vCPU {}: registers unreadable", self.id),
+            }
+        }
         self.epoch.record(&self.progress, stuck);
     }
 

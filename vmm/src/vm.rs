@@ -30,7 +30,7 @@ use crate::vm_ops::KvmVmOps;
 
 use crate::cli::BootArgs;
 use crate::console::{FdWriter, StdinToSerial};
-use crate::control::{take_stop_signals, Control};
+use crate::control::{take_stop_signals, Control, ReportRequests};
 use crate::exit::{ExitReason, VmExit};
 use crate::loader::{build_cmdline, load_kernel, KernelEntry};
 use crate::memory::{create_guest_memory, register_guest_memory, GuestMemoryFerry};
@@ -351,10 +351,12 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
     } else {
         None
     };
+    let reports = ReportRequests::default();
     event_manager.add_subscriber(Arc::new(Mutex::new(Control::new(
         exit.clone(),
         legacy.reset,
         signals,
+        reports.clone(),
     ))));
 
     let epoch = Epoch::default();
@@ -378,6 +380,8 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
             epoch: epoch.clone(),
             progress: p,
             fault_hooks: fault_hooks.clone(),
+            reports: reports.clone(),
+            reports_seen: 0,
             efault_since: None,
             sandbox: sandbox.clone(),
         };

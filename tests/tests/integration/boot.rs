@@ -182,6 +182,9 @@ fn hung_guest_fails_with_its_evidence() -> TestResult {
         "ferry-init: still running after 30 s",
         "cat /tmp/never",
         "--- vcpu0 (",
+        // Ferry's vCPU report (SIGUSR1), resolved in the kernel's symbols.
+        "vCPU 0: rip=0x",
+        "--- guest vCPUs were in ---",
     ] {
         if !report.contains(evidence) {
             return Err(format!("the report lacks {evidence:?}:\n{report}").into());
