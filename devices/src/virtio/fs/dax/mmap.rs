@@ -7,15 +7,13 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 
+use super::einval;
+
 /// The window's range of Ferry's address space, inaccessible
 /// (`PROT_NONE`) until pages are mapped into it; unmapped when dropped.
 pub(super) struct Reservation {
     base: usize,
     len: usize,
-}
-
-fn einval(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, what)
 }
 
 fn sys_len(len: u64) -> io::Result<usize> {
