@@ -145,40 +145,50 @@ pub fn ferry_bin() -> Result<PathBuf, String> {
     // `cargo test -p ferry-tests` does not rebuild the binary: a stale one
     // would test old code without a word.
     if std::env::var_os("FERRY_BIN").is_none() {
-        let built = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Some(newer) = newest_source(built) {
-            return Err(format!(
-                "{} is older than {}: run `cargo build -p ferry` (or test with --workspace)",
-                path.display(),
-                newer.display()
-            ));
-        }
+        not_older_than_sources(
+            &path,
+            &["arch/src", "devices/src", "vmm/src", "third_party"],
+            "rs",
+            "run `cargo build -p ferry` (or test with --workspace)",
+        )?;
     }
     Ok(path)
 }
 
-/// A source file of the ferry binary modified after `built`, if any.
-fn newest_source(built: std::time::SystemTime) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = ["arch/src", "devices/src", "vmm/src", "third_party"]
-        .iter()
-        .map(|d| repo_root().join(d))
-        .collect();
+/// Fails when a file under `dirs` (relative to the repository, `ext` files
+/// only) was modified after `built_file`: a stale build would test old
+/// code without a word.
+fn not_older_than_sources(
+    built_file: &Path,
+    dirs: &[&str],
+    ext: &str,
+    hint: &str,
+) -> Result<(), String> {
+    let built = std::fs::metadata(built_file)
+        .and_then(|m| m.modified())
+        .map_err(|e| format!("{}: {e}", built_file.display()))?;
+    let mut dirs: Vec<PathBuf> = dirs.iter().map(|d| repo_root().join(d)).collect();
     while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
             let path = entry.path();
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
                 dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs")
+            } else if path.extension().is_some_and(|e| e == ext)
                 && meta.modified().is_ok_and(|m| m > built)
             {
-                return Some(path);
+                return Err(format!(
+                    "{} is older than {}: {hint}",
+                    built_file.display(),
+                    path.display()
+                ));
             }
         }
     }
-    None
+    Ok(())
 }
 
 fn guest_file(env: &str, name: &str, hint: &str) -> Result<PathBuf, String> {
@@ -198,13 +208,15 @@ pub fn vmlinux() -> Result<PathBuf, String> {
     guest_file("FERRY_VMLINUX", "vmlinux", "run resources/build-kernel.sh")
 }
 
-/// The busybox initramfs, or `FERRY_INITRAMFS`.
+/// The busybox initramfs, or `FERRY_INITRAMFS`. The project's own is
+/// refused when a guest program's source is newer than it.
 pub fn initramfs() -> Result<PathBuf, String> {
-    guest_file(
-        "FERRY_INITRAMFS",
-        "initramfs.cpio",
-        "run resources/build-initramfs.sh",
-    )
+    const HINT: &str = "run resources/build-initramfs.sh";
+    let path = guest_file("FERRY_INITRAMFS", "initramfs.cpio", HINT)?;
+    if std::env::var_os("FERRY_INITRAMFS").is_none() {
+        not_older_than_sources(&path, &["resources/guest"], "c", HINT)?;
+    }
+    Ok(path)
 }
 
 /// Fails loudly when KVM cannot be used here.
