@@ -36,11 +36,19 @@ else
     *)
         (
             sleep "$ferry_timeout"
-            echo "emulated-host: the command ran past $ferry_timeout s (FERRY_EMU_TIMEOUT); blocked tasks and processes follow, then it is killed"
+            # Through the kernel log, all of it to the console: that path
+            # does not wait for the tty, so it shows even when console
+            # writers are stuck (a blocked task list at the default quiet
+            # loglevel would print only its header). Builtins only so far:
+            # no exec that could wait on the 9p root.
+            echo 8 > /proc/sys/kernel/printk
+            echo "emulated-host: the command ran past $ferry_timeout s (FERRY_EMU_TIMEOUT); blocked tasks and processes follow, then it is killed" > /dev/kmsg
+            # The kernel's messages so far (soft lockups, say).
+            timeout -s KILL 20 sh -c 'dmesg | tail -n 400'
             echo w > /proc/sysrq-trigger
-            dmesg | tail -n 400
             # ps reads each process's command line, which waits for a
-            # process's mmap lock: bounded, so the kill below comes.
+            # process's mmap lock: bounded, as is the write to the console,
+            # so the kill below comes.
             timeout -s KILL 20 ps -ww --ppid 2 -p 2 --deselect -o pid,stat,etime,wchan:24,args
             # The job has no process group of its own (no job control):
             # its children end with the power-off that follows.

@@ -12,7 +12,13 @@
 # /mnt is a fresh tmpfs named by FERRY_TEST_SCRATCH (scratch space outside
 # the paths `ferry run` guests replace). Its output streams to the
 # console (stdout and stderr merged) and its exit status becomes this
-# script's. Environment: FERRY_EMU_MEMORY (default 6G), FERRY_EMU_CPUS
+# script's. QEMU writes the console to a file that `tail` copies here, not
+# to stdout itself: QEMU's stdio backend, with stdout a slow pipe or file
+# and stdin at EOF, can stop draining the emulated UART, which blocks every
+# writer to the console inside for good (a CI run of 2026-11-27 froze so:
+# the emulated kernel still printed, its processes' writes never returned,
+# QEMU sat idle; osbuild and coreos-assembler met the same and moved off
+# stdio). Environment: FERRY_EMU_MEMORY (default 6G), FERRY_EMU_CPUS
 # (default: this host's CPU count, at least 4: with only 2, guests with 2
 # vCPUs under load triple-faulted or took the emulated host down now and
 # then; with 4, 10 runs in a row passed), FERRY_EMU_KERNEL (default: the project kernel),
@@ -51,7 +57,10 @@ case "$repo" in
 esac
 
 job=$(mktemp -d "${TMPDIR:-/tmp}/ferry-emu.XXXXXX")
-trap 'rm -rf "$job"' EXIT
+sentinel= copier=
+# (|| true: under set -e a failing kill of copiers already gone would
+# become the script's exit status.)
+trap 'kill $sentinel $copier 2>/dev/null || true; rm -rf "$job"' EXIT
 {
     echo "cd $(printf %q "$PWD")"
     # The caller's environment, less what only describes this host session.
@@ -74,10 +83,18 @@ bound=()
 # --foreground: QEMU stays in the caller's process group, so Ctrl-C still
 # reaches it.
 [ "$timeout" = 0 ] || bound=(timeout --foreground --kill-after=10 $((timeout + 120)))
+console=$job/console
+: > "$console"
+# The copier ends once the sentinel does, after a last read to the end.
+sleep infinity &
+sentinel=$!
+tail -n +1 -f --pid="$sentinel" "$console" &
+copier=$!
 set +e
 "${bound[@]}" "$qemu" -accel tcg,thread=multi -M pc -cpu max \
     -m "${FERRY_EMU_MEMORY:-6G}" -smp "$emu_cpus" \
-    -display none -vga none -no-reboot -nic none -monitor none -serial stdio \
+    -display none -vga none -no-reboot -nic none -monitor none \
+    -chardev file,id=console,path="$console" -serial chardev:console \
     -device isa-debug-exit,iobase=0xf4,iosize=1 \
     -kernel "$kernel" -append "$cmdline" \
     -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
@@ -88,6 +105,9 @@ set +e
     -device virtio-9p-pci,fsdev=job,mount_tag=ferryjob \
     </dev/null
 qemu_status=$?
+kill "$sentinel"
+wait "$sentinel" 2>/dev/null
+wait "$copier"
 set -e
 
 if { [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; } && [ "$timeout" != 0 ] && [ ! -s "$job/status" ]; then
