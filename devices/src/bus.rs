@@ -13,6 +13,12 @@ pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     /// Writes `data` at `offset` into the device's range.
     fn write(&mut self, offset: u64, data: &[u8]);
+    /// A string read (`rep insb`) that starts at `offset` but is longer
+    /// than the range: KVM hands the whole repetition over as one read.
+    /// Returns false (the default) for a device that has no such port.
+    fn read_bulk(&mut self, _offset: u64, _data: &mut [u8]) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -74,15 +80,21 @@ impl Bus {
         (offset.checked_add(size as u64)? <= *len).then(|| (offset, dev.clone()))
     }
 
-    /// Dispatches a read; returns false when no device owns `addr`.
+    /// Dispatches a read; returns false when no device owns `addr`. A read
+    /// that runs past its device's range is offered to the device as a
+    /// string read ([`BusDevice::read_bulk`]).
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.find(addr, data.len()) {
-            Some((offset, dev)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(offset, data);
-                true
-            }
+        if let Some((offset, dev)) = self.find(addr, data.len()) {
+            dev.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .read(offset, data);
+            return true;
+        }
+        match self.find(addr, 1) {
+            Some((offset, dev)) => dev
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .read_bulk(offset, data),
             None => false,
         }
     }
@@ -141,7 +153,36 @@ mod tests {
             .unwrap();
         let mut b = [0u8; 4];
         assert!(bus.read(0x1000, &mut b));
+        // Probe takes no string reads: the straddling read finds nobody.
         assert!(!bus.read(0x1002, &mut b));
+    }
+
+    /// Takes string reads at offset 1 only.
+    struct Streamer;
+
+    impl BusDevice for Streamer {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            data.fill(1);
+        }
+        fn write(&mut self, _offset: u64, _data: &[u8]) {}
+        fn read_bulk(&mut self, offset: u64, data: &mut [u8]) -> bool {
+            data.fill(2);
+            offset == 1
+        }
+    }
+
+    #[test]
+    fn a_read_past_the_range_goes_to_the_device_as_a_string_read() {
+        let bus = Bus::new();
+        bus.insert(Arc::new(Mutex::new(Streamer)), 0xf0, 4).unwrap();
+        let mut kb = vec![0u8; 1024];
+        assert!(bus.read(0xf1, &mut kb));
+        assert!(kb.iter().all(|&b| b == 2));
+        let mut b = [0u8; 2];
+        assert!(bus.read(0xf1, &mut b), "inside the range: a plain read");
+        assert_eq!(b, [1, 1]);
+        assert!(!bus.read(0xf2, &mut kb), "refused by the device");
+        assert!(!bus.read(0xef, &mut kb), "no device at the first port");
     }
 
     #[test]

@@ -269,11 +269,15 @@ pub fn run_ferry_with(
     deadline: Duration,
     setup: impl FnOnce(&mut Command),
 ) -> Result<Outcome, String> {
-    let bin = ferry_bin()?;
-    let mut command = Command::new(&bin);
+    run_bounded(ferry_command(args, setup)?, stdin, deadline)
+}
+
+/// The `ferry` command with `args`, `setup` applied first.
+fn ferry_command(args: &[String], setup: impl FnOnce(&mut Command)) -> Result<Command, String> {
+    let mut command = Command::new(ferry_bin()?);
     setup(&mut command);
     command.args(args);
-    run_bounded(command, stdin, deadline)
+    Ok(command)
 }
 
 /// Runs `command`, feeding `stdin`, and collects its output; past
@@ -284,6 +288,60 @@ fn run_bounded(
     deadline: Duration,
 ) -> Result<Outcome, String> {
     Running::start(command, stdin)?.finish(deadline)
+}
+
+/// What a run's stdin is, for tests of input itself.
+pub enum Input {
+    /// These bytes through a pipe, then EOF.
+    Bytes(Vec<u8>),
+    /// A file, redirected.
+    File(PathBuf),
+    /// A pipe that never ends: a writer that stops only when the reader
+    /// is gone.
+    Endless,
+    /// `/dev/null`.
+    Null,
+}
+
+/// [`run_ferry_with`] with `input` as Ferry's stdin.
+pub fn run_ferry_input(
+    args: &[String],
+    input: Input,
+    deadline: Duration,
+    setup: impl FnOnce(&mut Command),
+) -> Result<Outcome, String> {
+    let mut command = ferry_command(args, setup)?;
+    let feed = match input {
+        Input::Bytes(b) => Some(b),
+        Input::File(path) => {
+            let f = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            command.stdin(f);
+            None
+        }
+        Input::Endless => Some(Vec::new()),
+        Input::Null => {
+            command.stdin(Stdio::null());
+            None
+        }
+    };
+    let endless = feed.as_ref().is_some_and(|b| b.is_empty());
+    if feed.is_some() {
+        command.stdin(Stdio::piped());
+    }
+    let mut running = Running::spawn(command)?;
+    if let (Some(bytes), Some(mut pipe)) = (feed, running.child.stdin.take()) {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            if endless {
+                let block = vec![b'y'; 64 << 10];
+                while pipe.write_all(&block).is_ok() {}
+            } else {
+                let _ = pipe.write_all(&bytes);
+            }
+            // Dropped: EOF.
+        });
+    }
+    running.finish(deadline)
 }
 
 /// A started run whose output is being collected. Every wait on it is
@@ -300,19 +358,13 @@ pub struct Running {
 
 impl Running {
     fn start(mut command: Command, stdin: Option<&[u8]>) -> Result<Running, String> {
-        let start = Instant::now();
-        let program = Path::new(command.get_program()).display().to_string();
-        let mut child = command
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {program}: {e}"))?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        command.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut running = Running::spawn(command)?;
+        if let (Some(input), Some(mut pipe)) = (stdin, running.child.stdin.take()) {
             let input = input.to_vec();
             std::thread::spawn(move || {
                 use std::io::Write;
@@ -321,6 +373,18 @@ impl Running {
                 std::thread::sleep(Duration::from_secs(30));
             });
         }
+        Ok(running)
+    }
+
+    /// Starts `command` (its stdin already chosen) collecting its output.
+    fn spawn(mut command: Command) -> Result<Running, String> {
+        let start = Instant::now();
+        let program = Path::new(command.get_program()).display().to_string();
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
         let stdout = PipeReader::start(child.stdout.take().map(|p| Box::new(p) as _));
         let stderr = PipeReader::start(child.stderr.take().map(|p| Box::new(p) as _));
         Ok(Running {

@@ -13,8 +13,9 @@ use vmm_sys_util::signal::Killable;
 use ferry_arch::layout::{mmio64_start, MMIO32_BARS_SIZE, MMIO32_START, MMIO64_END};
 use ferry_arch::{cpuid, lapic, mptable, msr, regs};
 use ferry_devices::legacy::{
-    ExitPort, HostStreams, Serial, COM1_IRQ, COM1_PORT, EXIT_PORT, HOST_STREAM_PORT,
-    HOST_STREAM_PORT_COUNT, I8042, I8042_PORT, I8042_PORT_COUNT, SERIAL_PORT_COUNT,
+    ExitPort, HostInput, HostStreams, Serial, COM1_IRQ, COM1_PORT, EXIT_PORT, HOST_INPUT_PORT,
+    HOST_INPUT_PORT_COUNT, HOST_STREAM_PORT, HOST_STREAM_PORT_COUNT, I8042, I8042_PORT,
+    I8042_PORT_COUNT, SERIAL_PORT_COUNT,
 };
 use ferry_devices::pci::{PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT};
 use ferry_devices::virtio::fs::{FsStats, VirtioFs};
@@ -29,7 +30,7 @@ use crate::sandbox::Sandbox;
 use crate::vm_ops::KvmVmOps;
 
 use crate::cli::BootArgs;
-use crate::console::{FdWriter, StdinToSerial};
+use crate::console::{FdWriter, InputSink, StdinPump};
 use crate::control::{take_stop_signals, Control, ReportRequests};
 use crate::exit::{ExitReason, VmExit};
 use crate::loader::{build_cmdline, load_kernel, KernelEntry};
@@ -56,12 +57,16 @@ pub struct VmConfig {
     pub violation_status: i32,
 }
 
-/// Where COM1 goes.
+/// Where COM1 goes, and Ferry's stdin.
 pub enum ConsoleMode {
-    /// Stdin in, stdout out, the terminal in raw mode meanwhile.
+    /// Stdin into COM1, COM1 to stdout, the terminal in raw mode meanwhile.
     Terminal,
-    /// Output only, into this sink; no input.
-    Captured(Box<dyn std::io::Write + Send>),
+    /// COM1 into `output`. With `stdin_to_port`, Ferry's stdin feeds the
+    /// input port (`ferry run`'s command reads it); else it is not read.
+    Captured {
+        output: Box<dyn std::io::Write + Send>,
+        stdin_to_port: bool,
+    },
 }
 
 fn open_kvm() -> Result<Kvm> {
@@ -99,6 +104,7 @@ fn create_vm(kvm: &Kvm) -> Result<Arc<VmFd>> {
 
 struct LegacyDevices {
     serial: Arc<Mutex<Serial>>,
+    input: Arc<Mutex<HostInput>>,
     reset: EventFd,
 }
 
@@ -133,7 +139,32 @@ fn add_legacy_devices(
         HOST_STREAM_PORT,
         HOST_STREAM_PORT_COUNT,
     )?;
-    Ok(LegacyDevices { serial, reset })
+    let input = Arc::new(Mutex::new(HostInput::new()));
+    io_bus.insert(input.clone(), HOST_INPUT_PORT, HOST_INPUT_PORT_COUNT)?;
+    Ok(LegacyDevices {
+        serial,
+        input,
+        reset,
+    })
+}
+
+/// Whether Ferry may read its stdin: not when it is closed, nor when it is
+/// a terminal this process is in the background of (a read would stop
+/// Ferry with SIGTTIN, as `cmd &` in a shell; such a run gets no input,
+/// as with `< /dev/null`).
+fn stdin_is_ours() -> bool {
+    // SAFETY: fcntl, isatty, tcgetpgrp and getpgrp only inspect fd 0 and
+    // this process.
+    unsafe {
+        if libc::fcntl(0, libc::F_GETFL) < 0 {
+            return false;
+        }
+        if libc::isatty(0) == 1 && libc::tcgetpgrp(0) != libc::getpgrp() {
+            log::debug!("stdin is a terminal Ferry runs in the background of: not read");
+            return false;
+        }
+    }
+    true
 }
 
 /// A writer that ends the VM with `Signal(SIGPIPE)` when its reader is gone.
@@ -322,10 +353,14 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
     let exit = Arc::new(VmExit::new()?);
     let io_bus = Arc::new(Bus::new());
     let mmio_bus = Arc::new(Bus::new());
-    let (console_out, interactive): (Box<dyn std::io::Write + Send>, bool) = match console_mode {
-        ConsoleMode::Terminal => (Box::new(FdWriter::STDOUT), true),
-        ConsoleMode::Captured(sink) => (sink, false),
-    };
+    let (console_out, interactive, stdin_to_port): (Box<dyn std::io::Write + Send>, bool, bool) =
+        match console_mode {
+            ConsoleMode::Terminal => (Box::new(FdWriter::STDOUT), true, false),
+            ConsoleMode::Captured {
+                output,
+                stdin_to_port,
+            } => (output, false, stdin_to_port),
+        };
     // Blocked before any thread starts (the file servers' start with the
     // devices), so only the signalfd sees them.
     let signals = take_stop_signals().context("signalfd")?;
@@ -344,12 +379,24 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
     let fault_hooks: Arc<[Arc<dyn GuestMemoryFault>]> = fs.fault_hooks.clone().into();
 
     let mut event_manager = EventManager::<Subscriber>::new().context("event loop")?;
-    let console = if interactive {
-        let c = Arc::new(Mutex::new(StdinToSerial::new(legacy.serial.clone())?));
-        event_manager.add_subscriber(c.clone());
-        Some(c)
+    let input_sink: Option<Arc<Mutex<dyn InputSink>>> = if stdin_to_port && stdin_is_ours() {
+        Some(legacy.input.clone())
     } else {
-        None
+        // The port has nothing to give: the guest sees EOF at once.
+        legacy
+            .input
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .close();
+        interactive.then(|| legacy.serial.clone() as Arc<Mutex<dyn InputSink>>)
+    };
+    let console = match input_sink {
+        Some(sink) => {
+            let c = Arc::new(Mutex::new(StdinPump::new(sink)?));
+            event_manager.add_subscriber(c.clone());
+            Some(c)
+        }
+        None => None,
     };
     let reports = ReportRequests::default();
     event_manager.add_subscriber(Arc::new(Mutex::new(Control::new(

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_tests::{ferry_bin, require_kvm, run_ferry_with, scratch_dir, Outcome};
+use ferry_tests::{
+    ferry_bin, require_kvm, run_ferry_input, run_ferry_with, scratch_dir, Input, Outcome,
+};
 use libtest_mimic::{Failed, Trial};
 
 use crate::{check, rejects, TestResult};
@@ -31,6 +33,103 @@ fn ferry_run_with(
 
 fn ferry_run(dir: &Path, args: &[&str]) -> Result<Outcome, Failed> {
     ferry_run_with(dir, args, |_| {})
+}
+
+/// `ferry run ARGS` in `dir` with `input` as its stdin.
+fn ferry_run_input(dir: &Path, args: &[&str], input: Input) -> Result<Outcome, Failed> {
+    require_kvm()?;
+    let mut all = vec!["run".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    Ok(run_ferry_input(&all, input, DEADLINE, |c| {
+        c.current_dir(dir);
+    })?)
+}
+
+/// The command reads Ferry's stdin, to its end.
+fn stdin_reaches_the_command() -> TestResult {
+    let dir = scratch_dir("run_stdin");
+    let out = ferry_run_input(&dir, &["wc", "-l"], Input::Bytes(b"a\nb\n".to_vec()))?;
+    status_is(&out, 0)?;
+    check(
+        out.stdout.trim() == "2",
+        "`printf 'a\\nb\\n' | ferry run -- wc -l` is not 2",
+        &out,
+    )?;
+    // EOF reaches the command: cat ends and the shell goes on.
+    let out = ferry_run_input(
+        &dir,
+        &["sh", "-c", "cat; echo after-eof"],
+        Input::Bytes(b"first\n".to_vec()),
+    )?;
+    status_is(&out, 0)?;
+    check(
+        out.stdout == "first\nafter-eof\n",
+        "the input and then EOF did not reach cat",
+        &out,
+    )?;
+    let out = ferry_run_input(&dir, &["sh", "-c", "cat; echo end"], Input::Null)?;
+    status_is(&out, 0)?;
+    check(
+        out.stdout == "end\n",
+        "/dev/null is not an empty stdin",
+        &out,
+    )
+}
+
+/// 16 MiB of stdin, redirected from a file and through a pipe, arrive
+/// byte for byte (sha256 against the host's).
+fn large_stdin_arrives_intact() -> TestResult {
+    let dir = scratch_dir("run_stdin_large");
+    let mut data = vec![0u8; 16 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x.to_le_bytes()[0];
+    }
+    let file = dir.join("input.bin");
+    std::fs::write(&file, &data)?;
+    let host = Command::new("sha256sum").arg(&file).output()?;
+    let host_sum = String::from_utf8_lossy(&host.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for (how, input) in [
+        ("file", Input::File(file.clone())),
+        ("pipe", Input::Bytes(data)),
+    ] {
+        let started = Instant::now();
+        let out = ferry_run_input(&dir, &["sha256sum"], input)?;
+        status_is(&out, 0)?;
+        check(
+            !host_sum.is_empty() && out.stdout.starts_with(&host_sum),
+            &format!("16 MiB of stdin from a {how}: the guest's sha256 differs from {host_sum}"),
+            &out,
+        )?;
+        println!("16 MiB of stdin from a {how}: {:.1?}", started.elapsed());
+    }
+    Ok(())
+}
+
+/// Input nobody reads never holds the VM: a command that ignores an
+/// endless stdin ends, as does one that reads a part of it.
+fn unread_stdin_does_not_hold_the_command() -> TestResult {
+    let dir = scratch_dir("run_stdin_unread");
+    let out = ferry_run_input(&dir, &["true"], Input::Endless)?;
+    status_is(&out, 0)?;
+    let out = ferry_run_input(
+        &dir,
+        &["sh", "-c", "head -c 100000 | wc -c"],
+        Input::Endless,
+    )?;
+    status_is(&out, 0)?;
+    check(
+        out.stdout.trim() == "100000",
+        "head did not get its 100000 bytes of an endless stdin",
+        &out,
+    )
 }
 
 fn status_is(out: &Outcome, status: i32) -> TestResult {
@@ -412,6 +511,12 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("run::sigterm", || signal_stops_the_vm(libc::SIGTERM, 143)),
         Trial::test("run::sigint", || signal_stops_the_vm(libc::SIGINT, 130)),
         Trial::test("run::stdout_closed", closed_stdout_ends_the_vm),
+        Trial::test("run::stdin::reaches_the_command", stdin_reaches_the_command),
+        Trial::test("run::stdin::large_intact", large_stdin_arrives_intact),
+        Trial::test(
+            "run::stdin::unread_does_not_hold",
+            unread_stdin_does_not_hold_the_command,
+        ),
         Trial::test("run::bad_input::no_command", || run_rejects(&[], "CMD")),
         Trial::test("run::bad_input::missing_rw_dir", || {
             run_rejects(&["--rw", "/no/such/dir", "--", "true"], "/no/such/dir")

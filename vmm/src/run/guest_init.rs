@@ -11,14 +11,17 @@
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ferry_devices::legacy::{EXIT_PORT, HOST_STREAM_PORT};
+use ferry_devices::legacy::{
+    EXIT_PORT, HOST_INPUT_CAPACITY, HOST_INPUT_EOF, HOST_INPUT_PORT, HOST_INPUT_PORT_COUNT,
+    HOST_STREAM_PORT,
+};
 
 use super::spec::{RunSpec, SpecError};
 use crate::control::signalfd_for;
@@ -37,6 +40,11 @@ const fn port(p: u64) -> u16 {
 const EXIT: u16 = port(EXIT_PORT);
 const STDOUT_PORT: u16 = port(HOST_STREAM_PORT);
 const STDERR_PORT: u16 = port(HOST_STREAM_PORT + 4);
+const INPUT_STATUS_PORT: u16 = port(HOST_INPUT_PORT);
+const INPUT_DATA_PORT: u16 = port(HOST_INPUT_PORT + 1);
+/// The input port has no interrupt: while it is idle init looks again
+/// after 1, 2, 4, 8 and then every 16 ms (a keystroke waits at most that).
+const INPUT_IDLE_POLL_MAX_MS: i32 = 16;
 /// Exit statuses of init itself, as GNU timeout and env use them.
 pub const STATUS_SETUP_FAILED: i32 = 125;
 const STATUS_NOT_EXECUTABLE: i32 = 126;
@@ -55,7 +63,9 @@ pub fn run_if_guest_init() {
     // The ports first, so every later failure can be reported.
     // SAFETY: ioperm only changes this process's I/O permission bitmap.
     let ports_ok = unsafe {
-        libc::ioperm(u64::from(EXIT), 1, 1) == 0 && libc::ioperm(u64::from(STDOUT_PORT), 8, 1) == 0
+        libc::ioperm(HOST_INPUT_PORT, HOST_INPUT_PORT_COUNT, 1) == 0
+            && libc::ioperm(u64::from(EXIT), 1, 1) == 0
+            && libc::ioperm(u64::from(STDOUT_PORT), 8, 1) == 0
     };
     if !ports_ok {
         eprintln!("ferry-init: no access to Ferry's I/O ports; not running under ferry run?");
@@ -101,6 +111,30 @@ fn out_bytes(port: u16, bytes: &[u8]) {
             std::arch::asm!("out dx, al", in("dx") port, in("al") b, options(nomem, nostack))
         };
     }
+}
+
+/// Reads a 4-byte input port.
+fn in_u32(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: port I/O from a port ioperm granted; no memory is touched.
+    unsafe { std::arch::asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack)) };
+    v
+}
+
+/// Fills `buf` from a byte port with one `rep insb` (KVM splits it into
+/// exits of up to a kilobyte each).
+fn ins_bytes(port: u16, buf: &mut [u8]) {
+    // SAFETY: writes exactly buf.len() bytes at buf (the direction flag is
+    // clear, as the ABI guarantees), from a port ioperm granted.
+    unsafe {
+        std::arch::asm!(
+            "rep insb",
+            inout("rdi") buf.as_mut_ptr() => _,
+            inout("rcx") buf.len() => _,
+            in("dx") port,
+            options(nostack)
+        )
+    };
 }
 
 /// A message from init on Ferry's stderr.
@@ -313,6 +347,8 @@ fn run_command(spec: &RunSpec) -> Result<i32, InitError> {
     let sigchld = signalfd_for(&[libc::SIGCHLD]).map_err(InitError::Signalfd)?;
     let (out_r, out_w) = pipe().map_err(InitError::Pipe)?;
     let (err_r, err_w) = pipe().map_err(InitError::Pipe)?;
+    let (in_r, in_w) = pipe().map_err(InitError::Pipe)?;
+    set_nonblocking(in_w.as_raw_fd());
     let mut cmd = Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
         .env_clear()
@@ -321,7 +357,7 @@ fn run_command(spec: &RunSpec) -> Result<i32, InitError> {
             let eq = b.iter().position(|&c| c == b'=')?;
             Some((OsStr::from_bytes(&b[..eq]), OsStr::from_bytes(&b[eq + 1..])))
         }))
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(in_r))
         .stdout(out_w)
         .stderr(err_w);
     let (uid, gid, groups, umask) = (spec.uid, spec.gid, spec.groups.clone(), spec.umask);
@@ -332,6 +368,11 @@ fn run_command(spec: &RunSpec) -> Result<i32, InitError> {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // Ferry's ports are init's alone: a command that wrote the
+            // exit port would end the VM under init's feet.
+            libc::ioperm(HOST_INPUT_PORT, HOST_INPUT_PORT_COUNT, 0);
+            libc::ioperm(u64::from(EXIT), 1, 0);
+            libc::ioperm(u64::from(STDOUT_PORT), 8, 0);
             let ok = libc::setsid() >= 0
                 && libc::setgroups(groups.len(), groups.as_ptr()) == 0
                 && libc::setgid(gid) == 0
@@ -363,14 +404,98 @@ fn run_command(spec: &RunSpec) -> Result<i32, InitError> {
     drop(cmd);
     // Pids fit a pid_t (the kernel's pid_max is at most 2^22).
     let pid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
-    let status = relay(pid, [out_r, err_r], &sigchld);
+    let status = relay(pid, [out_r, err_r], StdinRelay::new(in_w), &sigchld);
     Ok(status)
 }
 
-/// Copies the command's output to Ferry until it has exited and its pipes
-/// are drained, reaping every orphan meanwhile (PID 1's duty). Returns its
-/// exit status, or 128 + the signal that killed it.
-fn relay(child: libc::pid_t, pipes: [File; 2], sigchld: &OwnedFd) -> i32 {
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor the caller owns.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        );
+    }
+}
+
+/// Ferry's stdin on its way to the command's: from the input port (which
+/// has no interrupt, so it is polled, less often while idle) into the
+/// command's stdin pipe, no faster than the command reads it. The port's
+/// EOF closes the pipe; a command that closes its stdin ends the relay.
+struct StdinRelay {
+    /// The pipe's write end (non-blocking); None once input is over.
+    pipe: Option<File>,
+    pending: Vec<u8>,
+    sent: usize,
+    idle_ms: i32,
+}
+
+impl StdinRelay {
+    fn new(pipe: OwnedFd) -> Self {
+        StdinRelay {
+            pipe: Some(File::from(pipe)),
+            pending: Vec::new(),
+            sent: 0,
+            idle_ms: 0,
+        }
+    }
+
+    /// Moves what the port holds into the pipe until either runs dry.
+    fn pump(&mut self) {
+        while let Some(pipe) = self.pipe.as_mut() {
+            if self.sent < self.pending.len() {
+                match pipe.write(&self.pending[self.sent..]) {
+                    Ok(n) => self.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // EPIPE: the command closed its stdin; the rest is
+                    // nobody's.
+                    Err(_) => self.pipe = None,
+                }
+                continue;
+            }
+            let status = in_u32(INPUT_STATUS_PORT);
+            if status & HOST_INPUT_EOF != 0 {
+                self.pipe = None;
+                return;
+            }
+            let ready = usize::try_from(status).map_or(0, |n| n.min(HOST_INPUT_CAPACITY));
+            if ready == 0 {
+                return;
+            }
+            self.pending.resize(ready, 0);
+            ins_bytes(INPUT_DATA_PORT, &mut self.pending);
+            self.sent = 0;
+            self.idle_ms = 0;
+        }
+    }
+
+    /// The pipe, while the command has not taken what was sent (poll it
+    /// for room).
+    fn blocked_on(&self) -> Option<RawFd> {
+        match &self.pipe {
+            Some(p) if self.sent < self.pending.len() => Some(p.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// How long poll may wait before the port is looked at again.
+    fn next_look_ms(&mut self) -> i32 {
+        if self.pipe.is_none() || self.blocked_on().is_some() {
+            return -1;
+        }
+        let wait = self.idle_ms;
+        self.idle_ms = (wait * 2).clamp(1, INPUT_IDLE_POLL_MAX_MS);
+        wait
+    }
+}
+
+/// Copies the command's output to Ferry, and Ferry's input to the command,
+/// until it has exited and its output pipes are drained, reaping every
+/// orphan meanwhile (PID 1's duty). Returns its exit status, or 128 + the
+/// signal that killed it.
+fn relay(child: libc::pid_t, pipes: [File; 2], mut input: StdinRelay, sigchld: &OwnedFd) -> i32 {
     let ports = [STDOUT_PORT, STDERR_PORT];
     let mut open: Vec<Option<File>> = pipes.into_iter().map(Some).collect();
     let mut buf = vec![0u8; RELAY_CHUNK];
@@ -399,8 +524,15 @@ fn relay(child: libc::pid_t, pipes: [File; 2], sigchld: &OwnedFd) -> i32 {
             events: libc::POLLIN,
             revents: 0,
         });
+        input.pump();
+        fds.push(libc::pollfd {
+            fd: input.blocked_on().unwrap_or(-1),
+            events: libc::POLLOUT,
+            revents: 0,
+        });
+        let wait = input.next_look_ms();
         // SAFETY: a valid array of pollfds of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
         if n < 0 {
             continue;
         }
@@ -447,15 +579,7 @@ fn reap(child: libc::pid_t) -> Option<i32> {
 }
 
 fn drain_nonblocking(mut pipe: File, port: u16, buf: &mut [u8]) {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let fd = pipe.as_raw_fd();
-        libc::fcntl(
-            fd,
-            libc::F_SETFL,
-            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
-        );
-    }
+    set_nonblocking(pipe.as_raw_fd());
     while let Ok(n) = pipe.read(buf) {
         if n == 0 {
             break;

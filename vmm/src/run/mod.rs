@@ -118,7 +118,10 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
                 ..args.machine.clone()
             },
         },
-        console: ConsoleMode::Captured(Box::new(SharedConsole(console.clone()))),
+        console: ConsoleMode::Captured {
+            output: Box::new(SharedConsole(console.clone())),
+            stdin_to_port: true,
+        },
         timeout: args.timeout,
         violation_status: guest_init::STATUS_SETUP_FAILED,
     };
