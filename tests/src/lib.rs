@@ -10,6 +10,8 @@
 //! - `auto` (default): `direct` where `/proc/cpuinfo` shows vmx or svm,
 //!   `emulated` otherwise.
 
+pub mod pty;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -145,14 +147,46 @@ pub fn ferry_bin() -> Result<PathBuf, String> {
     // `cargo test -p ferry-tests` does not rebuild the binary: a stale one
     // would test old code without a word.
     if std::env::var_os("FERRY_BIN").is_none() {
-        not_older_than_sources(
-            &path,
-            &["arch/src", "devices/src", "vmm/src", "third_party"],
-            "rs",
-            "run `cargo build -p ferry` (or test with --workspace)",
-        )?;
+        const HINT: &str = "run `cargo build -p ferry` (or test with --workspace)";
+        // Cargo's dep-info names exactly the sources the binary was built
+        // from (test-only modules are not among them).
+        match std::fs::read_to_string(path.with_extension("d")) {
+            Ok(dep_info) => built_after_sources(&path, &dep_info, HINT)?,
+            Err(_) => not_older_than_sources(
+                &path,
+                &["arch/src", "devices/src", "vmm/src", "third_party"],
+                "rs",
+                HINT,
+            )?,
+        }
     }
     Ok(path)
+}
+
+/// Fails when a source `dep_info` (a make rule, `target: sources...`)
+/// lists was modified after `built_file`.
+fn built_after_sources(built_file: &Path, dep_info: &str, hint: &str) -> Result<(), String> {
+    let built = std::fs::metadata(built_file)
+        .and_then(|m| m.modified())
+        .map_err(|e| format!("{}: {e}", built_file.display()))?;
+    let sources = dep_info
+        .lines()
+        .next()
+        .and_then(|rule| rule.split_once(": "))
+        .map_or("", |(_, s)| s);
+    for source in sources.split_whitespace().map(Path::new) {
+        let newer = std::fs::metadata(source)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m > built);
+        if newer {
+            return Err(format!(
+                "{} is older than {}: {hint}",
+                built_file.display(),
+                source.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fails when a file under `dirs` (relative to the repository, `ext` files

@@ -75,10 +75,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
 
-    /// Also share this host directory read-write at the same path
-    /// (repeatable). The current directory always is.
-    #[arg(long, value_name = "PATH")]
-    pub rw: Vec<PathBuf>,
+    /// Also share this host directory read-write at the same path, or at
+    /// GUEST (an absolute path) with HOST:GUEST (repeatable). The current
+    /// directory always is.
+    #[arg(long, value_name = "PATH[:GUEST]", value_parser = parse_rw)]
+    pub rw: Vec<RwArg>,
 
     /// Stop the VM and exit 124 after this long: 30s, 2m, 1h30m, 500ms
     /// (a bare number is seconds).
@@ -88,6 +89,36 @@ pub struct RunArgs {
     /// Extra kernel command line words.
     #[arg(long, value_name = "STR", default_value = "")]
     pub cmdline: String,
+
+    /// Make PATH writable in the guest, the changes kept in guest memory
+    /// and dropped at exit (overlayfs, upper layer on tmpfs; repeatable).
+    /// Added to the defaults: /etc /home /opt /root /srv /usr /var.
+    #[arg(long, value_name = "PATH")]
+    pub overlay: Vec<PathBuf>,
+
+    /// No default overlays: the host's / is read-only in the guest except
+    /// for the shares and each --overlay PATH.
+    #[arg(long)]
+    pub no_overlay: bool,
+
+    /// Give the command a terminal (a pty in the guest) even when Ferry's
+    /// stdin and stdout are not both terminals. Its stderr then joins
+    /// stdout, as with `ssh -t`.
+    #[arg(short = 't', long, conflicts_with = "no_tty")]
+    pub tty: bool,
+
+    /// No terminal for the command even when Ferry runs on one: stdin is a
+    /// pipe, stdout and stderr stay apart.
+    #[arg(short = 'T', long)]
+    pub no_tty: bool,
+
+    /// Run the command as USER (a name or a numeric uid from this host's
+    /// passwd) instead of as the caller. `--user root` is guest root with
+    /// every capability (modprobe, mount, sysctl, bpf, netns); HOME, USER
+    /// and LOGNAME follow the user. What guest root may do to host files:
+    /// see README.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 
     #[command(flatten)]
     pub machine: MachineArgs,
@@ -100,6 +131,38 @@ pub struct RunArgs {
         value_name = "CMD"
     )]
     pub command: Vec<OsString>,
+}
+
+/// One `--rw` value: a host directory and where the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RwArg {
+    pub host: PathBuf,
+    /// None: at the host path.
+    pub guest: Option<PathBuf>,
+}
+
+/// `PATH` or `HOST:GUEST`. A value that names an existing host path is a
+/// host path even if it holds a ':'; otherwise it splits at the last ':'
+/// followed by '/'.
+fn parse_rw(s: &str) -> Result<RwArg, String> {
+    let whole = PathBuf::from(s);
+    if whole.exists() {
+        return Ok(RwArg {
+            host: whole,
+            guest: None,
+        });
+    }
+    match s.rmatch_indices(":/").next() {
+        Some((at, _)) if at > 0 => Ok(RwArg {
+            host: PathBuf::from(&s[..at]),
+            guest: Some(PathBuf::from(&s[at + 1..])),
+        }),
+        // A missing host path: plan_shares says so, naming it.
+        _ => Ok(RwArg {
+            host: whole,
+            guest: None,
+        }),
+    }
 }
 
 /// The machine: CPUs, memory, shares, logging. Both ways of running have it.
@@ -117,9 +180,10 @@ pub struct MachineArgs {
     /// tag=NAME,path=DIR[,queues=N][,readonly=on][,cache=auto|always|never]
     /// [,dax=on][,cache-size=SIZE (DAX window, default 1G)].
     /// In the guest: mount -t virtiofs NAME /mnt (-o dax with a DAX window).
-    /// Under `ferry run` the guest mounts it at DIR itself.
-    #[arg(long = "fs", value_name = "OPTIONS", value_parser = crate::fs_option::parse_fs)]
-    pub fs: Vec<ferry_devices::virtio::fs::FsShare>,
+    /// Under `ferry run` the guest mounts it at DIR itself, or at
+    /// guest=/PATH.
+    #[arg(long = "fs", value_name = "OPTIONS", value_parser = crate::fs_option::parse_fs_arg)]
+    pub fs: Vec<crate::fs_option::FsArg>,
 
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "warn", value_name = "LEVEL")]
@@ -302,5 +366,34 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rw_values_split_at_the_guest_path() {
+        let tmp = std::env::temp_dir();
+        let t = tmp.display().to_string();
+        assert_eq!(
+            parse_rw(&t),
+            Ok(RwArg {
+                host: tmp.clone(),
+                guest: None
+            })
+        );
+        assert_eq!(
+            parse_rw(&format!("{t}:/srv/out")),
+            Ok(RwArg {
+                host: tmp.clone(),
+                guest: Some("/srv/out".into())
+            })
+        );
+        // An existing path with a ':' is a host path.
+        let odd = tmp.join(format!("ferry-rw:/x-{}", std::process::id()));
+        std::fs::create_dir_all(&odd).unwrap();
+        let arg = parse_rw(&odd.display().to_string()).unwrap();
+        assert_eq!((arg.host, arg.guest), (odd.clone(), None));
+        let _ = std::fs::remove_dir_all(tmp.join("ferry-rw:"));
+        // Nothing to split: left whole for the share planner to refuse.
+        assert_eq!(parse_rw("missing").unwrap().guest, None);
+        assert_eq!(parse_rw(":/x").unwrap().guest, None);
     }
 }

@@ -87,6 +87,53 @@ impl InputSink for HostInput {
     }
 }
 
+/// SIGWINCH (through a signalfd): the host terminal's new size, for the
+/// guest's pty.
+pub struct WindowSize {
+    signals: std::os::fd::OwnedFd,
+    input: Arc<Mutex<HostInput>>,
+}
+
+impl WindowSize {
+    /// Starts with the terminal's size now.
+    pub fn new(signals: std::os::fd::OwnedFd, input: Arc<Mutex<HostInput>>) -> Self {
+        let me = WindowSize { signals, input };
+        me.update();
+        me
+    }
+
+    fn update(&self) {
+        if let Some((rows, cols)) = crate::terminal::size() {
+            self.input
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_winsize(rows, cols);
+        }
+    }
+}
+
+impl MutEventSubscriber for WindowSize {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.signals, EventSet::IN)) {
+            log::warn!("terminal size signal: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        // SAFETY: reads into a local buffer of the right size; non-blocking.
+        while unsafe {
+            libc::read(
+                self.signals.as_raw_fd(),
+                info.as_mut_ptr().cast(),
+                info.len(),
+            )
+        } > 0
+        {}
+        self.update();
+    }
+}
+
 /// Moves Ferry's stdin into an [`InputSink`]. When the sink is full, stdin
 /// is dropped from the poll set until there is room again (the sink says
 /// so, or the main loop retries), so a flood of input never spins the

@@ -50,7 +50,7 @@ pub enum FsOptionError {
     NotKeyValue(String),
     #[error(
         "unknown key '{0}' (known: tag, path, queues, readonly, cache, dax, cache-size, \
-         dev-suid, acl, uid-map, gid-map)"
+         dev-suid, acl, uid-map, gid-map, guest)"
     )]
     UnknownKey(String),
     #[error("queues={0}: must be 1 to {MAX_QUEUES}")]
@@ -101,6 +101,33 @@ pub enum FsOptionError {
     NotADirectory(PathBuf),
     #[error("--fs: tag '{0}' is used twice")]
     DuplicateTag(String),
+    #[error("guest={0}: must be an absolute path")]
+    GuestPathRelative(String),
+}
+
+/// One `--fs` value: the share, and where `ferry run`'s guest mounts it
+/// (`guest=/path`; by default the host path).
+#[derive(Debug, Clone)]
+pub struct FsArg {
+    pub share: FsShare,
+    pub guest: Option<PathBuf>,
+}
+
+/// Parses one `--fs` value, `guest=` included, and checks the directory.
+pub fn parse_fs_arg(s: &str) -> Result<FsArg, FsOptionError> {
+    let mut guest = None;
+    let mut rest = Vec::new();
+    for item in s.split(',') {
+        match item.strip_prefix("guest=") {
+            Some(p) if p.starts_with('/') => guest = Some(PathBuf::from(p)),
+            Some(p) => return Err(FsOptionError::GuestPathRelative(p.to_string())),
+            None => rest.push(item),
+        }
+    }
+    Ok(FsArg {
+        share: parse_fs(&rest.join(","))?,
+        guest,
+    })
 }
 
 fn parse_cache_size(value: &str) -> Result<u64, FsOptionError> {

@@ -46,6 +46,14 @@ fn main() {
 /// `ferry --kernel ...`: the console on this terminal, the guest's status
 /// as Ferry's.
 fn boot(args: cli::BootArgs) -> i32 {
+    if let Some(a) = args.machine.fs.iter().find(|a| a.guest.is_some()) {
+        eprintln!(
+            "ferry: --fs tag={}: guest= is for `ferry run`; here the guest mounts the share \
+             where it likes (mount -t virtiofs {} /PATH)",
+            a.share.tag, a.share.tag
+        );
+        return 2;
+    }
     let config = vm::VmConfig {
         boot: args,
         console: vm::ConsoleMode::Terminal,

@@ -18,7 +18,7 @@ use ferry_devices::legacy::{
     I8042_PORT_COUNT, SERIAL_PORT_COUNT,
 };
 use ferry_devices::pci::{PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT};
-use ferry_devices::virtio::fs::{FsStats, VirtioFs};
+use ferry_devices::virtio::fs::{FsShare, FsStats, VirtioFs};
 use ferry_devices::virtio::{VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
 use ferry_devices::vm_ops::{GuestMemoryFault, VmOps};
 use ferry_devices::Bus;
@@ -30,12 +30,12 @@ use crate::sandbox::Sandbox;
 use crate::vm_ops::KvmVmOps;
 
 use crate::cli::BootArgs;
-use crate::console::{FdWriter, InputSink, StdinPump};
-use crate::control::{take_stop_signals, Control, ReportRequests};
+use crate::console::{FdWriter, InputSink, StdinPump, WindowSize};
+use crate::control::{signalfd_for, take_stop_signals, Control, ReportRequests};
 use crate::exit::{ExitReason, VmExit};
 use crate::loader::{build_cmdline, load_kernel, KernelEntry};
 use crate::memory::{create_guest_memory, register_guest_memory, GuestMemoryFerry};
-use crate::terminal::RawTerminal;
+use crate::terminal::{RawMode, RawTerminal};
 use crate::vcpu::{install_kick_handler, kick_signal, Vcpu};
 use crate::watchdog::{Epoch, VcpuProgress, Watchdog};
 
@@ -63,9 +63,12 @@ pub enum ConsoleMode {
     Terminal,
     /// COM1 into `output`. With `stdin_to_port`, Ferry's stdin feeds the
     /// input port (`ferry run`'s command reads it); else it is not read.
+    /// With `terminal`, the command has a pty in the guest: stdin, when a
+    /// terminal, goes fully raw and its size follows SIGWINCH.
     Captured {
         output: Box<dyn std::io::Write + Send>,
         stdin_to_port: bool,
+        terminal: bool,
     },
 }
 
@@ -209,7 +212,8 @@ fn add_pci_devices(
     io_bus: &Bus,
     mmio_bus: &Arc<Bus>,
 ) -> Result<FsDevices> {
-    check_unique_tags(&cli.machine.fs)?;
+    let shares: Vec<FsShare> = cli.machine.fs.iter().map(|a| a.share.clone()).collect();
+    check_unique_tags(&shares)?;
     let vm_ops: Arc<dyn VmOps> = Arc::new(KvmVmOps::new(vm.clone(), first_free_slot));
     let mut bars = AddressAllocator::new(MMIO32_START, MMIO32_BARS_SIZE);
     let mmio64 = mmio64_start(cli.machine.memory);
@@ -217,7 +221,7 @@ fn add_pci_devices(
     let mut root = PciRoot::new(mmio_bus.clone());
     let mut devices = FsDevices::default();
     let confine = sandbox.file_server();
-    for share in &cli.machine.fs {
+    for share in &shares {
         let context = || format!("virtio-fs '{}'", share.tag);
         let fs = VirtioFs::new(share.clone(), confine.clone()).with_context(context)?;
         devices.stats.push((share.tag.clone(), fs.stats()));
@@ -353,17 +357,23 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
     let exit = Arc::new(VmExit::new()?);
     let io_bus = Arc::new(Bus::new());
     let mmio_bus = Arc::new(Bus::new());
-    let (console_out, interactive, stdin_to_port): (Box<dyn std::io::Write + Send>, bool, bool) =
+    let (console_out, interactive, stdin_to_port, pty): (Box<dyn std::io::Write + Send>, _, _, _) =
         match console_mode {
-            ConsoleMode::Terminal => (Box::new(FdWriter::STDOUT), true, false),
+            ConsoleMode::Terminal => (Box::new(FdWriter::STDOUT), true, false, false),
             ConsoleMode::Captured {
                 output,
                 stdin_to_port,
-            } => (output, false, stdin_to_port),
+                terminal,
+            } => (output, false, stdin_to_port, terminal),
         };
     // Blocked before any thread starts (the file servers' start with the
-    // devices), so only the signalfd sees them.
+    // devices), so only the signalfds see them.
     let signals = take_stop_signals().context("signalfd")?;
+    let winch = if pty {
+        Some(signalfd_for(&[libc::SIGWINCH]).context("signalfd")?)
+    } else {
+        None
+    };
     install_kick_handler().context("vCPU kick signal handler")?;
     let legacy = add_legacy_devices(&vm, &io_bus, &exit, console_out)?;
     let fs = add_pci_devices(
@@ -390,6 +400,12 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
             .close();
         interactive.then(|| legacy.serial.clone() as Arc<Mutex<dyn InputSink>>)
     };
+    if let Some(signals) = winch {
+        event_manager.add_subscriber(Arc::new(Mutex::new(WindowSize::new(
+            signals,
+            legacy.input.clone(),
+        ))));
+    }
     let console = match input_sink {
         Some(sink) => {
             let c = Arc::new(Mutex::new(StdinPump::new(sink)?));
@@ -410,7 +426,9 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
     let mut progress = Vec::new();
     let mut threads = Vec::new();
     let terminal = if interactive {
-        RawTerminal::enter(0)
+        RawTerminal::enter(0, RawMode::Console)
+    } else if pty {
+        RawTerminal::enter(0, RawMode::Pty)
     } else {
         None
     };

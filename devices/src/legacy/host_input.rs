@@ -5,7 +5,10 @@
 //! Four ports, below the exit port. A 4-byte `in` at offset 0 reads the
 //! status: the number of bytes ready (at most [`HOST_INPUT_CAPACITY`]),
 //! with [`HOST_INPUT_EOF`] set once the host side has closed and nothing
-//! is left. Byte reads at offset 1 take bytes off the stream, and `rep
+//! is left, and in [`HOST_INPUT_WINSIZE_GEN`] a count of the host
+//! terminal's size changes. Writing [`HOST_INPUT_SELECT_WINSIZE`] at
+//! offset 2 makes the next 4-byte read at offset 0 return the size
+//! instead (rows in the high half, columns in the low one). Byte reads at offset 1 take bytes off the stream, and `rep
 //! insb` there moves up to a kilobyte per exit (KVM's string-I/O buffer),
 //! so input needs no UART and no driver in the guest: any kernel that runs
 //! Ferry's init can use it. A read past what is ready gets zeros (the guest
@@ -29,14 +32,23 @@ pub const HOST_INPUT_PORT_COUNT: u64 = 4;
 pub const HOST_INPUT_CAPACITY: usize = 64 << 10;
 /// Status bit: no more input will come.
 pub const HOST_INPUT_EOF: u32 = 1 << 31;
+/// Status bits: the terminal size's generation (wrapping).
+pub const HOST_INPUT_WINSIZE_GEN: u32 = 0x7f << 24;
+/// Written at offset 2: the next status read returns the terminal size.
+pub const HOST_INPUT_SELECT_WINSIZE: u8 = 1;
 
 const STATUS_OFFSET: u64 = 0;
 const DATA_OFFSET: u64 = 1;
+const SELECT_OFFSET: u64 = 2;
 
 pub struct HostInput {
     ready: VecDeque<u8>,
     closed: bool,
     drained: Option<EventFd>,
+    /// (rows, columns) of the host terminal, and how often it changed.
+    winsize: (u16, u16),
+    winsize_gen: u32,
+    winsize_selected: bool,
 }
 
 impl Default for HostInput {
@@ -51,6 +63,9 @@ impl HostInput {
             ready: VecDeque::new(),
             closed: false,
             drained: None,
+            winsize: (0, 0),
+            winsize_gen: 0,
+            winsize_selected: false,
         }
     }
 
@@ -79,12 +94,22 @@ impl HostInput {
         self.closed = true;
     }
 
-    fn status(&self) -> u32 {
+    /// The host terminal's size changed (or is first known).
+    pub fn set_winsize(&mut self, rows: u16, cols: u16) {
+        self.winsize = (rows, cols);
+        self.winsize_gen = self.winsize_gen.wrapping_add(1);
+    }
+
+    fn status(&mut self) -> u32 {
+        if std::mem::take(&mut self.winsize_selected) {
+            return (u32::from(self.winsize.0) << 16) | u32::from(self.winsize.1);
+        }
+        let gen = (self.winsize_gen << 24) & HOST_INPUT_WINSIZE_GEN;
         if self.ready.is_empty() && self.closed {
-            HOST_INPUT_EOF
+            HOST_INPUT_EOF | gen
         } else {
-            // At most HOST_INPUT_CAPACITY, far below the EOF bit.
-            u32::try_from(self.ready.len()).unwrap_or(HOST_INPUT_EOF - 1)
+            // At most HOST_INPUT_CAPACITY, far below the generation bits.
+            u32::try_from(self.ready.len()).map_or(0, |n| n & !HOST_INPUT_WINSIZE_GEN) | gen
         }
     }
 
@@ -125,7 +150,11 @@ impl BusDevice for HostInput {
         true
     }
 
-    fn write(&mut self, _offset: u64, _data: &[u8]) {}
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == SELECT_OFFSET && data.first() == Some(&HOST_INPUT_SELECT_WINSIZE) {
+            self.winsize_selected = true;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +224,36 @@ mod tests {
         // A read of nothing ready signals nothing.
         dev.read(DATA_OFFSET, &mut two);
         assert!(drained.read().is_err());
+    }
+
+    #[test]
+    fn the_terminal_size_has_a_generation_and_a_register() {
+        let mut dev = HostInput::new();
+        dev.push(b"ab");
+        assert_eq!(status(&mut dev), 2);
+        dev.set_winsize(33, 101);
+        let s = status(&mut dev);
+        assert_eq!(s & !HOST_INPUT_WINSIZE_GEN, 2, "the count is unchanged");
+        assert_eq!(s & HOST_INPUT_WINSIZE_GEN, 1 << 24);
+        dev.write(SELECT_OFFSET, &[HOST_INPUT_SELECT_WINSIZE]);
+        assert_eq!(status(&mut dev), (33 << 16) | 101);
+        assert_eq!(
+            status(&mut dev) & !HOST_INPUT_WINSIZE_GEN,
+            2,
+            "selected once"
+        );
+        for _ in 0..127 {
+            dev.set_winsize(1, 1);
+        }
+        assert_eq!(
+            status(&mut dev) & HOST_INPUT_WINSIZE_GEN,
+            0,
+            "wraps in 7 bits"
+        );
+        dev.close();
+        let mut two = [0u8; 2];
+        dev.read(DATA_OFFSET, &mut two);
+        assert_eq!(status(&mut dev) & HOST_INPUT_EOF, HOST_INPUT_EOF);
     }
 
     #[test]

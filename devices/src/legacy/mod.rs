@@ -10,6 +10,7 @@ mod serial;
 pub use exit_port::{ExitPort, GuestExit, EXIT_PORT};
 pub use host_input::{
     HostInput, HOST_INPUT_CAPACITY, HOST_INPUT_EOF, HOST_INPUT_PORT, HOST_INPUT_PORT_COUNT,
+    HOST_INPUT_SELECT_WINSIZE, HOST_INPUT_WINSIZE_GEN,
 };
 pub use host_stream::{HostStreams, HOST_STREAM_PORT, HOST_STREAM_PORT_COUNT};
 pub use i8042::{I8042, I8042_PORT, I8042_PORT_COUNT};

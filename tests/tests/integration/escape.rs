@@ -24,6 +24,8 @@ const POLICY_DEV: &str = "share policy: no device nodes (EPERM)";
 const POLICY_SETID: &str = "share policy: no setuid/setgid files (EPERM)";
 const POLICY_XATTR: &str = "share policy: security.*/trusted.* are the host's (EPERM)";
 const POLICY_RO: &str = "share policy: read-only share (EROFS)";
+const POLICY_OVERLAY_XATTR: &str =
+    "share policy: trusted.overlay.* reads as absent (ENODATA), never the host's value";
 const POLICY_SETID_WRITE: &str =
     "share policy: a write, truncation or O_TRUNC open of a setuid/setgid file clears the bits first";
 const POLICY_DEV_HELD: &str =
@@ -128,8 +130,13 @@ const ATTEMPTS: &[(&str, &str, &str)] = &[
     ),
     (
         "read_trusted_xattr",
-        "ferry-fsutil getxattr /mnt/sh trusted.overlay.opaque",
+        "ferry-fsutil getxattr /mnt/marked trusted.ferry",
         POLICY_XATTR,
+    ),
+    (
+        "read_trusted_overlay_xattr",
+        "ferry-fsutil getxattr /mnt/marked trusted.overlay.opaque",
+        POLICY_OVERLAY_XATTR,
     ),
     (
         "name_to_handle_and_forged_handle",
@@ -244,6 +251,7 @@ fn policy_error(defence: &str) -> Option<&'static str> {
             Some("Operation not permitted")
         }
         POLICY_RO => Some("Read-only file system"),
+        POLICY_OVERLAY_XATTR => Some("No data available"),
         _ => None,
     }
 }
@@ -270,6 +278,27 @@ fn battery() -> TestResult {
     for (name, mode) in setid {
         fs::write(s.path(name), "#!/bin/sh\necho host binary\n")?;
         fs::set_permissions(s.path(name), fs::Permissions::from_mode(mode))?;
+    }
+    // Host values the guest must never read.
+    fs::write(s.path("marked"), "marked\n")?;
+    let marked = std::ffi::CString::new(s.path("marked").as_os_str().as_encoded_bytes())?;
+    for (name, value) in [
+        (c"trusted.overlay.opaque", b"y".as_slice()),
+        (c"trusted.ferry", b"secret"),
+    ] {
+        // SAFETY: a plain system call with valid strings and buffer.
+        let rc = unsafe {
+            libc::setxattr(
+                marked.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(format!("setxattr {name:?}: {}", std::io::Error::last_os_error()).into());
+        }
     }
     let dev = std::ffi::CString::new(s.path("hostdev").as_os_str().as_encoded_bytes())?;
     // SAFETY: a plain system call on a path we own (the test runs as root).

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_tests::pty::{same_termios, PtySession};
 use ferry_tests::{
     ferry_bin, require_kvm, run_ferry_input, run_ferry_with, scratch_dir, Input, Outcome,
 };
@@ -273,7 +274,9 @@ fn host_root_is_read_only() -> TestResult {
         f = file.display(),
         o = outside.display()
     );
-    let out = ferry_run(&cwd, &["sh", "-c", &script])?;
+    // Without the default overlays, which could cover the scratch space
+    // (under /root or /home in direct mode).
+    let out = ferry_run(&cwd, &["--no-overlay", "sh", "-c", &script])?;
     status_is(&out, 0)?;
     check(
         out.stderr.contains("Read-only file system"),
@@ -285,6 +288,223 @@ fn host_root_is_read_only() -> TestResult {
         "the host path changed",
         &out,
     )
+}
+
+/// `--overlay DIR`: the command creates, changes and deletes files in a
+/// host directory outside its shares and sees its changes; the host
+/// directory is as it was.
+fn overlay_keeps_writes_in_the_guest() -> TestResult {
+    let base = scratch_dir("run_overlay");
+    let (cwd, outside) = (base.join("cwd"), base.join("outside"));
+    std::fs::create_dir_all(&cwd)?;
+    std::fs::create_dir_all(outside.join("sub"))?;
+    std::fs::write(outside.join("keep.txt"), "original\n")?;
+    std::fs::write(outside.join("gone.txt"), "here\n")?;
+    let script = format!(
+        "cd {o} && echo changed > keep.txt && rm gone.txt && mkdir new && echo n > new/f \
+         && rmdir sub && ls -a && cat keep.txt new/f",
+        o = outside.display()
+    );
+    let overlay = outside.display().to_string();
+    let out = ferry_run(&cwd, &["--overlay", &overlay, "sh", "-c", &script])?;
+    status_is(&out, 0)?;
+    check(
+        out.stdout == ".\n..\nkeep.txt\nnew\nchanged\nn\n",
+        "the guest did not see its own changes",
+        &out,
+    )?;
+    let mut host: Vec<String> = std::fs::read_dir(&outside)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    host.sort();
+    check(
+        host == ["gone.txt", "keep.txt", "sub"]
+            && std::fs::read_to_string(outside.join("keep.txt"))? == "original\n",
+        &format!("the host directory changed: {host:?}"),
+        &out,
+    )
+}
+
+/// The default overlays: guest root writes under /etc and in its HOME,
+/// reads it back, and the host has none of it; `--no-overlay` leaves /etc
+/// read-only.
+fn default_overlays_discard_writes() -> TestResult {
+    let dir = scratch_dir("run_overlay_defaults");
+    let probe = format!("ferry-probe-{}", std::process::id());
+    let script = format!(
+        "echo etc > /etc/{probe} && echo home > $HOME/{probe} && cat /etc/{probe} $HOME/{probe}"
+    );
+    let out = ferry_run(&dir, &["--user", "root", "--", "sh", "-c", &script])?;
+    status_is(&out, 0)?;
+    check(
+        out.stdout == "etc\nhome\n",
+        "the guest did not read its writes back",
+        &out,
+    )?;
+    check(
+        !Path::new("/etc").join(&probe).exists() && !Path::new("/root").join(&probe).exists(),
+        "a guest write under /etc or /root reached the host",
+        &out,
+    )?;
+    let out = ferry_run(
+        &dir,
+        &["--no-overlay", "--user", "root", "--", "sh", "-c", &script],
+    )?;
+    check(
+        out.code().is_some_and(|c| c != 0) && out.stderr.contains("Read-only file system"),
+        "with --no-overlay a write under /etc must fail with EROFS",
+        &out,
+    )
+}
+
+/// `--fs ...,guest=PATH` and `--rw HOST:GUEST`: shares mounted where the
+/// user says, writes reaching the host directories.
+fn shares_at_guest_paths() -> TestResult {
+    let base = scratch_dir("run_guest_path");
+    let (cwd, data, out_dir) = (base.join("cwd"), base.join("data"), base.join("out"));
+    for d in [&cwd, &data, &out_dir] {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(data.join("hello"), "from the host\n")?;
+    let fs = format!("tag=data,path={},guest=/tmp/ferry-data", data.display());
+    let rw = format!("{}:/var/ferry-out", out_dir.display());
+    let out = ferry_run(
+        &cwd,
+        &[
+            "--fs",
+            &fs,
+            "--rw",
+            &rw,
+            "--",
+            "sh",
+            "-c",
+            "cat /tmp/ferry-data/hello && echo back > /tmp/ferry-data/reply \
+             && echo out > /var/ferry-out/f",
+        ],
+    )?;
+    status_is(&out, 0)?;
+    check(
+        out.stdout.starts_with("from the host\n"),
+        "the --fs share is not at its guest path",
+        &out,
+    )?;
+    check(
+        std::fs::read_to_string(data.join("reply"))? == "back\n"
+            && std::fs::read_to_string(out_dir.join("f"))? == "out\n",
+        "writes at the guest paths did not reach the host directories",
+        &out,
+    )
+}
+
+/// How long a nested guest may take to show a prompt or answer a line.
+const TTY_WAIT: Duration = Duration::from_secs(60);
+
+fn run_args(args: &[&str]) -> Vec<String> {
+    std::iter::once("run")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect()
+}
+
+/// An interactive shell through a host terminal: it runs on a pty of the
+/// host terminal's size, answers typed lines, survives Ctrl-C (which goes
+/// to its foreground job), follows a resize, passes its exit status on,
+/// and the host terminal ends as it began.
+fn tty_interactive_shell() -> TestResult {
+    require_kvm()?;
+    let dir = scratch_dir("run_tty");
+    let args = run_args(&[
+        "--",
+        "env",
+        "PS1=ferry$ ",
+        "bash",
+        "--norc",
+        "--noprofile",
+        "-i",
+    ]);
+    let mut s = PtySession::start(&args, 33, 101, &dir)?;
+    s.expect("ferry$ ", TTY_WAIT)?;
+    s.send(b"echo $((6*7))\r")?;
+    s.expect("42\r\n", TTY_WAIT)?;
+    s.send(b"tty; stty size\r")?;
+    s.expect("/dev/pts/", TTY_WAIT)?;
+    s.expect("33 101", TTY_WAIT)?;
+    s.send(b"sleep 100\r")?;
+    std::thread::sleep(Duration::from_secs(2));
+    s.send(b"\x03")?;
+    s.expect("ferry$ ", TTY_WAIT)?;
+    s.send(b"echo rc=$?\r")?;
+    s.expect("rc=130", TTY_WAIT)?;
+    s.resize(40, 120)?;
+    let mut resized = false;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(500));
+        s.send(b"stty size\r")?;
+        if s.expect("40 120", Duration::from_secs(5)).is_ok() {
+            resized = true;
+            break;
+        }
+    }
+    if !resized {
+        return Err(format!("the guest's terminal never became 40x120:\n{}", s.screen()).into());
+    }
+    s.send(b"exit 7\r")?;
+    let status = s.wait(TTY_WAIT)?;
+    if status.code() != Some(7) {
+        return Err(format!("exit status {status:?}, expected 7:\n{}", s.screen()).into());
+    }
+    if !same_termios(&s.termios()?, &s.initial) {
+        return Err("the host terminal's settings differ from before".into());
+    }
+    Ok(())
+}
+
+/// `-T` on a terminal: the command gets no terminal; `-t` with pipes: it
+/// gets one.
+fn tty_forced_and_refused() -> TestResult {
+    require_kvm()?;
+    let dir = scratch_dir("run_tty_flags");
+    let args = run_args(&["-T", "--", "sh", "-c", "test -t 0 || echo no-terminal"]);
+    let mut s = PtySession::start(&args, 24, 80, &dir)?;
+    s.expect("no-terminal", TTY_WAIT)?;
+    let status = s.wait(TTY_WAIT)?;
+    if status.code() != Some(0) {
+        return Err(format!("-T: exit status {status:?}:\n{}", s.screen()).into());
+    }
+    let out = ferry_run(&dir, &["-t", "--", "tty"])?;
+    status_is(&out, 0)?;
+    check(
+        out.stdout.contains("/dev/pts/"),
+        "-t did not give the command a terminal",
+        &out,
+    )
+}
+
+/// Ferry killed with SIGKILL while the terminal is raw: its guard puts the
+/// terminal back.
+fn tty_restored_after_sigkill() -> TestResult {
+    require_kvm()?;
+    let dir = scratch_dir("run_tty_kill");
+    let args = run_args(&["--", "sleep", "100"]);
+    let mut s = PtySession::start(&args, 24, 80, &dir)?;
+    let raw_by = Instant::now() + TTY_WAIT;
+    while same_termios(&s.termios()?, &s.initial) {
+        if Instant::now() > raw_by {
+            return Err("Ferry never put the terminal in raw mode".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill sends a signal to the child we started.
+    unsafe { libc::kill(libc::pid_t::try_from(s.pid())?, libc::SIGKILL) };
+    s.wait(TTY_WAIT)?;
+    let back_by = Instant::now() + Duration::from_secs(5);
+    while !same_termios(&s.termios()?, &s.initial) {
+        if Instant::now() > back_by {
+            return Err("after SIGKILL the terminal stayed raw".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn timeout_stops_the_vm() -> TestResult {
@@ -377,6 +597,116 @@ fn make_check_runs_in_the_project() -> TestResult {
                 .as_deref()
                 == Some("built\n"),
         "make check did not run in the project directory",
+        &out,
+    )
+}
+
+/// The `CapEff:` and `CapBnd:` masks printed by `grep Cap /proc/self/status`.
+fn capabilities(out: &Outcome) -> (Option<&str>, Option<&str>) {
+    let mask = |key: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    (mask("CapEff:"), mask("CapBnd:"))
+}
+
+/// `--user root`: uid 0 with every capability, so it can mount.
+fn user_root_has_every_capability() -> TestResult {
+    let dir = scratch_dir("run_user_root");
+    let out = ferry_run(
+        &dir,
+        &[
+            "--user",
+            "root",
+            "--",
+            "sh",
+            "-c",
+            "id -u; echo home=$HOME user=$USER; grep Cap /proc/self/status; \
+             mount -t tmpfs none /mnt && echo mounted",
+        ],
+    )?;
+    status_is(&out, 0)?;
+    let (eff, bnd) = capabilities(&out);
+    check(
+        out.stdout.starts_with("0\nhome=/root user=root\n")
+            && eff.is_some()
+            && eff == bnd
+            && out.stdout.contains("mounted\n"),
+        "expected uid 0, root's HOME and USER, CapEff equal to CapBnd and a mount",
+        &out,
+    )
+}
+
+/// `--user nobody`: its uid, gid and HOME from passwd, no capabilities,
+/// and it cannot do what root can.
+fn user_by_name_runs_as_that_user() -> TestResult {
+    let dir = scratch_dir("run_user_nobody");
+    let out = ferry_run(
+        &dir,
+        &[
+            "--user",
+            "nobody",
+            "--",
+            "sh",
+            "-c",
+            "echo ids=$(id -u):$(id -g) user=$USER logname=$LOGNAME; grep Cap /proc/self/status; \
+             mount -t tmpfs none /mnt 2>/dev/null || echo mount-refused",
+        ],
+    )?;
+    status_is(&out, 0)?;
+    let (eff, _) = capabilities(&out);
+    check(
+        out.stdout
+            .starts_with("ids=65534:65534 user=nobody logname=nobody\n")
+            && eff == Some("0000000000000000")
+            && out.stdout.contains("mount-refused\n"),
+        "expected nobody's ids and names, no capabilities, a refused mount",
+        &out,
+    )
+}
+
+/// The kernel file systems kernel and eBPF work expects are mounted where
+/// systemd puts them, and they work (tracefs answers).
+fn kernel_file_systems_are_mounted() -> TestResult {
+    let dir = scratch_dir("run_kernel_fs");
+    let out = ferry_run(
+        &dir,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/mounts; echo clock=$(cat /sys/kernel/tracing/trace_clock)",
+        ],
+    )?;
+    status_is(&out, 0)?;
+    let mounted = |fstype: &str, at: &str| {
+        out.stdout.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[1] == at && f[2] == fstype
+        })
+    };
+    for (fstype, at) in [
+        ("securityfs", "/sys/kernel/security"),
+        ("debugfs", "/sys/kernel/debug"),
+        ("tracefs", "/sys/kernel/tracing"),
+        ("cgroup2", "/sys/fs/cgroup"),
+        ("bpf", "/sys/fs/bpf"),
+        ("configfs", "/sys/kernel/config"),
+        ("mqueue", "/dev/mqueue"),
+        ("hugetlbfs", "/dev/hugepages"),
+    ] {
+        check(
+            mounted(fstype, at),
+            &format!("{fstype} is not mounted at {at}"),
+            &out,
+        )?;
+    }
+    check(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("clock=") && l.contains("[local]")),
+        "tracefs did not answer trace_clock",
         &out,
     )
 }
@@ -529,6 +859,48 @@ pub fn trials() -> Vec<Trial> {
         }),
         Trial::test("run::bad_input::bad_timeout", || {
             run_rejects(&["--timeout", "soon", "--", "true"], "duration")
+        }),
+        Trial::test("run::kernel_file_systems", kernel_file_systems_are_mounted),
+        Trial::test("run::overlay::explicit", overlay_keeps_writes_in_the_guest),
+        Trial::test("run::overlay::defaults", default_overlays_discard_writes),
+        Trial::test("run::bad_input::missing_overlay", || {
+            run_rejects(
+                &["--overlay", "/no/such/dir", "--", "true"],
+                "--overlay /no/such/dir: no such directory",
+            )
+        }),
+        Trial::test("run::guest_paths", shares_at_guest_paths),
+        Trial::test("run::bad_input::relative_guest_path", || {
+            run_rejects(
+                &["--fs", "tag=x,path=/tmp,guest=relative", "--", "true"],
+                "guest=relative: must be an absolute path",
+            )
+        }),
+        Trial::test("run::bad_input::uncreatable_guest_path", || {
+            run_rejects(
+                &[
+                    "--no-overlay",
+                    "--rw",
+                    "/tmp:/no-such-dir-for-ferry/x",
+                    "--",
+                    "true",
+                ],
+                "the guest's root is read-only",
+            )
+        }),
+        Trial::test("run::tty::interactive_shell", tty_interactive_shell),
+        Trial::test("run::tty::forced_and_refused", tty_forced_and_refused),
+        Trial::test(
+            "run::tty::restored_after_sigkill",
+            tty_restored_after_sigkill,
+        ),
+        Trial::test("run::user::root", user_root_has_every_capability),
+        Trial::test("run::user::by_name", user_by_name_runs_as_that_user),
+        Trial::test("run::bad_input::unknown_user", || {
+            run_rejects(
+                &["--user", "no-such-user-for-ferry", "--", "true"],
+                "--user no-such-user-for-ferry: no such user",
+            )
         }),
     ]
 }

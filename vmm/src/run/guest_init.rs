@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 
 use ferry_devices::legacy::{
     EXIT_PORT, HOST_INPUT_CAPACITY, HOST_INPUT_EOF, HOST_INPUT_PORT, HOST_INPUT_PORT_COUNT,
-    HOST_STREAM_PORT,
+    HOST_INPUT_SELECT_WINSIZE, HOST_INPUT_WINSIZE_GEN, HOST_STREAM_PORT,
 };
 
 use super::spec::{RunSpec, SpecError};
@@ -42,6 +42,7 @@ const STDOUT_PORT: u16 = port(HOST_STREAM_PORT);
 const STDERR_PORT: u16 = port(HOST_STREAM_PORT + 4);
 const INPUT_STATUS_PORT: u16 = port(HOST_INPUT_PORT);
 const INPUT_DATA_PORT: u16 = port(HOST_INPUT_PORT + 1);
+const INPUT_SELECT_PORT: u16 = port(HOST_INPUT_PORT + 2);
 /// The input port has no interrupt: while it is idle init looks again
 /// after 1, 2, 4, 8 and then every 16 ms (a keystroke waits at most that).
 const INPUT_IDLE_POLL_MAX_MS: i32 = 16;
@@ -178,10 +179,18 @@ enum InitError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot overlay {}: {source} (--no-overlay leaves the default overlays out)", path.display())]
+    Overlay {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("signalfd: {0}")]
     Signalfd(#[source] io::Error),
     #[error("pipe: {0}")]
     Pipe(#[source] io::Error),
+    #[error("pty: {0}")]
+    Pty(#[source] io::Error),
     #[error("working directory {}: {source}", path.display())]
     Cwd {
         path: PathBuf,
@@ -201,7 +210,7 @@ fn init(spec_path: &Path) -> Result<i32, InitError> {
         path: path(),
         source,
     })?;
-    mount_userland()?;
+    mount_userland(&spec.overlays)?;
     for m in &spec.mounts {
         if !m.path.is_dir() {
             std::fs::create_dir_all(&m.path).map_err(|source| InitError::MountPoint {
@@ -224,8 +233,11 @@ fn init(spec_path: &Path) -> Result<i32, InitError> {
     run_command(&spec)
 }
 
-/// The file systems a Linux userland expects, on the read-only root.
-fn mount_userland() -> Result<(), InitError> {
+/// The file systems a Linux userland expects, on the read-only root, and
+/// the overlays: /run first (it holds the overlays' upper layers), then
+/// the overlays, then the other tmpfs mounts, so that /var/tmp lands on
+/// top of a /var overlay rather than under it.
+fn mount_userland(overlays: &[PathBuf]) -> Result<(), InitError> {
     use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID};
     // (file system, where, flags, data); the source is the type's name.
     let kernel_fs = [
@@ -233,33 +245,128 @@ fn mount_userland() -> Result<(), InitError> {
         ("sysfs", "/sys", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
         ("devtmpfs", "/dev", MS_NOSUID, "mode=0755"),
         ("devpts", "/dev/pts", MS_NOSUID | MS_NOEXEC, "ptmxmode=0666"),
+        ("tmpfs", "/run", MS_NOSUID | MS_NODEV, "mode=0755"),
     ];
-    let tmpfs = [
+    for (fstype, at, flags, data) in kernel_fs {
+        mount_userland_fs(fstype, at, flags, data)?;
+    }
+    mount_kernel_extras();
+    mount_overlays(overlays)?;
+    for (at, data) in [
         ("/dev/shm", "mode=1777"),
         ("/tmp", "mode=1777"),
-        ("/run", "mode=0755"),
         ("/var/tmp", "mode=1777"),
-    ];
-    let all = kernel_fs.into_iter().chain(
-        tmpfs
-            .into_iter()
-            .map(|(at, data)| ("tmpfs", at, MS_NOSUID | MS_NODEV, data)),
-    );
-    for (fstype, at, flags, data) in all {
-        let target = Path::new(at);
-        // On the read-only root only a tmpfs or devtmpfs parent can take a
-        // new directory (/dev/pts, /dev/shm); a missing one elsewhere is
-        // left out.
-        if !target.is_dir() && std::fs::create_dir(target).is_err() {
-            continue;
-        }
-        mount(fstype, target, fstype, flags, data).map_err(|source| InitError::MountUserland {
-            fstype,
-            path: at,
-            source,
-        })?;
+    ] {
+        mount_userland_fs("tmpfs", at, MS_NOSUID | MS_NODEV, data)?;
     }
     Ok(())
+}
+
+fn mount_userland_fs(
+    fstype: &'static str,
+    at: &'static str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), InitError> {
+    let target = Path::new(at);
+    // On the read-only root only a tmpfs or devtmpfs parent can take a
+    // new directory (/dev/pts, /dev/shm); a missing one elsewhere is left
+    // out.
+    if !target.is_dir() && std::fs::create_dir(target).is_err() {
+        return Ok(());
+    }
+    mount(fstype, target, fstype, flags, data).map_err(|source| InitError::MountUserland {
+        fstype,
+        path: at,
+        source,
+    })
+}
+
+/// Where the overlays' upper and work directories live: guest memory.
+const OVERLAY_STATE: &str = "/run/ferry/overlay";
+
+/// Mounts an overlayfs on each directory: the host's files below, a tmpfs
+/// directory above (owned and moded as the host's directory, since the
+/// merged directory takes the upper one's attributes).
+fn mount_overlays(overlays: &[PathBuf]) -> Result<(), InitError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    for (i, lower) in overlays.iter().enumerate() {
+        let failed = |source| InitError::Overlay {
+            path: lower.clone(),
+            source,
+        };
+        let state = Path::new(OVERLAY_STATE).join(i.to_string());
+        let (upper, work) = (state.join("upper"), state.join("work"));
+        let meta = std::fs::metadata(lower).map_err(failed)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&work)
+            .and_then(|()| std::fs::create_dir(&upper))
+            .and_then(|()| std::os::unix::fs::chown(&upper, Some(meta.uid()), Some(meta.gid())))
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    &upper,
+                    std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+                )
+            })
+            .map_err(failed)?;
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        mount("overlay", lower, "overlay", 0, &data).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// What kernel, tracing and eBPF work expects, where systemd puts it.
+const KERNEL_EXTRAS: [(&str, &str); 8] = [
+    ("securityfs", "/sys/kernel/security"),
+    ("debugfs", "/sys/kernel/debug"),
+    ("tracefs", "/sys/kernel/tracing"),
+    ("cgroup2", "/sys/fs/cgroup"),
+    ("bpf", "/sys/fs/bpf"),
+    ("configfs", "/sys/kernel/config"),
+    ("mqueue", "/dev/mqueue"),
+    ("hugetlbfs", "/dev/hugepages"),
+];
+
+/// Mounts [`KERNEL_EXTRAS`] where the kernel has the file system (a type
+/// missing from /proc/filesystems is left out: a distribution kernel with
+/// it as a module not loaded, say). A failure is noted in the kernel log
+/// and is not fatal: the command may not need it.
+fn mount_kernel_extras() {
+    use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID};
+    let known = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let has = |fstype: &str| {
+        known
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(fstype))
+    };
+    for (fstype, at) in KERNEL_EXTRAS {
+        if !has(fstype) {
+            continue;
+        }
+        let target = Path::new(at);
+        let flags = match fstype {
+            "hugetlbfs" => MS_NOSUID | MS_NODEV,
+            _ => MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        };
+        let done = (target.is_dir() || std::fs::create_dir_all(target).is_ok())
+            .then(|| mount(fstype, target, fstype, flags, ""));
+        let err = match done {
+            Some(Ok(())) => continue,
+            Some(Err(e)) => e.to_string(),
+            None => "no mount point".to_string(),
+        };
+        let _ = std::fs::write(
+            "/dev/kmsg",
+            format!("ferry-init: {fstype} on {at}: {err}\n"),
+        );
+    }
 }
 
 fn cstring(s: &[u8]) -> io::Result<CString> {
@@ -345,21 +452,38 @@ fn pipe() -> io::Result<(File, OwnedFd)> {
 fn run_command(spec: &RunSpec) -> Result<i32, InitError> {
     // Blocked before the fork; the child's mask is reset by spawn.
     let sigchld = signalfd_for(&[libc::SIGCHLD]).map_err(InitError::Signalfd)?;
-    let (out_r, out_w) = pipe().map_err(InitError::Pipe)?;
-    let (err_r, err_w) = pipe().map_err(InitError::Pipe)?;
-    let (in_r, in_w) = pipe().map_err(InitError::Pipe)?;
-    set_nonblocking(in_w.as_raw_fd());
     let mut cmd = Command::new(&spec.argv[0]);
+    // Where the command's output and input go: pipes, or one pty.
+    let (outputs, input) = match spec.tty {
+        None => {
+            let (out_r, out_w) = pipe().map_err(InitError::Pipe)?;
+            let (err_r, err_w) = pipe().map_err(InitError::Pipe)?;
+            let (in_r, in_w) = pipe().map_err(InitError::Pipe)?;
+            set_nonblocking(in_w.as_raw_fd());
+            cmd.stdin(Stdio::from(in_r)).stdout(out_w).stderr(err_w);
+            ([Some(out_r), Some(err_r)], StdinRelay::new(in_w, None))
+        }
+        Some((rows, cols)) => {
+            let (master, slave) = open_pty(rows, cols, spec.uid).map_err(InitError::Pty)?;
+            let copy = |fd: &OwnedFd| fd.try_clone().map_err(InitError::Pty);
+            cmd.stdin(copy(&slave)?).stdout(copy(&slave)?).stderr(slave);
+            let writer = copy(&master)?;
+            set_nonblocking(writer.as_raw_fd());
+            let tty = writer.as_raw_fd();
+            (
+                [Some(File::from(master)), None],
+                StdinRelay::new(writer, Some(tty)),
+            )
+        }
+    };
+    let controlling_tty = spec.tty.is_some();
     cmd.args(&spec.argv[1..])
         .env_clear()
         .envs(spec.env.iter().filter_map(|e| {
             let b = e.as_bytes();
             let eq = b.iter().position(|&c| c == b'=')?;
             Some((OsStr::from_bytes(&b[..eq]), OsStr::from_bytes(&b[eq + 1..])))
-        }))
-        .stdin(Stdio::from(in_r))
-        .stdout(out_w)
-        .stderr(err_w);
+        }));
     let (uid, gid, groups, umask) = (spec.uid, spec.gid, spec.groups.clone(), spec.umask);
     let cwd = cstring(spec.cwd.as_os_str().as_bytes()).map_err(|source| InitError::Cwd {
         path: spec.cwd.clone(),
@@ -374,6 +498,7 @@ fn run_command(spec: &RunSpec) -> Result<i32, InitError> {
             libc::ioperm(u64::from(EXIT), 1, 0);
             libc::ioperm(u64::from(STDOUT_PORT), 8, 0);
             let ok = libc::setsid() >= 0
+                && (!controlling_tty || libc::ioctl(0, libc::TIOCSCTTY, 0) == 0)
                 && libc::setgroups(groups.len(), groups.as_ptr()) == 0
                 && libc::setgid(gid) == 0
                 && libc::setuid(uid) == 0;
@@ -404,8 +529,53 @@ fn run_command(spec: &RunSpec) -> Result<i32, InitError> {
     drop(cmd);
     // Pids fit a pid_t (the kernel's pid_max is at most 2^22).
     let pid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
-    let status = relay(pid, [out_r, err_r], StdinRelay::new(in_w), &sigchld);
+    let status = relay(pid, outputs, input, &sigchld);
     Ok(status)
+}
+
+/// A pty of `rows` x `cols` whose terminal belongs to `uid` and the `tty`
+/// group, mode 0620, as a login's does (so `tty`, `write` and `script`
+/// work); (master, terminal).
+fn open_pty(rows: u16, cols: u16, uid: u32) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (mut master, mut slave) = (-1, -1);
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty fills both descriptors; the other pointers are null
+    // or valid.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both were just opened and are ours alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    // SAFETY: getgrnam returns a pointer into static storage or null;
+    // fchown/fchmod act on our own descriptor.
+    unsafe {
+        for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        let group = libc::getgrnam(c"tty".as_ptr());
+        let gid = if group.is_null() {
+            u32::MAX // leaves the group as it is
+        } else {
+            (*group).gr_gid
+        };
+        libc::fchown(slave.as_raw_fd(), uid, gid);
+        libc::fchmod(slave.as_raw_fd(), 0o620);
+    }
+    Ok((master, slave))
 }
 
 fn set_nonblocking(fd: RawFd) {
@@ -424,20 +594,50 @@ fn set_nonblocking(fd: RawFd) {
 /// command's stdin pipe, no faster than the command reads it. The port's
 /// EOF closes the pipe; a command that closes its stdin ends the relay.
 struct StdinRelay {
-    /// The pipe's write end (non-blocking); None once input is over.
+    /// The pipe's write end, or the pty master (non-blocking); None once
+    /// input is over.
     pipe: Option<File>,
     pending: Vec<u8>,
     sent: usize,
     idle_ms: i32,
+    /// The pty master, whose size follows the host terminal's.
+    tty: Option<RawFd>,
+    winsize_gen: u32,
 }
 
 impl StdinRelay {
-    fn new(pipe: OwnedFd) -> Self {
+    fn new(pipe: OwnedFd, tty: Option<RawFd>) -> Self {
         StdinRelay {
             pipe: Some(File::from(pipe)),
             pending: Vec::new(),
             sent: 0,
             idle_ms: 0,
+            tty,
+            winsize_gen: 0,
+        }
+    }
+
+    /// A new host terminal size goes to the pty (the kernel then sends
+    /// SIGWINCH to the command's foreground job).
+    fn follow_winsize(&mut self, status: u32) {
+        let (Some(tty), gen) = (self.tty, status & HOST_INPUT_WINSIZE_GEN) else {
+            return;
+        };
+        if gen == self.winsize_gen {
+            return;
+        }
+        self.winsize_gen = gen;
+        out_bytes(INPUT_SELECT_PORT, &[HOST_INPUT_SELECT_WINSIZE]);
+        let size = in_u32(INPUT_STATUS_PORT);
+        let ws = libc::winsize {
+            ws_row: u16::try_from(size >> 16).unwrap_or(0),
+            ws_col: u16::try_from(size & 0xffff).unwrap_or(0),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        if ws.ws_row > 0 && ws.ws_col > 0 {
+            // SAFETY: TIOCSWINSZ reads the struct given, on our master.
+            unsafe { libc::ioctl(tty, libc::TIOCSWINSZ, &ws) };
         }
     }
 
@@ -456,11 +656,18 @@ impl StdinRelay {
                 continue;
             }
             let status = in_u32(INPUT_STATUS_PORT);
+            self.follow_winsize(status);
             if status & HOST_INPUT_EOF != 0 {
+                if let (Some(_), Some(master)) = (self.tty, self.pipe.as_mut()) {
+                    // A terminal has no end of input of its own: the
+                    // line discipline's EOF character (Ctrl-D) stands in.
+                    let _ = master.write(&[4]);
+                }
                 self.pipe = None;
                 return;
             }
-            let ready = usize::try_from(status).map_or(0, |n| n.min(HOST_INPUT_CAPACITY));
+            let count = status & !(HOST_INPUT_EOF | HOST_INPUT_WINSIZE_GEN);
+            let ready = usize::try_from(count).map_or(0, |n| n.min(HOST_INPUT_CAPACITY));
             if ready == 0 {
                 return;
             }
@@ -495,9 +702,14 @@ impl StdinRelay {
 /// until it has exited and its output pipes are drained, reaping every
 /// orphan meanwhile (PID 1's duty). Returns its exit status, or 128 + the
 /// signal that killed it.
-fn relay(child: libc::pid_t, pipes: [File; 2], mut input: StdinRelay, sigchld: &OwnedFd) -> i32 {
+fn relay(
+    child: libc::pid_t,
+    outputs: [Option<File>; 2],
+    mut input: StdinRelay,
+    sigchld: &OwnedFd,
+) -> i32 {
     let ports = [STDOUT_PORT, STDERR_PORT];
-    let mut open: Vec<Option<File>> = pipes.into_iter().map(Some).collect();
+    let mut open: Vec<Option<File>> = outputs.into();
     let mut buf = vec![0u8; RELAY_CHUNK];
     let mut status = None;
     loop {
@@ -544,8 +756,15 @@ fn relay(child: libc::pid_t, pipes: [File; 2], mut input: StdinRelay, sigchld: &
                 continue;
             };
             match pipe.read(&mut buf) {
+                Ok(n @ 1..) => out_bytes(ports[i], &buf[..n]),
+                // A pty master shares its non-blocking flag with the
+                // input side's copy.
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted => {}
+                // EOF, or EIO from a pty master once the terminal is
+                // closed everywhere.
                 Ok(0) | Err(_) => open[i] = None,
-                Ok(n) => out_bytes(ports[i], &buf[..n]),
             }
         }
         if fds[2].revents != 0 {

@@ -8,7 +8,9 @@
 
 pub mod guest_init;
 mod kernel_path;
+mod overlay;
 mod spec;
+mod user;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -21,8 +23,9 @@ use anyhow::{bail, Context, Result};
 
 use ferry_devices::virtio::fs::{FsShare, IdMap, IdMapping};
 
-use crate::cli::{BootArgs, RunArgs};
+use crate::cli::{BootArgs, RunArgs, RwArg};
 use crate::exit::ExitReason;
+use crate::fs_option::FsArg;
 use crate::vm::{self, ConsoleMode, VmConfig};
 use guest_init::{SPEC_ENV, STATUS_SETUP_FAILED};
 use spec::{GuestMount, RunSpec};
@@ -81,16 +84,44 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
     };
     let cwd = std::env::current_dir().context("the current directory")?;
     let (shares, mounts) = plan_shares(&cwd, &args.rw, &args.machine.fs)?;
-    let (uid, gid) = current_ids();
+    let share_paths: Vec<PathBuf> = mounts.iter().map(|m| m.path.clone()).collect();
+    let overlays = overlay::plan(
+        &args.overlay,
+        args.no_overlay,
+        &share_paths,
+        !shares[0].readonly,
+    )?;
+    check_mount_points(&mounts, &overlays)?;
+    let mut env = guest_env(std::env::vars_os(), &cwd);
+    let (uid, gid, groups) = match &args.user {
+        None => {
+            let (uid, gid) = current_ids();
+            (uid, gid, current_groups())
+        }
+        Some(spec) => {
+            let user = user::resolve(spec)?;
+            set_env(&mut env, "HOME", user.home.as_os_str());
+            set_env(&mut env, "USER", &user.name);
+            set_env(&mut env, "LOGNAME", &user.name);
+            (user.uid, user.gid, user.groups)
+        }
+    };
+    // As ssh: a terminal when Ferry runs on one (stdin and stdout), or
+    // when asked; never with -T.
+    // SAFETY: isatty only inspects the descriptor.
+    let on_terminal = unsafe { libc::isatty(0) == 1 && libc::isatty(1) == 1 };
+    let tty = !args.no_tty && (args.tty || on_terminal);
     let spec = RunSpec {
+        tty: tty.then(|| crate::terminal::size().unwrap_or((24, 80))),
         argv: args.command.clone(),
-        env: guest_env(std::env::vars_os(), &cwd),
+        env,
         cwd,
         uid,
         gid,
-        groups: current_groups(),
+        groups,
         umask: current_umask(),
         mounts,
+        overlays,
     };
     let spec_file = SpecFile::write(&spec)?;
     let init = std::env::current_exe().context("the path of the ferry binary")?;
@@ -114,13 +145,17 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
             initramfs: None,
             cmdline: cmdline.join(" "),
             machine: crate::cli::MachineArgs {
-                fs: shares,
+                fs: shares
+                    .into_iter()
+                    .map(|share| FsArg { share, guest: None })
+                    .collect(),
                 ..args.machine.clone()
             },
         },
         console: ConsoleMode::Captured {
             output: Box::new(SharedConsole(console.clone())),
             stdin_to_port: true,
+            terminal: tty,
         },
         timeout: args.timeout,
         violation_status: guest_init::STATUS_SETUP_FAILED,
@@ -166,40 +201,59 @@ fn cmdline_word(path: &Path) -> Result<String> {
 
 /// The virtio-fs devices and the guest mounts: the root read-only, then
 /// each read-write directory (the current one and `--rw`), then the user's
-/// own `--fs` shares, each mounted at its host path.
+/// own `--fs` shares, each mounted at its host path or at the guest path
+/// given (`--rw HOST:GUEST`, `--fs ...,guest=PATH`).
 fn plan_shares(
     cwd: &Path,
-    rw: &[PathBuf],
-    extra: &[FsShare],
+    rw: &[RwArg],
+    extra: &[FsArg],
 ) -> Result<(Vec<FsShare>, Vec<GuestMount>)> {
-    let mut dirs = Vec::new();
-    for p in std::iter::once(cwd).chain(rw.iter().map(PathBuf::as_path)) {
-        let dir = p
+    let mut at_home = Vec::new();
+    let mut moved = Vec::new();
+    let cwd_arg = RwArg {
+        host: cwd.to_path_buf(),
+        guest: None,
+    };
+    for r in std::iter::once(&cwd_arg).chain(rw) {
+        let dir = r
+            .host
             .canonicalize()
-            .with_context(|| format!("--rw {}", p.display()))?;
+            .with_context(|| format!("--rw {}", r.host.display()))?;
         if !dir.is_dir() {
-            bail!("--rw {}: not a directory", p.display());
+            bail!("--rw {}: not a directory", r.host.display());
         }
-        dirs.push(dir);
+        match &r.guest {
+            Some(g) if *g != dir => {
+                moved.push((dir, guest_path(g, &format!("--rw {}", r.host.display()))?))
+            }
+            _ => at_home.push(dir),
+        }
     }
-    let dirs = outermost(dirs);
-    let root_writable = dirs.iter().any(|d| d == Path::new("/"));
+    let at_home = outermost(at_home);
+    let root_writable = at_home.iter().any(|d| d == Path::new("/"));
     let mut shares = vec![share(ROOT_TAG, PathBuf::from("/"), !root_writable)];
     let mut mounts = Vec::new();
-    for (i, dir) in dirs.into_iter().filter(|d| d != Path::new("/")).enumerate() {
+    let rw_dirs = at_home
+        .into_iter()
+        .filter(|d| d != Path::new("/"))
+        .map(|d| (d.clone(), d))
+        .chain(moved);
+    for (i, (host, guest)) in rw_dirs.enumerate() {
         let tag = format!("ferry-rw{i}");
         mounts.push(GuestMount {
             tag: tag.clone(),
-            path: dir.clone(),
+            path: guest,
             options: String::new(),
         });
-        shares.push(share(&tag, dir, false));
+        shares.push(share(&tag, host, false));
     }
-    for s in extra {
-        let path = s
-            .path
-            .canonicalize()
-            .with_context(|| format!("--fs tag={}", s.tag))?;
+    for a in extra {
+        let s = &a.share;
+        let context = format!("--fs tag={}", s.tag);
+        let path = match &a.guest {
+            Some(g) => guest_path(g, &context)?,
+            None => s.path.canonicalize().with_context(|| context.clone())?,
+        };
         mounts.push(GuestMount {
             tag: s.tag.clone(),
             path,
@@ -214,6 +268,58 @@ fn plan_shares(
     // Parents before what is mounted inside them.
     mounts.sort_by_key(|m| m.path.components().count());
     Ok((shares, mounts))
+}
+
+/// A guest mount point as the user gave it: absolute, with no `.` or `..`,
+/// and not the root (which is the host's own).
+fn guest_path(p: &Path, what: &str) -> Result<PathBuf> {
+    use std::path::Component;
+    if !p.is_absolute() {
+        bail!("{what}: the guest path {} must be absolute", p.display());
+    }
+    if p.components()
+        .any(|c| matches!(c, Component::CurDir | Component::ParentDir))
+    {
+        bail!(
+            "{what}: the guest path {} must not contain . or ..",
+            p.display()
+        );
+    }
+    if p.components().count() == 1 {
+        bail!("{what}: the guest's / is the host's; --rw / makes it writable");
+    }
+    Ok(p.components().collect())
+}
+
+/// Where the guest can have a mount point: on the read-only root only
+/// where the host has the directory, or under a guest tmpfs, an overlay or
+/// a share mounted before (which init then creates it in).
+fn check_mount_points(mounts: &[GuestMount], overlays: &[PathBuf]) -> Result<()> {
+    const GUEST_TMPFS: [&str; 4] = ["/tmp", "/run", "/var/tmp", "/dev/shm"];
+    for (i, m) in mounts.iter().enumerate() {
+        if m.path.is_dir() {
+            continue;
+        }
+        if m.path.exists() {
+            bail!(
+                "mount point {}: not a directory on this host",
+                m.path.display()
+            );
+        }
+        let writable_parent = GUEST_TMPFS.iter().any(|t| m.path.starts_with(t))
+            || overlays.iter().any(|o| m.path.starts_with(o))
+            || mounts[..i]
+                .iter()
+                .any(|earlier| m.path.starts_with(&earlier.path));
+        if !writable_parent {
+            bail!(
+                "mount point {}: not on this host, and the guest's root is read-only: use an \
+                 existing directory, or one under /tmp or /run or inside an --overlay",
+                m.path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The command runs as the caller, so host ids show as they are; where
@@ -270,6 +376,18 @@ fn guest_env(vars: impl Iterator<Item = (OsString, OsString)>, cwd: &Path) -> Ve
     pwd.push(cwd);
     env.push(pwd);
     env
+}
+
+/// Sets `key` in a `KEY=value` list, replacing any earlier value.
+fn set_env(env: &mut Vec<OsString>, key: &str, value: &std::ffi::OsStr) {
+    env.retain(|e| {
+        let b = e.as_bytes();
+        !(b.len() > key.len() && b.starts_with(key.as_bytes()) && b[key.len()] == b'=')
+    });
+    let mut e = OsString::from(key);
+    e.push("=");
+    e.push(value);
+    env.push(e);
 }
 
 fn current_ids() -> (u32, u32) {
@@ -419,19 +537,39 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("ferry-plan-{}", std::process::id()));
         let (a, b) = (tmp.join("a"), tmp.join("a/b"));
         std::fs::create_dir_all(&b).unwrap();
-        let (shares, mounts) = plan_shares(&b, std::slice::from_ref(&a), &[]).unwrap();
+        let rw = |p: &Path| RwArg {
+            host: p.to_path_buf(),
+            guest: None,
+        };
+        let (shares, mounts) = plan_shares(&b, &[rw(&a)], &[]).unwrap();
         assert_eq!(shares.len(), 2);
         assert!(shares[0].readonly && shares[0].path == Path::new("/"));
         assert!(!shares[1].readonly);
         assert_eq!(mounts.len(), 1, "cwd lies inside --rw: one share");
         assert_eq!(mounts[0].path, a.canonicalize().unwrap());
-        assert!(plan_shares(&b, &[tmp.join("missing")], &[]).is_err());
+        assert!(plan_shares(&b, &[rw(&tmp.join("missing"))], &[]).is_err());
         let file = tmp.join("f");
         std::fs::write(&file, b"").unwrap();
-        assert!(plan_shares(&b, &[file], &[]).is_err());
+        assert!(plan_shares(&b, &[rw(&file)], &[]).is_err());
         // `--rw /` makes the root itself writable.
-        let (shares, mounts) = plan_shares(&b, &["/".into()], &[]).unwrap();
+        let (shares, mounts) = plan_shares(&b, &[rw(Path::new("/"))], &[]).unwrap();
         assert!(!shares[0].readonly && mounts.is_empty());
+        // HOST:GUEST: its own share, mounted at GUEST, even inside another.
+        let moved = RwArg {
+            host: a.clone(),
+            guest: Some("/srv/data".into()),
+        };
+        let (shares, mounts) = plan_shares(&b, &[moved], &[]).unwrap();
+        assert_eq!(shares.len(), 3);
+        assert_eq!(mounts[0].path, Path::new("/srv/data"));
+        assert_eq!(shares[2].path, a.canonicalize().unwrap());
+        for bad in ["relative", "/", "/srv/../etc"] {
+            let r = RwArg {
+                host: a.clone(),
+                guest: Some(bad.into()),
+            };
+            assert!(plan_shares(&b, &[r], &[]).is_err(), "{bad}");
+        }
         let _ = std::fs::remove_dir_all(tmp);
     }
 
@@ -440,5 +578,50 @@ mod tests {
         assert!(cmdline_word(Path::new("/usr/bin/ferry")).is_ok());
         assert!(cmdline_word(Path::new("/my dir/ferry")).is_err());
         assert!(cmdline_word(Path::new("")).is_err());
+    }
+
+    #[test]
+    fn set_env_replaces_only_that_key() {
+        let mut env: Vec<OsString> = ["HOME=/home/me", "HOMEDIR=x", "USER=me"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        set_env(&mut env, "HOME", std::ffi::OsStr::new("/root"));
+        assert_eq!(
+            env,
+            ["HOMEDIR=x", "USER=me", "HOME=/root"].map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn mount_points_need_a_place_on_the_read_only_root() {
+        let at = |p: &str| GuestMount {
+            tag: "t".into(),
+            path: p.into(),
+            options: String::new(),
+        };
+        let missing = "/no-such-dir-for-ferry/data";
+        assert!(
+            check_mount_points(&[at("/etc")], &[]).is_ok(),
+            "exists on the host"
+        );
+        assert!(check_mount_points(&[at(missing)], &[]).is_err());
+        assert!(
+            check_mount_points(&[at("/tmp/new/data")], &[]).is_ok(),
+            "guest tmpfs"
+        );
+        assert!(
+            check_mount_points(&[at(missing)], &["/no-such-dir-for-ferry".into()]).is_ok(),
+            "inside an overlay"
+        );
+        assert!(
+            check_mount_points(&[at("/no-such-dir-for-ferry"), at(missing)], &[]).is_err(),
+            "the first has no place either"
+        );
+        assert!(check_mount_points(&[at("/etc"), at("/etc/ferry-new")], &[]).is_ok());
+        assert!(
+            check_mount_points(&[at("/etc/hostname")], &[]).is_err(),
+            "a file"
+        );
     }
 }

@@ -28,6 +28,11 @@ pub struct RunSpec {
     pub umask: u32,
     /// In the order to mount them: parents before what lies inside.
     pub mounts: Vec<GuestMount>,
+    /// Directories to overlay with a tmpfs upper layer, outermost first
+    /// (mounted before the shares, so a share inside one lands on top).
+    pub overlays: Vec<PathBuf>,
+    /// A pty for the command, of (rows, columns).
+    pub tty: Option<(u16, u16)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -81,6 +86,12 @@ impl RunSpec {
             record(&mut out, "mount_path", m.path.as_os_str().as_bytes());
             record(&mut out, "mount_options", m.options.as_bytes());
         }
+        for o in &self.overlays {
+            record(&mut out, "overlay", o.as_os_str().as_bytes());
+        }
+        if let Some((rows, cols)) = self.tty {
+            record(&mut out, "tty", format!("{rows}x{cols}").as_bytes());
+        }
         out
     }
 
@@ -112,6 +123,16 @@ impl RunSpec {
                         .ok()
                         .and_then(|s| u32::from_str_radix(s, 8).ok())
                         .ok_or_else(|| SpecError::NotANumber(i, text()))?
+                }
+                b"overlay" => spec.overlays.push(PathBuf::from(os())),
+                b"tty" => {
+                    spec.tty = Some(
+                        std::str::from_utf8(value)
+                            .ok()
+                            .and_then(|s| s.split_once('x'))
+                            .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+                            .ok_or_else(|| SpecError::NotANumber(i, text()))?,
+                    )
                 }
                 b"mount_tag" => spec.mounts.push(GuestMount {
                     tag: text(),
@@ -162,6 +183,8 @@ mod tests {
                 path: "/home/me/my project".into(),
                 options: "dax".into(),
             }],
+            overlays: vec!["/etc".into(), "/home/me/.cache".into()],
+            tty: Some((33, 101)),
         }
     }
 

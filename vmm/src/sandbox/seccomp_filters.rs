@@ -227,8 +227,14 @@ pub(super) fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
             rules.insert(libc::SYS_ioctl, vec![ioctl_type(KVMIO)?]);
         }
         Role::Main => {
-            // Restoring the terminal at exit.
-            let tty = [libc::TCGETS, libc::TCSETS, libc::TCSETSW, libc::TCSETSF];
+            // Restoring the terminal at exit; its size on SIGWINCH.
+            let tty = [
+                libc::TCGETS,
+                libc::TCSETS,
+                libc::TCSETSW,
+                libc::TCSETSF,
+                libc::TIOCGWINSZ,
+            ];
             let tty = tty.into_iter().map(ioctl_request);
             rules.insert(libc::SYS_ioctl, tty.collect::<Result<_>>()?);
         }

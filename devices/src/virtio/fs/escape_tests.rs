@@ -368,6 +368,18 @@ fn raw_fuse_escape_attempts_are_blocked() {
             file,
             &[words(&[64, 0]), cstr(b"trusted.overlay.redirect")].concat(),
         ),
+        // Absent to the guest (its own overlayfs asks), never the host's value.
+        Some(libc::ENODATA),
+    );
+    b.attempt(
+        "getxattr trusted.other",
+        XATTRS,
+        fuse_request(
+            op(Getxattr),
+            42,
+            file,
+            &[words(&[64, 0]), cstr(b"trusted.other")].concat(),
+        ),
         Some(libc::EPERM),
     );
     b.attempt(

@@ -16,7 +16,9 @@
 //!   the share's `uid-map`/`gid-map` say (`id_map`);
 //! - no `security.*` or `trusted.*` extended attributes (EPERM): file
 //!   capabilities (`security.capability`) are setuid by another name, and
-//!   `trusted.*` belongs to the host's own stacks (overlayfs);
+//!   `trusted.*` belongs to the host's own stacks (overlayfs); reading a
+//!   `trusted.overlay.*` one answers ENODATA instead, so a guest overlayfs
+//!   over the share sees plain files;
 //!
 //! Everything else goes to the inner file system unchanged.
 
@@ -680,6 +682,13 @@ impl<F: FileSystem> FileSystem for SharePolicy<F> {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
+        // A guest overlayfs with the share as its lower layer (`ferry
+        // run --overlay`) asks each lower file for its overlay xattrs and
+        // fails the lookup on EPERM: to it they are absent, as on a plain
+        // file system. The host's own values stay unread either way.
+        if name.to_bytes().starts_with(b"trusted.overlay.") {
+            return refuse(libc::ENODATA);
+        }
         if name.to_bytes().starts_with(b"trusted.") {
             return refuse(libc::EPERM);
         }
