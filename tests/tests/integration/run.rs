@@ -894,6 +894,12 @@ pub fn trials() -> Vec<Trial> {
             "run::tty::restored_after_sigkill",
             tty_restored_after_sigkill,
         ),
+        Trial::test("run::bad_input::not_a_kernel", || {
+            run_rejects(
+                &["--kernel", "/etc/hostname", "--", "true"],
+                "/etc/hostname: not a Linux kernel image",
+            )
+        }),
         Trial::test("run::user::root", user_root_has_every_capability),
         Trial::test("run::user::by_name", user_by_name_runs_as_that_user),
         Trial::test("run::bad_input::unknown_user", || {

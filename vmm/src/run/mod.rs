@@ -7,6 +7,7 @@
 //! guest's PID 1) and maps how the VM ended to an exit status.
 
 pub mod guest_init;
+mod kernel_image;
 mod kernel_path;
 mod overlay;
 mod spec;
@@ -82,6 +83,9 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
         Some(k) => k.clone(),
         None => kernel_path::default_kernel()?,
     };
+    // A file that is not a kernel gets one line here, before any KVM work.
+    let release = kernel_image::release(&kernel)?;
+    log::info!("kernel {}: release {release}", kernel.display());
     let cwd = std::env::current_dir().context("the current directory")?;
     let (shares, mounts) = plan_shares(&cwd, &args.rw, &args.machine.fs)?;
     let share_paths: Vec<PathBuf> = mounts.iter().map(|m| m.path.clone()).collect();
