@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building and testing Ferry needs on Debian bookworm: the
 # guest kernel's source and build tools, busybox-static and a static libc for
-# the initramfs, QEMU for the emulated KVM host, and the ACL tools (the
-# tests run the host's setfacl/getfacl in a guest). Idempotent: does nothing
-# when everything is there.
+# the initramfs, QEMU for the emulated KVM host, the ACL tools (the
+# tests run the host's setfacl/getfacl in a guest) and Debian's packaged
+# kernel (`ferry run` is tested with a distribution kernel too; INITRD=No:
+# Ferry brings its own initramfs). Idempotent: does nothing when
+# everything is there.
 set -euo pipefail
 
 packages=(
     linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev
-    xz-utils cpio file busybox-static qemu-system-x86 acl
+    xz-utils cpio file busybox-static qemu-system-x86 acl linux-image-amd64
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -21,4 +23,4 @@ sudo=""
 [ "$(id -u)" = 0 ] || sudo=sudo
 echo "[deps] installing: ${missing[*]}" >&2
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+$sudo env INITRD=No DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -4,7 +4,7 @@
 //! `FERRY_KERNEL`, as the rest of the suite does).
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -507,6 +507,84 @@ fn tty_restored_after_sigkill() -> TestResult {
     Ok(())
 }
 
+/// The newest Debian kernel in /boot (`linux-image-amd64`), and its
+/// release.
+fn debian_kernel() -> Result<(PathBuf, String), Failed> {
+    let mut found: Vec<String> = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let release = name.strip_prefix("vmlinuz-")?;
+            release.ends_with("-amd64").then(|| release.to_string())
+        })
+        .collect();
+    found.sort();
+    let release = found.pop().ok_or(
+        "no /boot/vmlinuz-*-amd64: these tests need Debian's packaged kernel \
+         (apt-get install linux-image-amd64; resources/install-deps.sh does)",
+    )?;
+    Ok((PathBuf::from(format!("/boot/vmlinuz-{release}")), release))
+}
+
+/// How long a distribution kernel may take (it probes much more hardware
+/// than the project's; about 35 s in the emulated KVM host).
+const DISTRO_DEADLINE: Duration = Duration::from_secs(300);
+
+/// `ferry run --kernel /boot/vmlinuz-…` with Debian's kernel: Ferry brings
+/// virtio-pci, virtio-fs, FUSE and overlayfs from /lib/modules in its own
+/// initramfs; the command sees that kernel, its stdin, its overlays and
+/// the kernel file systems the distribution kernel has.
+fn distro_kernel_runs_a_command() -> TestResult {
+    require_kvm()?;
+    let (kernel, release) = debian_kernel()?;
+    let dir = scratch_dir("run_distro");
+    let args: Vec<String> = run_args(&[
+        "--kernel",
+        &kernel.display().to_string(),
+        "--user",
+        "root",
+        "--",
+        "sh",
+        "-c",
+        "uname -r; cut -d' ' -f1 /proc/modules | sort | tr '\\n' ' '; echo; \
+         wc -l; echo x > /etc/ferry-probe && cat /etc/ferry-probe; \
+         grep -c ' /sys/kernel/tracing tracefs ' /proc/self/mounts",
+    ]);
+    let started = Instant::now();
+    let out = run_ferry_input(
+        &args,
+        Input::Bytes(b"a\nb\nc\n".to_vec()),
+        DISTRO_DEADLINE,
+        |c| {
+            c.current_dir(&dir);
+        },
+    )?;
+    status_is(&out, 0)?;
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let modules = lines.get(1).copied().unwrap_or_default();
+    check(
+        lines.first() == Some(&release.as_str())
+            && ["virtio_pci", "virtiofs", "fuse", "overlay"]
+                .iter()
+                .all(|m| modules.split(' ').any(|x| x == *m))
+            && lines.get(2) == Some(&"3")
+            && lines.get(3) == Some(&"x")
+            && lines.get(4) == Some(&"1"),
+        &format!(
+            "expected release {release}, the modules loaded, 3 lines of stdin, an overlay \
+             write and tracefs"
+        ),
+        &out,
+    )?;
+    println!(
+        "Debian kernel {release}: ferry run in {:.1?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
 fn timeout_stops_the_vm() -> TestResult {
     let dir = scratch_dir("run_timeout");
     let out = ferry_run(&dir, &["--timeout", "2s", "--", "sleep", "60"])?;
@@ -734,6 +812,40 @@ fn default_kernel_is_found() -> TestResult {
     status_is(&out, 0)
 }
 
+/// With no `--kernel`, no project kernel beside the binary and an empty
+/// cache, `ferry run` takes a kernel from /boot (the running one's, else
+/// the newest: here Debian's) and its modules.
+fn default_kernel_from_boot() -> TestResult {
+    require_kvm()?;
+    let (_, release) = debian_kernel()?;
+    let dir = scratch_dir("run_kernel_boot");
+    let empty_cache = dir.join("empty-cache");
+    std::fs::create_dir_all(dir.join("bin"))?;
+    std::fs::create_dir_all(&empty_cache)?;
+    let copy = dir.join("bin/ferry");
+    std::fs::copy(ferry_bin()?, &copy)?;
+    // Bounded by timeout(1): a hang fails the test instead of the suite.
+    let out = Command::new("timeout")
+        .arg(DISTRO_DEADLINE.as_secs().to_string())
+        .arg(&copy)
+        .args(["run", "--", "uname", "-r"])
+        .env_remove("FERRY_KERNEL")
+        .env("FERRY_CACHE", &empty_cache)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.code() != Some(0) || stdout.trim() != release {
+        return Err(format!(
+            "expected {release} from /boot, got {:?}: {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Ferry's exit code once it exits, which must be within 20 s of `what`.
 fn exit_within(child: &mut std::process::Child, what: &str) -> Result<Option<i32>, Failed> {
     let since = Instant::now();
@@ -900,6 +1012,11 @@ pub fn trials() -> Vec<Trial> {
                 "/etc/hostname: not a Linux kernel image",
             )
         }),
+        Trial::test("run::distro::debian_kernel", distro_kernel_runs_a_command),
+        Trial::test(
+            "run::distro::default_kernel_from_boot",
+            default_kernel_from_boot,
+        ),
         Trial::test("run::user::root", user_root_has_every_capability),
         Trial::test("run::user::by_name", user_by_name_runs_as_that_user),
         Trial::test("run::bad_input::unknown_user", || {

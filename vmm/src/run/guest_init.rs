@@ -72,6 +72,12 @@ pub fn run_if_guest_init() {
         eprintln!("ferry-init: no access to Ferry's I/O ports; not running under ferry run?");
         reboot();
     }
+    if Path::new(super::initramfs::MANIFEST).exists() {
+        let e = stage_one();
+        say(&format!("ferry-init: {e}\n"));
+        out_bytes(EXIT, &STATUS_SETUP_FAILED.to_le_bytes()[..1]);
+        reboot();
+    }
     let status = match init(Path::new(&spec_path)) {
         Ok(status) => status,
         Err(e) => {
@@ -86,6 +92,98 @@ pub fn run_if_guest_init() {
     // An exit status is one byte, as for any process.
     out_bytes(EXIT, &status.to_le_bytes()[..1]);
     reboot();
+}
+
+/// Init from Ferry's own initramfs (a distribution kernel): loads the
+/// modules the manifest lists, mounts the root share, makes it the root
+/// and runs Ferry from it as init again. Returns only on failure.
+fn stage_one() -> String {
+    let manifest = match std::fs::read_to_string(super::initramfs::MANIFEST) {
+        Ok(m) => m,
+        Err(e) => return format!("{}: {e}", super::initramfs::MANIFEST),
+    };
+    let mut exe = None;
+    for line in manifest.lines() {
+        match line.split_once(' ') {
+            Some(("module", path)) => {
+                if let Err(e) = load_module(Path::new(path)) {
+                    return format!("loading module {path}: {e}");
+                }
+            }
+            Some(("exec", path)) => exe = Some(PathBuf::from(path)),
+            _ => {}
+        }
+    }
+    let Some(exe) = exe else {
+        return "the initramfs names no init to run".into();
+    };
+    let root = Path::new("/newroot");
+    // The device may still be probing when the modules are in.
+    let mut tries = 0;
+    loop {
+        match mount(super::ROOT_TAG, root, "virtiofs", libc::MS_RDONLY, "") {
+            Ok(()) => break,
+            Err(e)
+                if tries < 300
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENODEV | libc::ENOENT | libc::ENXIO)
+                    ) =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return format!("mounting the root share: {e}"),
+        }
+    }
+    let Ok(dot) = cstring(b".") else {
+        return "no '.'".into();
+    };
+    let Ok(exe_c) = cstring(exe.as_os_str().as_bytes()) else {
+        return format!("{}: not a path", exe.display());
+    };
+    // SAFETY: chdir, mount(MS_MOVE), chroot and execv with valid strings;
+    // execv returns only on failure.
+    unsafe {
+        if std::env::set_current_dir(root).is_err()
+            || libc::mount(
+                dot.as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_MOVE,
+                std::ptr::null(),
+            ) != 0
+            || libc::chroot(dot.as_ptr()) != 0
+            || libc::chdir(c"/".as_ptr()) != 0
+        {
+            return format!(
+                "switching to the root share: {}",
+                io::Error::last_os_error()
+            );
+        }
+        let argv = [exe_c.as_ptr(), std::ptr::null()];
+        libc::execv(exe_c.as_ptr(), argv.as_ptr());
+    }
+    format!(
+        "running {} from the root share: {}",
+        exe.display(),
+        io::Error::last_os_error()
+    )
+}
+
+/// Loads one kernel module from a file; one already loaded is fine.
+fn load_module(path: &Path) -> io::Result<()> {
+    let file = File::open(path)?;
+    // SAFETY: finit_module reads the open file; the parameters are an
+    // empty string.
+    let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), 0) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn reboot() -> ! {

@@ -8,15 +8,21 @@ use anyhow::{bail, Result};
 /// built in this repository (`target/<profile>/ferry`); `../share/ferry/
 /// bzImage` beside an installed one; the newest kernel that
 /// `resources/build-kernel.sh` cached (`$FERRY_CACHE`, else
-/// `~/.cache/ferry`).
+/// `~/.cache/ferry`); then the host's own kernels: the running one's image
+/// in `/boot`, then the newest there (a distribution kernel, whose modules
+/// Ferry brings in an initramfs). The first readable one is taken.
 pub fn default_kernel() -> Result<PathBuf> {
     let exe = std::env::current_exe().ok();
-    let candidates = candidates(
+    let mut candidates = candidates(
         std::env::var_os("FERRY_KERNEL").map(PathBuf::from),
         exe.as_deref(),
         cache_dir().as_deref(),
     );
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+    if std::env::var_os("FERRY_KERNEL").is_none() {
+        candidates.extend(host_kernels(Path::new("/boot"), &running_release()));
+    }
+    let readable = |p: &&PathBuf| p.is_file() && std::fs::File::open(p).is_ok();
+    if let Some(found) = candidates.iter().find(readable) {
         log::info!("kernel: {}", found.display());
         return Ok(found.clone());
     }
@@ -50,6 +56,55 @@ fn candidates(env: Option<PathBuf>, exe: Option<&Path>, cache: Option<&Path>) ->
     list
 }
 
+fn running_release() -> String {
+    // SAFETY: utsname is plain data that uname fills.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    // SAFETY: uname NUL-terminates release.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `vmlinuz-RELEASE` images in `boot`: the running kernel's first, then
+/// the others newest version first.
+fn host_kernels(boot: &Path, running: &str) -> Vec<PathBuf> {
+    let mut releases: Vec<String> = std::fs::read_dir(boot)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("vmlinuz-")
+                .map(String::from)
+        })
+        .collect();
+    releases.sort_by_key(|r| std::cmp::Reverse(version_key(r)));
+    if let Some(at) = releases.iter().position(|r| r == running) {
+        let r = releases.remove(at);
+        releases.insert(0, r);
+    }
+    releases
+        .into_iter()
+        .map(|r| boot.join(format!("vmlinuz-{r}")))
+        .collect()
+}
+
+/// A release's parts, numbers as numbers: 6.10 after 6.9.
+fn version_key(release: &str) -> Vec<(u64, String)> {
+    release
+        .split(['.', '-', '+', '~'])
+        .map(|part| match part.parse::<u64>() {
+            Ok(n) => (n, String::new()),
+            Err(_) => (0, part.to_string()),
+        })
+        .collect()
+}
+
 /// `kernel-<hash>/bzImage` under the cache, newest first.
 fn newest_cached(cache: &Path) -> Option<PathBuf> {
     std::fs::read_dir(cache)
@@ -69,6 +124,35 @@ mod tests {
     fn explicit_variable_wins_alone() {
         let list = candidates(Some("/k".into()), Some(Path::new("/x/ferry")), None);
         assert_eq!(list, [PathBuf::from("/k")]);
+    }
+
+    #[test]
+    fn host_kernels_running_first_then_newest() {
+        let boot = std::env::temp_dir().join(format!("ferry-boot-{}", std::process::id()));
+        std::fs::create_dir_all(&boot).unwrap();
+        for r in [
+            "6.1.0-9-amd64",
+            "6.1.0-10-amd64",
+            "6.10.2-1-amd64",
+            "5.10.0-30-amd64",
+        ] {
+            std::fs::write(boot.join(format!("vmlinuz-{r}")), b"k").unwrap();
+        }
+        std::fs::write(boot.join("config-6.1.0-10-amd64"), b"").unwrap();
+        let names: Vec<String> = host_kernels(&boot, "6.1.0-9-amd64")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "vmlinuz-6.1.0-9-amd64",
+                "vmlinuz-6.10.2-1-amd64",
+                "vmlinuz-6.1.0-10-amd64",
+                "vmlinuz-5.10.0-30-amd64"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(boot);
     }
 
     #[test]

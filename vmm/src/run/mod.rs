@@ -7,6 +7,7 @@
 //! guest's PID 1) and maps how the VM ended to an exit status.
 
 pub mod guest_init;
+mod initramfs;
 mod kernel_image;
 mod kernel_path;
 mod overlay;
@@ -129,6 +130,19 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
     };
     let spec_file = SpecFile::write(&spec)?;
     let init = std::env::current_exe().context("the path of the ferry binary")?;
+    // A distribution kernel: its modules come in Ferry's own initramfs.
+    let initramfs = match initramfs::modules_needed(&release) {
+        Some(dir) => {
+            let path = spec_file.dir.join("initramfs.cpio");
+            initramfs::write(&path, &init, &dir, !spec.overlays.is_empty())?;
+            log::info!(
+                "kernel {release}: modules from {} in an initramfs",
+                dir.display()
+            );
+            Some(path)
+        }
+        None => None,
+    };
     let mut cmdline = vec![
         format!("root={ROOT_TAG}"),
         "rootfstype=virtiofs".into(),
@@ -146,7 +160,7 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
     let config = VmConfig {
         boot: BootArgs {
             kernel: Some(kernel),
-            initramfs: None,
+            initramfs,
             cmdline: cmdline.join(" "),
             machine: crate::cli::MachineArgs {
                 fs: shares
