@@ -53,7 +53,8 @@ pub fn run(data: &[u8]) {
     match Cli::try_parse_from(&args) {
         Ok(cli) => {
             let machine = cli.machine();
-            let _ = check_unique_tags(&machine.fs);
+            let shares: Vec<_> = machine.fs.iter().map(|a| a.share.clone()).collect();
+            let _ = check_unique_tags(&shares);
             if let Some(Command::Run(run)) = &cli.command {
                 std::hint::black_box(&run.command);
             }
