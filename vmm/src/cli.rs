@@ -45,8 +45,9 @@ pub enum Command {
 const RUN_HELP: &str = "Exit status: the command's; 128+N if a signal N killed it; \
     124 when --timeout ends it; 125 when Ferry or the guest failed before the command \
     finished; 126 if the command cannot be executed; 127 if it is not found; 130/143 \
-    when Ferry gets SIGINT/SIGTERM. The command's stdout and stderr arrive on Ferry's \
-    stdout and stderr, and it reads Ferry's stdin (to its EOF).";
+    when Ferry gets SIGINT/SIGTERM. The command reads Ferry's stdin (to its EOF); its \
+    stdout and stderr arrive on Ferry's stdout and stderr, or, on a terminal (-t), \
+    both on a pty as under ssh -t.";
 
 /// `ferry --kernel ...`: boot a kernel with a console on the terminal.
 #[derive(Args, Debug, Clone)]

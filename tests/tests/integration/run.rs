@@ -325,6 +325,70 @@ fn overlay_keeps_writes_in_the_guest() -> TestResult {
     )
 }
 
+/// An overlay as a non-root user, compared with the same commands run on
+/// the host as that user (on a copy): it may create in a directory it owns
+/// and may not write a root-owned 0644 file there, and what it creates is
+/// its own, in the guest exactly as on the host.
+fn overlay_as_another_user_matches_the_host() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let base = scratch_dir("run_overlay_user");
+    let cwd = base.join("cwd");
+    std::fs::create_dir_all(&cwd)?;
+    let prepare = |dir: &Path| -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("rootfile"), "root's\n")?;
+        std::fs::set_permissions(dir.join("rootfile"), std::fs::Permissions::from_mode(0o644))?;
+        std::os::unix::fs::chown(dir, Some(65534), Some(65534))
+    };
+    let (guest_dir, host_dir) = (base.join("guest"), base.join("host"));
+    prepare(&guest_dir)?;
+    prepare(&host_dir)?;
+    let script = |dir: &Path| {
+        format!(
+            "cd {} && echo new > mine && echo created; \
+             if echo x > rootfile; then echo wrote-rootfile; else echo refused; fi; \
+             stat -c '%u %g %a' mine; cat rootfile",
+            dir.display()
+        )
+    };
+    let host = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(script(&host_dir))
+        .output()?;
+    let host_out = String::from_utf8_lossy(&host.stdout).into_owned();
+    let overlay = guest_dir.display().to_string();
+    let out = ferry_run(
+        &cwd,
+        &[
+            "--user",
+            "nobody",
+            "--overlay",
+            &overlay,
+            "--",
+            "sh",
+            "-c",
+            &script(&guest_dir),
+        ],
+    )?;
+    status_is(&out, 0)?;
+    check(
+        host_out.starts_with("created\nrefused\n") && out.stdout == host_out,
+        &format!("the guest differs from the host, which printed:\n{host_out}"),
+        &out,
+    )?;
+    check(
+        !guest_dir.join("mine").exists(),
+        "the guest's file reached the host directory",
+        &out,
+    )
+}
+
 /// The default overlays: guest root writes under /etc and in its HOME,
 /// reads it back, and the host has none of it; `--no-overlay` leaves /etc
 /// read-only.
@@ -975,6 +1039,10 @@ pub fn trials() -> Vec<Trial> {
         Trial::test("run::kernel_file_systems", kernel_file_systems_are_mounted),
         Trial::test("run::overlay::explicit", overlay_keeps_writes_in_the_guest),
         Trial::test("run::overlay::defaults", default_overlays_discard_writes),
+        Trial::test(
+            "run::overlay::other_user_as_on_the_host",
+            overlay_as_another_user_matches_the_host,
+        ),
         Trial::test("run::bad_input::missing_overlay", || {
             run_rejects(
                 &["--overlay", "/no/such/dir", "--", "true"],

@@ -309,11 +309,13 @@ fn guest_path(p: &Path, what: &str) -> Result<PathBuf> {
     Ok(p.components().collect())
 }
 
+/// Where the guest init mounts tmpfs of its own (`guest_init::mount_userland`).
+const GUEST_TMPFS: [&str; 4] = ["/tmp", "/run", "/var/tmp", "/dev/shm"];
+
 /// Where the guest can have a mount point: on the read-only root only
 /// where the host has the directory, or under a guest tmpfs, an overlay or
 /// a share mounted before (which init then creates it in).
 fn check_mount_points(mounts: &[GuestMount], overlays: &[PathBuf]) -> Result<()> {
-    const GUEST_TMPFS: [&str; 4] = ["/tmp", "/run", "/var/tmp", "/dev/shm"];
     for (i, m) in mounts.iter().enumerate() {
         if m.path.is_dir() {
             continue;

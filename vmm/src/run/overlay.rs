@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 /// default that does not exist on the host is left out.
 pub const DEFAULT_OVERLAYS: [&str; 7] = ["/etc", "/home", "/opt", "/root", "/srv", "/usr", "/var"];
 
-/// Paths the guest already has writable file systems of its own at (or
-/// that are not the host's files at all): an overlay there would hide them.
-const GUEST_OWN: [&str; 6] = ["/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp"];
+/// Paths that are not the host's files at all; with the guest's tmpfs
+/// mounts (`super::GUEST_TMPFS`), where an overlay would hide what the
+/// guest has of its own.
+const KERNEL_DIRS: [&str; 3] = ["/proc", "/sys", "/dev"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OverlayError {
@@ -48,7 +49,12 @@ pub fn plan(
     rw_dirs: &[PathBuf],
     root_writable: bool,
 ) -> Result<Vec<PathBuf>, OverlayError> {
-    plan_with(explicit, no_defaults, rw_dirs, root_writable, &GUEST_OWN)
+    let guest_own: Vec<&str> = KERNEL_DIRS
+        .iter()
+        .chain(super::GUEST_TMPFS.iter())
+        .copied()
+        .collect();
+    plan_with(explicit, no_defaults, rw_dirs, root_writable, &guest_own)
 }
 
 /// [`plan`] with the guest's own paths given (tests work under /tmp).
