@@ -43,13 +43,16 @@ else
             # no exec that could wait on the 9p root.
             echo 8 > /proc/sys/kernel/printk
             echo "emulated-host: the command ran past $ferry_timeout s (FERRY_EMU_TIMEOUT); blocked tasks and processes follow, then it is killed" > /dev/kmsg
-            # The kernel's messages so far (soft lockups, say).
-            timeout -s KILL 20 sh -c 'dmesg | tail -n 400'
-            echo w > /proc/sysrq-trigger
-            # ps reads each process's command line, which waits for a
-            # process's mmap lock: bounded, as is the write to the console,
-            # so the kill below comes.
+            # Most telling first (a CI log may be shown by its tail): the
+            # processes, naming the guest that hangs. ps reads each
+            # process's command line, which waits for a process's mmap
+            # lock: bounded, as is the write to the console, so the kill
+            # below comes.
             timeout -s KILL 20 ps -ww --ppid 2 -p 2 --deselect -o pid,stat,etime,wchan:24,args
+            # The kernel's messages so far (soft lockups, say), then the
+            # blocked tasks.
+            timeout -s KILL 20 sh -c 'dmesg | tail -n 200'
+            echo w > /proc/sysrq-trigger
             # The job has no process group of its own (no job control):
             # its children end with the power-off that follows.
             kill -KILL "$job" 2>/dev/null

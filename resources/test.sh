@@ -43,6 +43,19 @@ if [ "$status" -ne 0 ]; then
         /^failures:$/ && !inside { inside = 1; shown = 0 }
         inside && shown < 120 { print; shown++ }
         /^test result:/ { inside = 0 }'
+    # A test binary that never printed its result (killed by the emulated
+    # host's watchdog, say) has no "failures:" block: show the slow tests,
+    # the test that was running (the integration tests run one at a time,
+    # each line "test NAME ... " printed as it starts), what cargo said,
+    # and the watchdog's evidence.
+    echo "[test] stops, slow tests and hangs, repeated from above:"
+    sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '
+        /^test .* \.\.\. / { last = $0 }
+        /^test result:/ { last = "" }
+        /^\[slow\]/ || /has been running for over/ || /^error: / || /emulated-host:/ { print }
+        /emulated-host: the command ran past/ { watchdog = 80; next }
+        watchdog > 0 { print; watchdog-- }
+        END { if (last != "") print "last test started, never ended: " substr(last, 1, 200) }'
 fi
 # One closing line for the whole run, summed over every test binary.
 sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '

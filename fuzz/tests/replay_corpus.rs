@@ -8,8 +8,41 @@
 //! `FERRY_FUZZ_SKIP_KNOWN`, and every input in `findings/` (the crashes and
 //! hangs, named by target) replays as a regression test.
 
-use std::path::Path;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The input being replayed and since when: named by the panic hook and by
+/// the slow-input watchdog only, so a passing replay prints a line per
+/// target, not one per input.
+static CURRENT: Mutex<Option<(PathBuf, Instant)>> = Mutex::new(None);
+
+fn replaying(f: Option<&Path>) {
+    let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    *current = f.map(|f| (f.to_path_buf(), Instant::now()));
+}
+
+fn current_input() -> Option<(PathBuf, Duration)> {
+    let current = CURRENT.try_lock().ok()?;
+    current.as_ref().map(|(f, at)| (f.clone(), at.elapsed()))
+}
+
+/// Names an input that runs past 30 s (a hang the fuzzer's timeout would
+/// have caught), once, so a stalled replay says where it stalled.
+fn watch_for_slow_inputs() {
+    std::thread::spawn(|| {
+        let mut named = None;
+        loop {
+            std::thread::sleep(Duration::from_secs(5));
+            if let Some((f, took)) = current_input() {
+                if took > Duration::from_secs(30) && named.as_ref() != Some(&f) {
+                    eprintln!("replay_corpus: {} still running after {took:.0?}", f.display());
+                    named = Some(f);
+                }
+            }
+        }
+    });
+}
 
 fn replay(target: &str, run: fn(&[u8])) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -30,9 +63,10 @@ fn replay(target: &str, run: fn(&[u8])) -> usize {
     let start = Instant::now();
     for f in &files {
         let data = std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        eprintln!("replay {}", f.display());
+        replaying(Some(f));
         run(&data);
     }
+    replaying(None);
     eprintln!(
         "{target}: {} inputs replayed in {:.2?}",
         files.len(),
@@ -58,7 +92,7 @@ fn replay_findings() -> usize {
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         let data = std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        eprintln!("finding {name}");
+        replaying(Some(f));
         if name.starts_with("fs_request") {
             ferry_fuzz::fs_request(&data);
         } else if name.starts_with("pci_config") {
@@ -67,6 +101,8 @@ fn replay_findings() -> usize {
             panic!("finding {name}: no target named in its file name");
         }
     }
+    replaying(None);
+    eprintln!("findings: {} replayed", files.len());
     files.len()
 }
 
@@ -76,7 +112,10 @@ fn main() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
-        eprintln!("replay_corpus: panic; aborting");
+        match current_input() {
+            Some((f, _)) => eprintln!("replay_corpus: panic on {}; aborting", f.display()),
+            None => eprintln!("replay_corpus: panic; aborting"),
+        }
         std::process::abort();
     }));
     // libtest's --list and filters are not supported; say so for --list
@@ -86,6 +125,7 @@ fn main() {
         return;
     }
     let _ = ferry_fuzz::sandbox::sandbox();
+    watch_for_slow_inputs();
     let n = replay("fs_request", ferry_fuzz::fs_request)
         + replay("pci_config", ferry_fuzz::pci_config)
         + replay("cli", ferry_fuzz::cli);

@@ -8,7 +8,7 @@ use ferry_tests::elf::{tiny_elf, EXIT_42, HALT_FOREVER, JUMP_INTO_NOTHING, TRIPL
 use ferry_tests::{run_ferry, temp_file, Guest, Outcome};
 use libtest_mimic::{Failed, Trial};
 
-use crate::{check, guest_ok, TestResult};
+use crate::{check, guest_ok, trial, TestResult};
 
 fn boots_and_runs_a_command() -> TestResult {
     let out = Guest::command("echo hello from the $(uname -s) guest").run()?;
@@ -222,41 +222,41 @@ fn bad_input_trials() -> Vec<Trial> {
     };
     let kernel = || ferry_tests::kernel().map(|k| k.display().to_string());
     vec![
-        Trial::test("bad_input::missing_kernel", || {
+        trial("bad_input::missing_kernel", || {
             rejects(&["--kernel", "/nonexistent/bzImage"], "cannot open kernel")
         }),
-        Trial::test("bad_input::kernel_is_a_directory", || {
+        trial("bad_input::kernel_is_a_directory", || {
             rejects(&["--kernel", "/"], "kernel")
         }),
-        Trial::test("bad_input::file_that_is_no_kernel", move || {
+        trial("bad_input::file_that_is_no_kernel", move || {
             ferry_tests::require_kvm()?;
             rejects(&["--kernel", &garbage()], "not a kernel")
         }),
-        Trial::test("bad_input::memory_zero", move || {
+        trial("bad_input::memory_zero", move || {
             rejects(&["--kernel", &kernel()?, "--memory", "0"], "at least")
         }),
-        Trial::test("bad_input::memory_1t", move || {
+        trial("bad_input::memory_1t", move || {
             rejects(&["--kernel", &kernel()?, "--memory", "1T"], "host")
         }),
-        Trial::test("bad_input::memory_banana", move || {
+        trial("bad_input::memory_banana", move || {
             rejects(
                 &["--kernel", &kernel()?, "--memory", "banana"],
                 "not a size",
             )
         }),
-        Trial::test("bad_input::cpus_zero", move || {
+        trial("bad_input::cpus_zero", move || {
             rejects(&["--kernel", &kernel()?, "--cpus", "0"], "must be 1 to 32")
         }),
-        Trial::test("bad_input::cpus_too_many", move || {
+        trial("bad_input::cpus_too_many", move || {
             rejects(&["--kernel", &kernel()?, "--cpus", "33"], "must be 1 to 32")
         }),
-        Trial::test("bad_input::unknown_flag", move || {
+        trial("bad_input::unknown_flag", move || {
             rejects(
                 &["--kernel", &kernel()?, "--frobnicate"],
                 "unexpected argument",
             )
         }),
-        Trial::test("bad_input::missing_initramfs", move || {
+        trial("bad_input::missing_initramfs", move || {
             ferry_tests::require_kvm()?;
             rejects(
                 &["--kernel", &kernel()?, "--initramfs", "/nonexistent.cpio"],
@@ -268,22 +268,22 @@ fn bad_input_trials() -> Vec<Trial> {
 
 pub fn trials() -> Vec<Trial> {
     let mut trials = vec![
-        Trial::test("boot::runs_a_command", boots_and_runs_a_command),
-        Trial::test(
+        trial("boot::runs_a_command", boots_and_runs_a_command),
+        trial(
             "boot::exit_status_passes_through",
             exit_status_passes_through,
         ),
-        Trial::test("boot::elf_vmlinux_pvh", elf_vmlinux_boots_through_pvh),
-        Trial::test("boot::four_cpus_online", four_cpus_are_online),
-        Trial::test("boot::memory_256m", || memory_matches("256M", 256 << 20)),
-        Trial::test("boot::memory_5g", || memory_matches("5G", 5 << 30)),
-        Trial::test("boot::reboot_ends_cleanly", reboot_ends_ferry_cleanly),
-        Trial::test("boot::console_input", console_input_reaches_the_guest_shell),
-        Trial::test("exit::exit_port_sets_status", exit_port_sets_the_status),
-        Trial::test("exit::triple_fault", triple_fault_stops_the_vm),
-        Trial::test("exit::stalled_guest", stalled_guest_is_detected),
-        Trial::test("exit::kvm_internal_error", kvm_internal_error_is_reported),
-        Trial::test(
+        trial("boot::elf_vmlinux_pvh", elf_vmlinux_boots_through_pvh),
+        trial("boot::four_cpus_online", four_cpus_are_online),
+        trial("boot::memory_256m", || memory_matches("256M", 256 << 20)),
+        trial("boot::memory_5g", || memory_matches("5G", 5 << 30)),
+        trial("boot::reboot_ends_cleanly", reboot_ends_ferry_cleanly),
+        trial("boot::console_input", console_input_reaches_the_guest_shell),
+        trial("exit::exit_port_sets_status", exit_port_sets_the_status),
+        trial("exit::triple_fault", triple_fault_stops_the_vm),
+        trial("exit::stalled_guest", stalled_guest_is_detected),
+        trial("exit::kvm_internal_error", kvm_internal_error_is_reported),
+        trial(
             "exit::hung_guest_fails_with_evidence",
             hung_guest_fails_with_its_evidence,
         ),

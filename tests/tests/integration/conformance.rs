@@ -19,6 +19,8 @@ use std::time::Duration;
 use ferry_tests::{repo_root, test_dir, Guest};
 use libtest_mimic::{Failed, Trial};
 
+use crate::trial;
+
 use crate::TestResult;
 
 /// One kind of share the suite runs on.
@@ -414,6 +416,6 @@ fn conformance(kind: &ShareKind) -> TestResult {
 pub fn trials() -> Vec<Trial> {
     KINDS
         .iter()
-        .map(|k| Trial::test(format!("conformance::{}", k.name), move || conformance(k)))
+        .map(|k| trial(format!("conformance::{}", k.name), move || conformance(k)))
         .collect()
 }

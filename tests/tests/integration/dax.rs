@@ -12,7 +12,7 @@ use ferry_tests::{Guest, Outcome};
 use libtest_mimic::Trial;
 
 use crate::virtiofs::{pseudo_random, sha256_hex, Share};
-use crate::{check, field, guest_ok, line_with, TestResult};
+use crate::{check, field, guest_ok, line_with, trial, TestResult};
 
 /// A guest with `share` mounted at /mnt with `-o dax`, running `script`.
 fn dax_guest(share: &Share, opts: &str, script: &str) -> Guest {
@@ -541,7 +541,7 @@ fn readonly_share_maps_read_only() -> TestResult {
 }
 
 pub fn trials() -> Vec<Trial> {
-    let t = |name: &str, f: fn() -> TestResult| Trial::test(format!("dax::{name}"), f);
+    let t = |name: &str, f: fn() -> TestResult| trial(format!("dax::{name}"), f);
     vec![
         t(
             "mmap_read_goes_through_the_window",
@@ -571,11 +571,11 @@ pub fn trials() -> Vec<Trial> {
         // Marked ignored: they keep guest CPUs busy for their whole run, so
         // resources/test.sh runs them alone after the suite
         // (`-- --ignored dax::stress`), not beside the other guests.
-        Trial::test("dax::stress_truncation_and_resets", || {
+        trial("dax::stress_truncation_and_resets", || {
             stress("dax_stress", false)
         })
         .with_ignored_flag(true),
-        Trial::test("dax::stress_then_sigterm", || {
+        trial("dax::stress_then_sigterm", || {
             stress("dax_stress_term", true)
         })
         .with_ignored_flag(true),

@@ -15,7 +15,7 @@ use ferry_tests::{Guest, Outcome};
 use libtest_mimic::Trial;
 
 use crate::virtiofs::Share;
-use crate::{check, guest_ok, TestResult};
+use crate::{check, guest_ok, trial, TestResult};
 
 const GUEST_VFS: &str =
     "the guest kernel resolves '..' and symlinks in its own namespace, where the host is absent";
@@ -525,15 +525,15 @@ fn dir_symlink_swap_race() -> TestResult {
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test("escape::battery", battery),
-        Trial::test(
+        trial("escape::battery", battery),
+        trial(
             "escape::landlock_stops_a_held_dir_moved_out",
             landlock_stops_a_held_dir_moved_out,
         ),
-        Trial::test(
+        trial(
             "escape::without_sandbox_the_moved_dir_is_reachable",
             without_sandbox_the_moved_dir_is_reachable,
         ),
-        Trial::test("escape::dir_symlink_swap_race", dir_symlink_swap_race),
+        trial("escape::dir_symlink_swap_race", dir_symlink_swap_race),
     ]
 }

@@ -13,7 +13,7 @@ use ferry_tests::Guest;
 use libtest_mimic::Trial;
 
 use crate::virtiofs::Share;
-use crate::{check, guest_ok, TestResult};
+use crate::{check, guest_ok, trial, TestResult};
 
 /// The pid of the `ferry` serving `share` (its command line names it).
 fn ferry_pid(share: &Path) -> Option<u32> {
@@ -296,13 +296,13 @@ fn submount_lookups_do_not_leak() -> TestResult {
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test("limits::hundred_thousand_files", hundred_thousand_files),
-        Trial::test("limits::full_share_gives_enospc", full_share_gives_enospc),
-        Trial::test(
+        trial("limits::hundred_thousand_files", hundred_thousand_files),
+        trial("limits::full_share_gives_enospc", full_share_gives_enospc),
+        trial(
             "limits::submount_lookups_do_not_leak",
             submount_lookups_do_not_leak,
         ),
-        Trial::test(
+        trial(
             "limits::deleted_share_gives_errors",
             deleted_share_gives_errors,
         ),

@@ -17,10 +17,12 @@ mod run;
 mod unprivileged;
 mod virtiofs;
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ferry_tests::{run_ferry, Outcome};
-use libtest_mimic::{Arguments, Failed};
+use libtest_mimic::{Arguments, Failed, Trial};
 
 pub type TestResult = Result<(), Failed>;
 
@@ -75,8 +77,59 @@ pub fn rejects(args: &[String], expect: &str) -> TestResult {
     )
 }
 
+/// The trials running now and since when (libtest-mimic, unlike libtest,
+/// never says which tests are still running).
+static RUNNING: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
+
+/// A trial that takes this long is named when it ends.
+const SLOW: Duration = Duration::from_secs(90);
+
+/// A trial that the watcher can name while it runs.
+pub fn trial(
+    name: impl Into<String>,
+    runner: impl FnOnce() -> TestResult + Send + 'static,
+) -> Trial {
+    let name = name.into();
+    let key = name.clone();
+    Trial::test(name, move || {
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), Instant::now());
+        let result = runner();
+        let took = RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+            .map(|since| since.elapsed());
+        // Tests near their deadlines add up: a run that outlasts CI's
+        // bound says which ones took it (resources/test.sh repeats these).
+        if let Some(took) = took.filter(|t| *t >= SLOW) {
+            eprintln!("[slow] {key} took {:.0} s", took.as_secs_f64());
+        }
+        result
+    })
+}
+
+/// Every five minutes, names each trial running longer than that: a run
+/// that stalls (and is then killed, without libtest-mimic's summary) says
+/// where in its log.
+fn watch_running_trials() {
+    std::thread::spawn(|| loop {
+        std::thread::sleep(Duration::from_secs(300));
+        let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, since) in running.iter() {
+            let secs = since.elapsed().as_secs();
+            if secs >= 300 {
+                eprintln!("test {name} has been running for over {secs} s");
+            }
+        }
+    });
+}
+
 fn main() {
     ferry_tests::enter_kvm_host();
+    watch_running_trials();
     let args = Arguments::from_args();
     let mut trials = boot::trials();
     trials.extend(virtiofs::trials());

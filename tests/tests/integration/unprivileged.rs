@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use ferry_tests::{test_dir, Guest};
 use libtest_mimic::Trial;
 
-use crate::{check, field, guest_ok, line_with, TestResult};
+use crate::{check, field, guest_ok, line_with, trial, TestResult};
 
 /// The host user Ferry runs as.
 const USER: u32 = 1000;
@@ -87,7 +87,7 @@ pub fn trials() -> Vec<Trial> {
     vec![
         // Default: guest root is Ferry's user, every other guest id is
         // squashed to it, and Ferry's files show as guest root's.
-        Trial::test("unprivileged::default_map", || {
+        trial("unprivileged::default_map", || {
             unprivileged_ferry(
                 "unprivileged_default",
                 "",
@@ -102,7 +102,7 @@ pub fn trials() -> Vec<Trial> {
         }),
         // Guest user 1000 is Ferry's user; everyone else is squashed to
         // it (and shows as 1000 once made).
-        Trial::test("unprivileged::guest_user_map", || {
+        trial("unprivileged::guest_user_map", || {
             unprivileged_ferry(
                 "unprivileged_user_map",
                 &format!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferry_tests::{test_dir, Guest, Outcome};
 use libtest_mimic::{Failed, Trial};
 
-use crate::{check, field, guest_ok, line_with, TestResult};
+use crate::{check, field, guest_ok, line_with, trial, TestResult};
 
 /// A share directory and, beside it, a directory the guest must never reach.
 pub(crate) struct Share {
@@ -529,7 +529,7 @@ fn bad_fs_option(
 
 fn bad_fs_trials() -> Vec<Trial> {
     let t = |name: &'static str, spec: fn(&Share) -> Vec<String>, expect: &'static str| {
-        Trial::test(format!("fs_bad_option::{name}"), move || {
+        trial(format!("fs_bad_option::{name}"), move || {
             bad_fs_option(spec, expect, name)
         })
     };
@@ -698,29 +698,29 @@ echo made > /mnt/sub/new && echo write=ok"#,
 
 pub fn trials() -> Vec<Trial> {
     let mut t = vec![
-        Trial::test(
+        trial(
             "fs::file_operations_match_the_host",
             file_operations_match_the_host,
         ),
-        Trial::test("fs::host_change_seen_cache_never", || {
+        trial("fs::host_change_seen_cache_never", || {
             host_change_seen("fs_never", "never", "")
         }),
-        Trial::test("fs::host_change_seen_cache_auto", || {
+        trial("fs::host_change_seen_cache_auto", || {
             host_change_seen("fs_auto", "auto", "sleep 1.5")
         }),
-        Trial::test(
+        trial(
             "fs::two_shares_and_a_readonly_one",
             two_shares_and_a_readonly_one,
         ),
-        Trial::test("fs::eight_shares", many_shares_at_once),
-        Trial::test("fs::large_file_round_trip", large_file_round_trip),
-        Trial::test(
+        trial("fs::eight_shares", many_shares_at_once),
+        trial("fs::large_file_round_trip", large_file_round_trip),
+        trial(
             "fs::large_requests_and_many_files",
             large_requests_and_many_files,
         ),
-        Trial::test("fs::four_queues_four_writers", four_queues_four_writers),
-        Trial::test("fs::driver_rebind", driver_rebind_mounts_again),
-        Trial::test(
+        trial("fs::four_queues_four_writers", four_queues_four_writers),
+        trial("fs::driver_rebind", driver_rebind_mounts_again),
+        trial(
             "fs::host_mount_is_a_guest_submount",
             host_mount_is_a_guest_submount,
         ),
