@@ -73,8 +73,18 @@ pub struct BootArgs {
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Kernel to boot (default: the project's guest kernel, see README).
+    /// Any x86-64 Linux image, a distribution's included
+    /// (/boot/vmlinuz-VERSION): its modules for virtio-pci and virtio-fs
+    /// come from /lib/modules/VERSION.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
+
+    /// Take the kernel's modules from DIR instead of /lib/modules/VERSION:
+    /// a kernel build tree (make modules) or an installed tree (make
+    /// modules_install). Plain, .xz, .zst or .gz; each must be built for
+    /// the kernel (its vermagic), or Ferry exits 125.
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
 
     /// Also share this host directory read-write at the same path, or at
     /// GUEST (an absolute path) with HOST:GUEST (repeatable). The current

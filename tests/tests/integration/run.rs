@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::pty::{same_termios, PtySession};
 use ferry_tests::{
-    ferry_bin, require_kvm, run_ferry_input, run_ferry_with, scratch_dir, Input, Outcome,
+    ferry_bin, require_kvm, run_ferry, run_ferry_input, run_ferry_with, scratch_dir, Input, Outcome,
 };
 use libtest_mimic::{Failed, Trial};
 
-use crate::{check, rejects, TestResult};
+use crate::{check, rejects, trial, TestResult};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -523,6 +523,50 @@ fn tty_interactive_shell() -> TestResult {
     Ok(())
 }
 
+/// A full-screen editor through the terminal: vim draws on the guest pty,
+/// takes typed keys (insert mode, Escape, `:wq`), writes the file into the
+/// shared directory, and the host terminal comes back as it was.
+fn tty_vim_edits_a_file() -> TestResult {
+    require_kvm()?;
+    let dir = scratch_dir("run_tty_vim");
+    let vim = "/usr/bin/vim.tiny";
+    if !Path::new(vim).exists() {
+        return Err(
+            format!("{vim} is missing (resources/install-deps.sh installs vim-tiny)").into(),
+        );
+    }
+    let args = run_args(&[
+        "--",
+        "env",
+        "TERM=xterm",
+        vim,
+        "-u",
+        "NONE",
+        "-i",
+        "NONE",
+        "-N",
+        "notes.txt",
+    ]);
+    let mut s = PtySession::start(&args, 24, 80, &dir)?;
+    // vim's status line for a new file.
+    s.expect("notes.txt", TTY_WAIT)?;
+    s.send(b"ihello from vim")?;
+    s.expect("hello from vim", TTY_WAIT)?;
+    s.send(b"\x1b:wq\r")?;
+    let status = s.wait(TTY_WAIT)?;
+    if status.code() != Some(0) {
+        return Err(format!("vim: exit status {status:?}:\n{}", s.screen()).into());
+    }
+    let written = std::fs::read_to_string(dir.join("notes.txt"))?;
+    if written != "hello from vim\n" {
+        return Err(format!("notes.txt holds {written:?}:\n{}", s.screen()).into());
+    }
+    if !same_termios(&s.termios()?, &s.initial) {
+        return Err("the host terminal's settings differ from before".into());
+    }
+    Ok(())
+}
+
 /// `-T` on a terminal: the command gets no terminal; `-t` with pipes: it
 /// gets one.
 fn tty_forced_and_refused() -> TestResult {
@@ -647,6 +691,141 @@ fn distro_kernel_runs_a_command() -> TestResult {
         started.elapsed()
     );
     Ok(())
+}
+
+/// The modules `wanted` and everything they depend on, as Debian's
+/// `modules.dep` for `release` lists them (paths under its directory).
+fn debian_module_closure(release: &str, wanted: &[&str]) -> Result<Vec<String>, Failed> {
+    let dep = std::fs::read_to_string(format!("/lib/modules/{release}/modules.dep"))?;
+    let mut files = Vec::new();
+    for line in dep.lines() {
+        let Some((file, deps)) = line.split_once(':') else {
+            continue;
+        };
+        let stem = file.rsplit('/').next().unwrap_or(file);
+        if wanted.iter().any(|w| stem == format!("{w}.ko")) {
+            for f in std::iter::once(file).chain(deps.split_whitespace()) {
+                if !files.iter().any(|x| x == f) {
+                    files.push(f.to_string());
+                }
+            }
+        }
+    }
+    if files.len() < wanted.len() {
+        return Err(format!("{release}: modules.dep lacks some of {wanted:?}").into());
+    }
+    Ok(files)
+}
+
+/// Lays Debian's modules for Ferry's devices out as a kernel build tree
+/// does (no `modules.dep`, the files where the build left them), each
+/// compressed in turn with xz, zstd or gzip, as distributions ship them.
+/// `patch` may rewrite a module's bytes on the way.
+fn debian_modules_as_a_build_tree(
+    release: &str,
+    into: &Path,
+    patch: impl Fn(&str, Vec<u8>) -> Vec<u8>,
+) -> Result<(), Failed> {
+    let files = debian_module_closure(release, &["virtio_pci", "virtiofs", "overlay"])?;
+    for (i, file) in files.iter().enumerate() {
+        let data = patch(
+            file,
+            std::fs::read(format!("/lib/modules/{release}/{file}"))?,
+        );
+        let (tool, ext) = [("xz", ".xz"), ("zstd", ".zst"), ("gzip", ".gz")][i % 3];
+        let dest = into.join(format!("{}{ext}", file.trim_start_matches("kernel/")));
+        std::fs::create_dir_all(dest.parent().ok_or("no parent")?)?;
+        let mut child = Command::new(tool)
+            .arg("-c")
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&dest)?)
+            .spawn()
+            .map_err(|e| format!("{tool}: {e} (resources/install-deps.sh installs it)"))?;
+        std::io::Write::write_all(&mut child.stdin.take().ok_or("no stdin")?, &data)?;
+        if !child.wait()?.success() {
+            return Err(format!("{tool} failed on {file}").into());
+        }
+    }
+    std::fs::copy(
+        format!("/lib/modules/{release}/modules.builtin"),
+        into.join("modules.builtin"),
+    )?;
+    Ok(())
+}
+
+/// `--modules DIR` with a kernel build tree's layout, every module
+/// compressed (xz, zstd, gzip): Ferry finds them without `modules.dep`,
+/// orders them by their own `depends=`, decompresses them and the guest
+/// loads them.
+fn distro_kernel_with_a_build_tree() -> TestResult {
+    require_kvm()?;
+    let (kernel, release) = debian_kernel()?;
+    let dir = scratch_dir("run_build_tree");
+    let tree = dir.join("linux");
+    debian_modules_as_a_build_tree(&release, &tree, |_, d| d)?;
+    let kernel = kernel.display().to_string();
+    let tree = tree.display().to_string();
+    let args = run_args(&[
+        "--kernel",
+        &kernel,
+        "--modules",
+        &tree,
+        "--",
+        "sh",
+        "-c",
+        "cut -d' ' -f1 /proc/modules | sort | tr '\\n' ' '; echo x > /etc/probe && cat /etc/probe",
+    ]);
+    let out = run_ferry_input(&args, Input::Null, DISTRO_DEADLINE, |c| {
+        c.current_dir(&dir);
+    })?;
+    status_is(&out, 0)?;
+    check(
+        ["virtio_pci", "virtiofs", "fuse", "overlay"]
+            .iter()
+            .all(|m| out.stdout.split_whitespace().any(|x| x == *m))
+            && out.stdout.trim_end().ends_with('x'),
+        "expected the modules loaded from the build tree and an overlay write",
+        &out,
+    )
+}
+
+/// Modules built for another kernel (one module's vermagic names another
+/// release) are refused before anything boots: one line, status 125.
+fn modules_for_another_kernel() -> TestResult {
+    let (kernel, release) = debian_kernel()?;
+    let dir = scratch_dir("run_wrong_modules");
+    let tree = dir.join("linux");
+    let other = format!("{}X", &release[..release.len() - 1]);
+    let needle = format!("vermagic={release}");
+    debian_modules_as_a_build_tree(&release, &tree, |file, mut data| {
+        if file.ends_with("/fuse.ko") {
+            if let Some(at) = data
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+            {
+                let at = at + "vermagic=".len();
+                data[at..at + other.len()].copy_from_slice(other.as_bytes());
+            }
+        }
+        data
+    })?;
+    let kernel = kernel.display().to_string();
+    let tree = tree.display().to_string();
+    run_rejects_125(
+        &["--kernel", &kernel, "--modules", &tree, "--", "true"],
+        &format!("modules for another kernel: {tree}/fs/fuse/fuse.ko"),
+    )?;
+    run_rejects_125(
+        &[
+            "--kernel",
+            &kernel,
+            "--modules",
+            "/no/such/tree",
+            "--",
+            "true",
+        ],
+        "--modules /no/such/tree: not a directory",
+    )
 }
 
 fn timeout_stops_the_vm() -> TestResult {
@@ -998,65 +1177,78 @@ fn run_rejects(args: &[&str], expect: &str) -> TestResult {
     rejects(&all, expect)
 }
 
+/// Bad input that only Ferry can judge (not the argument parser): exactly
+/// one line on stderr and status 125.
+fn run_rejects_125(args: &[&str], expect: &str) -> TestResult {
+    let all = run_args(args);
+    let out = run_ferry(&all, None, Duration::from_secs(60))?;
+    status_is(&out, 125)?;
+    check(
+        out.stderr.trim_end().lines().count() == 1 && out.stderr.contains(expect),
+        &format!("expected one line on stderr naming '{expect}'"),
+        &out,
+    )
+}
+
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test("run::exit_statuses", exit_statuses_pass_through),
-        Trial::test("run::stdout_and_stderr", stdout_and_stderr_stay_apart),
-        Trial::test("run::cwd_read_write", cwd_is_shared_read_write),
-        Trial::test("run::acl_tools_on_a_share", acl_tools_work_on_a_share),
-        Trial::test("run::host_root_read_only", host_root_is_read_only),
-        Trial::test("run::timeout", timeout_stops_the_vm),
-        Trial::test("run::large_host_file", large_host_file_reads_back),
-        Trial::test(
+        trial("run::exit_statuses", exit_statuses_pass_through),
+        trial("run::stdout_and_stderr", stdout_and_stderr_stay_apart),
+        trial("run::cwd_read_write", cwd_is_shared_read_write),
+        trial("run::acl_tools_on_a_share", acl_tools_work_on_a_share),
+        trial("run::host_root_read_only", host_root_is_read_only),
+        trial("run::timeout", timeout_stops_the_vm),
+        trial("run::large_host_file", large_host_file_reads_back),
+        trial(
             "run::environment_and_ids",
             environment_and_identity_pass_through,
         ),
-        Trial::test("run::make_check", make_check_runs_in_the_project),
-        Trial::test("run::missing_command", missing_command_is_127),
-        Trial::test("run::default_kernel", default_kernel_is_found),
-        Trial::test("run::sigterm", || signal_stops_the_vm(libc::SIGTERM, 143)),
-        Trial::test("run::sigint", || signal_stops_the_vm(libc::SIGINT, 130)),
-        Trial::test("run::stdout_closed", closed_stdout_ends_the_vm),
-        Trial::test("run::stdin::reaches_the_command", stdin_reaches_the_command),
-        Trial::test("run::stdin::large_intact", large_stdin_arrives_intact),
-        Trial::test(
+        trial("run::make_check", make_check_runs_in_the_project),
+        trial("run::missing_command", missing_command_is_127),
+        trial("run::default_kernel", default_kernel_is_found),
+        trial("run::sigterm", || signal_stops_the_vm(libc::SIGTERM, 143)),
+        trial("run::sigint", || signal_stops_the_vm(libc::SIGINT, 130)),
+        trial("run::stdout_closed", closed_stdout_ends_the_vm),
+        trial("run::stdin::reaches_the_command", stdin_reaches_the_command),
+        trial("run::stdin::large_intact", large_stdin_arrives_intact),
+        trial(
             "run::stdin::unread_does_not_hold",
             unread_stdin_does_not_hold_the_command,
         ),
-        Trial::test("run::bad_input::no_command", || run_rejects(&[], "CMD")),
-        Trial::test("run::bad_input::missing_rw_dir", || {
+        trial("run::bad_input::no_command", || run_rejects(&[], "CMD")),
+        trial("run::bad_input::missing_rw_dir", || {
             run_rejects(&["--rw", "/no/such/dir", "--", "true"], "/no/such/dir")
         }),
-        Trial::test("run::bad_input::missing_kernel", || {
+        trial("run::bad_input::missing_kernel", || {
             run_rejects(
                 &["--kernel", "/no/such/bzImage", "--", "true"],
                 "/no/such/bzImage",
             )
         }),
-        Trial::test("run::bad_input::bad_timeout", || {
+        trial("run::bad_input::bad_timeout", || {
             run_rejects(&["--timeout", "soon", "--", "true"], "duration")
         }),
-        Trial::test("run::kernel_file_systems", kernel_file_systems_are_mounted),
-        Trial::test("run::overlay::explicit", overlay_keeps_writes_in_the_guest),
-        Trial::test("run::overlay::defaults", default_overlays_discard_writes),
-        Trial::test(
+        trial("run::kernel_file_systems", kernel_file_systems_are_mounted),
+        trial("run::overlay::explicit", overlay_keeps_writes_in_the_guest),
+        trial("run::overlay::defaults", default_overlays_discard_writes),
+        trial(
             "run::overlay::other_user_as_on_the_host",
             overlay_as_another_user_matches_the_host,
         ),
-        Trial::test("run::bad_input::missing_overlay", || {
-            run_rejects(
+        trial("run::bad_input::missing_overlay", || {
+            run_rejects_125(
                 &["--overlay", "/no/such/dir", "--", "true"],
                 "--overlay /no/such/dir: no such directory",
             )
         }),
-        Trial::test("run::guest_paths", shares_at_guest_paths),
-        Trial::test("run::bad_input::relative_guest_path", || {
+        trial("run::guest_paths", shares_at_guest_paths),
+        trial("run::bad_input::relative_guest_path", || {
             run_rejects(
                 &["--fs", "tag=x,path=/tmp,guest=relative", "--", "true"],
                 "guest=relative: must be an absolute path",
             )
         }),
-        Trial::test("run::bad_input::uncreatable_guest_path", || {
+        trial("run::bad_input::uncreatable_guest_path", || {
             run_rejects(
                 &[
                     "--no-overlay",
@@ -1068,26 +1260,35 @@ pub fn trials() -> Vec<Trial> {
                 "the guest's root is read-only",
             )
         }),
-        Trial::test("run::tty::interactive_shell", tty_interactive_shell),
-        Trial::test("run::tty::forced_and_refused", tty_forced_and_refused),
-        Trial::test(
+        trial("run::tty::interactive_shell", tty_interactive_shell),
+        trial("run::tty::forced_and_refused", tty_forced_and_refused),
+        trial("run::tty::vim_edits_a_file", tty_vim_edits_a_file),
+        trial(
             "run::tty::restored_after_sigkill",
             tty_restored_after_sigkill,
         ),
-        Trial::test("run::bad_input::not_a_kernel", || {
-            run_rejects(
+        trial("run::bad_input::not_a_kernel", || {
+            run_rejects_125(
                 &["--kernel", "/etc/hostname", "--", "true"],
                 "/etc/hostname: not a Linux kernel image",
             )
         }),
-        Trial::test("run::distro::debian_kernel", distro_kernel_runs_a_command),
-        Trial::test(
+        trial("run::distro::debian_kernel", distro_kernel_runs_a_command),
+        trial(
             "run::distro::default_kernel_from_boot",
             default_kernel_from_boot,
         ),
-        Trial::test("run::user::root", user_root_has_every_capability),
-        Trial::test("run::user::by_name", user_by_name_runs_as_that_user),
-        Trial::test("run::bad_input::unknown_user", || {
+        trial(
+            "run::distro::build_tree_modules",
+            distro_kernel_with_a_build_tree,
+        ),
+        trial(
+            "run::bad_input::modules_for_another_kernel",
+            modules_for_another_kernel,
+        ),
+        trial("run::user::root", user_root_has_every_capability),
+        trial("run::user::by_name", user_by_name_runs_as_that_user),
+        trial("run::bad_input::unknown_user", || {
             run_rejects(
                 &["--user", "no-such-user-for-ferry", "--", "true"],
                 "--user no-such-user-for-ferry: no such user",

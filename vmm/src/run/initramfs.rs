@@ -6,130 +6,31 @@
 //! manifest. Its `/init` loads them, mounts the root share and carries on
 //! from there as the usual guest init (`guest_init::stage_one`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use object::read::elf::{ElfFile64, ProgramHeader};
+use object::Endianness;
+
+use super::modules::{ModuleTree, ModulesError, FOR_OVERLAYS, REQUIRED};
 
 /// The manifest in the initramfs: one `module PATH` line per module in
 /// load order, then `exec PATH` (Ferry's host path, run from the root
 /// share once it is mounted).
 pub const MANIFEST: &str = "/ferry-stage1";
 
-/// What the root share needs, and what overlays need.
-const REQUIRED: [&str; 2] = ["virtio_pci", "virtiofs"];
-const FOR_OVERLAYS: &str = "overlay";
-
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
-    #[error("{}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "the kernel needs module {name}, which {} does not have (is it the modules of \
-         another kernel?)",
-        dir.display()
-    )]
-    MissingModule { name: String, dir: PathBuf },
-    #[error(
-        "{}: compressed modules (.ko.xz, .ko.zst, .ko.gz) are not supported yet; \
-         decompress them into a directory and pass --kernel with a matching --modules",
-        .0.display()
-    )]
-    Compressed(PathBuf),
+    #[error(transparent)]
+    Modules(#[from] ModulesError),
     #[error("writing the initramfs {}: {source}", path.display())]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The modules directory of a kernel `release` that needs modules for
-/// Ferry's devices, or None (the project kernel, or any kernel with them
-/// built in or without a modules directory here).
-pub fn modules_needed(release: &str) -> Option<PathBuf> {
-    let dir = ["/lib/modules", "/usr/lib/modules"]
-        .iter()
-        .map(|base| Path::new(base).join(release))
-        .find(|d| d.join("modules.dep").is_file())?;
-    let builtin = builtin_names(&dir);
-    REQUIRED
-        .iter()
-        .any(|m| !builtin.contains(*m))
-        .then_some(dir)
-}
-
-fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file.split(".ko").next().unwrap_or(file);
-    stem.replace('-', "_")
-}
-
-fn builtin_names(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_to_string(dir.join("modules.builtin"))
-        .unwrap_or_default()
-        .lines()
-        .map(module_name)
-        .collect()
-}
-
-/// `modules.dep`: module name -> (path relative to the directory, the
-/// paths it depends on).
-fn read_deps(dir: &Path) -> Result<BTreeMap<String, (String, Vec<String>)>, InitramfsError> {
-    let path = dir.join("modules.dep");
-    let text = std::fs::read_to_string(&path).map_err(|source| InitramfsError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let (module, deps) = line.split_once(':')?;
-            let deps = deps.split_whitespace().map(String::from).collect();
-            Some((module_name(module), (module.to_string(), deps)))
-        })
-        .collect())
-}
-
-/// The module files to load, dependencies first: the closure of `wanted`
-/// (less what is built in), each once.
-pub fn load_order(dir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, InitramfsError> {
-    let deps = read_deps(dir)?;
-    let builtin = builtin_names(dir);
-    let mut order: Vec<String> = Vec::new();
-    for name in wanted {
-        if builtin.contains(*name) {
-            continue;
-        }
-        let (path, needs) = deps
-            .get(*name)
-            .ok_or_else(|| InitramfsError::MissingModule {
-                name: (*name).to_string(),
-                dir: dir.to_path_buf(),
-            })?;
-        // modules.dep lists the whole closure, in an order where each
-        // module comes after what it needs when read backwards.
-        for p in needs.iter().rev().chain(std::iter::once(path)) {
-            if !order.contains(p) {
-                order.push(p.clone());
-            }
-        }
-    }
-    order
-        .into_iter()
-        .map(|p| {
-            let full = dir.join(&p);
-            if p.ends_with(".ko") {
-                Ok(full)
-            } else {
-                Err(InitramfsError::Compressed(full))
-            }
-        })
-        .collect()
 }
 
 /// A newc ("070701") cpio archive, as the kernel unpacks initramfs.
@@ -230,27 +131,56 @@ fn runtime_files() -> Vec<PathBuf> {
     files.into_iter().collect()
 }
 
-/// Writes the initramfs for a kernel whose modules are in `dir` to `out`:
-/// Ferry (`exe`) as /init, its runtime, the modules (`overlays`: also
-/// overlayfs) and the manifest.
-pub fn write(out: &Path, exe: &Path, dir: &Path, overlays: bool) -> Result<(), InitramfsError> {
+/// Ferry's binary as the initramfs's `/init` runs only the first stage,
+/// which never needs its symbols or debug information: the file up to the
+/// end of its last segment, with the section table dropped (a debug build
+/// goes from about 50 MB to under 10). Anything that does not parse as
+/// ELF64 goes in whole.
+fn loadable_part(exe: Vec<u8>) -> Vec<u8> {
+    let end = match ElfFile64::<Endianness>::parse(&exe[..]) {
+        Ok(elf) => {
+            let endian = elf.endian();
+            elf.elf_program_headers()
+                .iter()
+                .map(|ph| ph.p_offset(endian).saturating_add(ph.p_filesz(endian)))
+                .max()
+        }
+        Err(_) => None,
+    };
+    let Some(end) = end.and_then(|e| usize::try_from(e).ok()) else {
+        return exe;
+    };
+    if end < ELF64_HEADER || end >= exe.len() {
+        return exe;
+    }
+    let mut cut = exe;
+    cut.truncate(end);
+    // e_shoff (8 bytes at 0x28), e_shnum and e_shstrndx (2 each at 0x3c).
+    cut[0x28..0x30].fill(0);
+    cut[0x3c..0x40].fill(0);
+    cut
+}
+
+const ELF64_HEADER: usize = 0x40;
+
+/// Writes to `out` the initramfs for a kernel of `release` whose modules
+/// are in `modules`: Ferry (`exe`) as /init, its runtime, the modules
+/// (`overlays`: also overlayfs) and the manifest.
+pub fn write(
+    out: &Path,
+    exe: &Path,
+    modules: &ModuleTree,
+    release: &str,
+    overlays: bool,
+) -> Result<(), InitramfsError> {
     let mut wanted: Vec<&str> = REQUIRED.to_vec();
     if overlays {
         wanted.push(FOR_OVERLAYS);
     }
-    let modules = load_order(dir, &wanted)?;
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| InitramfsError::Read {
-            path: p.to_path_buf(),
-            source,
-        })
-    };
+    let modules = modules.load_order(&wanted, release)?;
     let mut manifest = String::new();
-    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
     for (i, m) in modules.iter().enumerate() {
-        let name = format!("/modules/{i}.ko");
-        manifest.push_str(&format!("module {name}\n"));
-        blobs.push((name, read(m)?));
+        manifest.push_str(&format!("module /modules/{i}-{}.ko\n", m.name));
     }
     manifest.push_str(&format!("exec {}\n", exe.display()));
     let file = std::fs::File::create(out).map_err(|source| InitramfsError::Write {
@@ -271,7 +201,7 @@ pub fn write(out: &Path, exe: &Path, dir: &Path, overlays: bool) -> Result<(), I
             cpio.dir(d)?;
         }
         cpio.entry("/dev/console", libc::S_IFCHR | 0o600, (5, 1), &[])?;
-        cpio.file("/init", 0o755, &std::fs::read(exe)?)?;
+        cpio.file("/init", 0o755, &loadable_part(std::fs::read(exe)?))?;
         for f in &runtime {
             let name = f.to_string_lossy();
             match std::fs::read_link(f) {
@@ -298,8 +228,8 @@ pub fn write(out: &Path, exe: &Path, dir: &Path, overlays: bool) -> Result<(), I
                 Err(_) => cpio.file(&name, 0o755, &std::fs::read(f)?)?,
             }
         }
-        for (name, data) in &blobs {
-            cpio.file(name, 0o644, data)?;
+        for (i, m) in modules.iter().enumerate() {
+            cpio.file(&format!("/modules/{i}-{}.ko", m.name), 0o644, &m.image)?;
         }
         cpio.file(MANIFEST, 0o644, manifest.as_bytes())?;
         cpio.finish()?.flush()
@@ -314,58 +244,18 @@ pub fn write(out: &Path, exe: &Path, dir: &Path, overlays: bool) -> Result<(), I
 mod tests {
     use super::*;
 
-    fn fake_modules() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ferry-mods-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("kernel/fs/fuse")).unwrap();
-        std::fs::write(
-            dir.join("modules.dep"),
-            "kernel/fs/fuse/fuse.ko:\n\
-             kernel/fs/fuse/virtiofs.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko kernel/fs/fuse/fuse.ko\n\
-             kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
-             kernel/drivers/virtio/virtio_ring.ko:\n\
-             kernel/drivers/virtio/virtio.ko:\n\
-             kernel/drivers/virtio/virtio_pci_modern_dev.ko:\n\
-             kernel/drivers/virtio/virtio_pci_legacy_dev.ko:\n\
-             kernel/fs/overlayfs/overlay.ko.xz:\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("modules.builtin"),
-            "kernel/fs/configfs/configfs.ko\n",
-        )
-        .unwrap();
-        dir
-    }
-
     #[test]
-    fn the_closure_loads_dependencies_first_and_once() {
-        let dir = fake_modules();
-        let order: Vec<String> = load_order(&dir, &["virtio_pci", "virtiofs", "configfs"])
-            .unwrap()
-            .iter()
-            .map(|p| module_name(&p.to_string_lossy()))
-            .collect();
-        assert_eq!(
-            order,
-            [
-                "virtio_ring",
-                "virtio",
-                "virtio_pci_modern_dev",
-                "virtio_pci_legacy_dev",
-                "virtio_pci",
-                "fuse",
-                "virtiofs"
-            ]
-        );
-        assert!(matches!(
-            load_order(&dir, &["nope"]),
-            Err(InitramfsError::MissingModule { .. })
-        ));
-        assert!(matches!(
-            load_order(&dir, &["overlay"]),
-            Err(InitramfsError::Compressed(_))
-        ));
-        let _ = std::fs::remove_dir_all(dir);
+    fn init_is_ferry_without_what_only_debuggers_read() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let cut = loadable_part(exe.clone());
+        assert!(cut.len() < exe.len(), "{} -> {}", exe.len(), cut.len());
+        let elf = ElfFile64::<Endianness>::parse(&cut[..]).expect("still ELF");
+        assert_eq!(elf.elf_program_headers().len(), {
+            let whole = ElfFile64::<Endianness>::parse(&exe[..]).unwrap();
+            whole.elf_program_headers().len()
+        });
+        // What is not ELF goes in whole.
+        assert_eq!(loadable_part(b"#!/bin/sh\n".to_vec()), b"#!/bin/sh\n");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod guest_init;
 mod initramfs;
 mod kernel_image;
 mod kernel_path;
+mod modules;
 mod overlay;
 mod spec;
 mod user;
@@ -67,6 +68,33 @@ const HOST_ONLY_ENV: &[&str] = &[
     "XDG_SESSION_ID",
     "_",
 ];
+
+/// The modules a kernel of `release` needs loaded for Ferry's devices, or
+/// None when it has them built in (the project kernel) or this host has no
+/// modules for it: `--modules DIR` when given (a missing one is an error),
+/// else `/lib/modules/RELEASE`.
+fn module_tree(
+    given: Option<&Path>,
+    release: &str,
+) -> Result<Option<(PathBuf, modules::ModuleTree)>> {
+    let dir = match given {
+        Some(dir) if !dir.is_dir() => bail!("--modules {}: not a directory", dir.display()),
+        Some(dir) => dir.to_path_buf(),
+        None => match modules::installed(release) {
+            Some(dir) => dir,
+            None => return Ok(None),
+        },
+    };
+    let tree = modules::ModuleTree::open(&dir)?;
+    if !tree.needed() {
+        log::info!(
+            "kernel {release}: virtio-pci and virtio-fs built in; no modules from {}",
+            dir.display()
+        );
+        return Ok(None);
+    }
+    Ok(Some((dir, tree)))
+}
 
 /// Runs `args` and returns Ferry's exit status.
 pub fn run(args: &RunArgs) -> i32 {
@@ -131,10 +159,10 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
     let spec_file = SpecFile::write(&spec)?;
     let init = std::env::current_exe().context("the path of the ferry binary")?;
     // A distribution kernel: its modules come in Ferry's own initramfs.
-    let initramfs = match initramfs::modules_needed(&release) {
-        Some(dir) => {
+    let initramfs = match module_tree(args.modules.as_deref(), &release)? {
+        Some((dir, tree)) => {
             let path = spec_file.dir.join("initramfs.cpio");
-            initramfs::write(&path, &init, &dir, !spec.overlays.is_empty())?;
+            initramfs::write(&path, &init, &tree, &release, !spec.overlays.is_empty())?;
             log::info!(
                 "kernel {release}: modules from {} in an initramfs",
                 dir.display()
