@@ -4,7 +4,8 @@
 #   bench/bench.sh [ROUNDS [WORKLOAD...]]     (default: 5 rounds, all)
 #
 # Workloads: boot seqread randread write mmap smallfiles walk run. `run` is
-# `ferry run -- true` end to end against the same job done the way
+# `ferry run -- true` end to end, with the project kernel and with the
+# newest distribution kernel in /boot, against the same job done the way
 # virtme-ng and vmtest do it: QEMU, the host's / read-only through virtiofsd
 # as the guest's root, the working directory as a second, writable
 # virtiofsd share, and a compiled init (bench/peer-init.c) that mounts what
@@ -137,16 +138,30 @@ peer_vm() {
     emit "$workload" peer $((t1 - t0)) "$work/out.txt" "$work/qemu.time" "$work/vfs.time"
 }
 
-# `ferry run -- true` against the virtme-ng/vmtest way (see the top).
+# `ferry run -- true` against the virtme-ng/vmtest way (see the top),
+# with the project kernel (system ferry) or a distribution kernel from
+# /boot (ferry-distro: Ferry builds its module initramfs on each run).
 ferry_run_vm() {
-    local t0 t1
+    local system=$1 kernel=$2 t0 t1
     t0=$(now_ms)
     (cd "$work/cwd" && /usr/bin/time -f '%U %S %M' -o "$work/ferry.time" \
-        "$ferry" run --kernel "$kernel" --memory "$memory" --cpus 1 -- true) ||
-        guest_failed run ferry /dev/null
+        "$ferry" run --kernel "$kernel" --memory "$memory" --cpus 1 -- true \
+        >"$work/out.txt" 2>&1) || guest_failed run "$system" "$work/out.txt"
     t1=$(now_ms)
     echo "result" > "$work/out.txt"
-    emit run ferry $((t1 - t0)) "$work/out.txt" "$work/ferry.time"
+    emit run "$system" $((t1 - t0)) "$work/out.txt" "$work/ferry.time"
+}
+
+# The distribution kernel for the ferry-distro column: the newest in /boot
+# (resources/install-deps.sh installs Debian's linux-image-amd64).
+distro_kernel() {
+    local k
+    k=$(ls -v /boot/vmlinuz-* 2>/dev/null | tail -1)
+    [ -n "$k" ] || {
+        echo "[bench] no /boot/vmlinuz-*: the run workload measures a distribution kernel too (apt-get install linux-image-amd64)" >&2
+        exit 1
+    }
+    echo "$k"
 }
 
 peer_run_vm() {
@@ -187,7 +202,8 @@ for entry in "${workloads[@]}"; do
     for r in $(seq 1 "$rounds"); do
         echo "[bench] $workload round $r/$rounds" >&2
         if [ "$workload" = run ]; then
-            ferry_run_vm
+            ferry_run_vm ferry "$kernel"
+            ferry_run_vm ferry-distro "$(distro_kernel)"
             peer_run_vm
             continue
         fi

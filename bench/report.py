@@ -12,7 +12,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-SYSTEMS = ["ferry", "ferry-dax", "peer"]
+# ferry-distro: `ferry run` with a distribution kernel (the run workload).
+SYSTEMS = ["ferry", "ferry-dax", "ferry-distro", "peer"]
 # Metrics where more is better; for all others (ms, seconds, MiB) less is.
 HIGHER_IS_BETTER = ("-mbps", "-iops")
 
@@ -48,7 +49,7 @@ def summarize(samples):
                 row[system] = {"median": statistics.median(values), "min": min(values),
                                "max": max(values), "n": len(values)}
         peer = row.get("peer", {}).get("median")
-        for system in ("ferry", "ferry-dax"):
+        for system in ("ferry", "ferry-dax", "ferry-distro"):
             mine = row.get(system, {}).get("median")
             if mine is not None and peer:
                 row[f"{system}/peer"] = mine / peer
@@ -95,13 +96,17 @@ def markdown(meta, rows):
     out.append("Median (min–max). ferry/peer is the plain ratio of medians; "
                "\"better\" says which way the metric improves.")
     out.append("")
-    out.append("| workload | metric | better | ferry | ferry DAX | QEMU + virtiofsd "
-               "| ferry/peer | DAX/peer |")
-    out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    out.append("ferry distro is `ferry run` with a distribution kernel from /boot "
+               "(the run workload only); the peer keeps the project kernel.")
+    out.append("")
+    out.append("| workload | metric | better | ferry | ferry DAX | ferry distro "
+               "| QEMU + virtiofsd | ferry/peer | DAX/peer | distro/peer |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         out.append(f"| {r['workload']} | {r['metric']} | {r['better']} | {cell(r.get('ferry'))} "
-                   f"| {cell(r.get('ferry-dax'))} | {cell(r.get('peer'))} "
-                   f"| {ratio(r.get('ferry/peer'))} | {ratio(r.get('ferry-dax/peer'))} |")
+                   f"| {cell(r.get('ferry-dax'))} | {cell(r.get('ferry-distro'))} "
+                   f"| {cell(r.get('peer'))} | {ratio(r.get('ferry/peer'))} "
+                   f"| {ratio(r.get('ferry-dax/peer'))} | {ratio(r.get('ferry-distro/peer'))} |")
     return "\n".join(out) + "\n"
 
 
