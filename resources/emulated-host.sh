@@ -24,7 +24,7 @@
 # then; with 4, 10 runs in a row passed), FERRY_EMU_KERNEL (default: the project kernel),
 # FERRY_EMU_LOGLEVEL (the emulated host kernel's console loglevel, default 0;
 # 4 shows its warnings, such as soft lockups), FERRY_EMU_TIMEOUT (seconds
-# the command may run, default 2700, 0 for no bound: past it the emulated
+# the command may run, default 3600, 0 for no bound: past it the emulated
 # host prints its blocked tasks and kills the command, and QEMU itself is
 # stopped 120 s later if the emulated host no longer answers).
 set -euo pipefail
@@ -72,7 +72,7 @@ trap 'kill $sentinel $copier 2>/dev/null || true; rm -rf "$job"' EXIT
 
 cmdline="console=ttyS0 quiet loglevel=${FERRY_EMU_LOGLEVEL:-0} panic=-1 root=hostroot rootfstype=9p"
 cmdline+=" rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose ro"
-timeout=${FERRY_EMU_TIMEOUT:-2700}
+timeout=${FERRY_EMU_TIMEOUT:-3600}
 [[ $timeout =~ ^[0-9]+$ ]] || { echo "emulated-host: FERRY_EMU_TIMEOUT=$timeout: expected seconds" >&2; exit 2; }
 timeout=$((10#$timeout))
 cmdline+=" init=$here/emulated-host-init.sh ferry_exit=$exit_helper ferry_repo=$repo ferry_timeout=$timeout"
