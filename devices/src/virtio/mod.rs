@@ -1,6 +1,9 @@
 //! virtio 1.x devices and their PCI transport.
 
+#[cfg(any(test, feature = "harness"))]
+pub mod driver_ring;
 pub mod fs;
+pub mod net;
 mod pci;
 mod queue_config;
 pub mod ring;
@@ -92,6 +95,10 @@ pub struct Activation {
 pub enum ActivateError {
     #[error("no request queue is ready; the device needs at least one")]
     NoRequestQueue,
+    #[error("the driver did not set up the {0} queues")]
+    MissingQueue(&'static str),
+    #[error("the device has no backend (it was lost with a failed worker)")]
+    NoBackend,
     #[error("cannot start the device: no stop event: {0}")]
     StopEvent(#[source] std::io::Error),
     #[error("cannot start the device: cannot share its stop event: {0}")]
@@ -104,7 +111,10 @@ impl ActivateError {
     /// Whether the driver is to blame (it set the device up wrongly), as
     /// opposed to the host running out of descriptors or threads.
     pub fn is_guest_fault(&self) -> bool {
-        matches!(self, ActivateError::NoRequestQueue)
+        matches!(
+            self,
+            ActivateError::NoRequestQueue | ActivateError::MissingQueue(_)
+        )
     }
 }
 

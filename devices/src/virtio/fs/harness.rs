@@ -9,13 +9,13 @@ use fuse_backend_rs::abi::fuse_abi::{
     EntryOut, InHeader, InitIn, Opcode, OutHeader, SetattrIn, SetattrValid,
 };
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::QueueWorker;
 use super::{CacheMode, DaxWindow, FsShare, VirtioFs};
 use crate::fake_vm::FakeVm;
+use crate::virtio::driver_ring;
 use crate::virtio::ring::SplitRingLayout;
 
 pub const QUEUE_LEN: u16 = 16;
@@ -209,17 +209,7 @@ impl Harness {
         std::fs::write(dir.join("secret"), "outside").expect("harness setup");
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_RAM_BYTES)])
             .expect("harness setup");
-        let mut queue = Queue::new(QUEUE_LEN).expect("harness setup");
-        queue
-            .try_set_desc_table_address(GuestAddress(DESC_TABLE))
-            .expect("harness setup");
-        queue
-            .try_set_avail_ring_address(GuestAddress(AVAIL_RING))
-            .expect("harness setup");
-        queue
-            .try_set_used_ring_address(GuestAddress(USED_RING))
-            .expect("harness setup");
-        queue.set_ready(true);
+        let queue = driver_ring::ready_queue(&RING);
         let mut share = FsShare {
             tag: "t".into(),
             path: dir.join("share"),
@@ -270,20 +260,12 @@ impl Harness {
 
     /// The used ring's index.
     pub fn used_idx(&self) -> u16 {
-        self.mem
-            .read_obj(RING.used_idx_addr())
-            .expect("harness guest memory")
+        driver_ring::used_idx(&self.mem, &RING)
     }
 
     /// The used element for free-running index `idx`: (id, len).
     pub fn used_elem(&self, idx: u16) -> (u32, u32) {
-        let at = RING.used_elem_addr(idx);
-        let id = self.mem.read_obj(at).expect("harness guest memory");
-        let len = self
-            .mem
-            .read_obj(at.unchecked_add(4))
-            .expect("harness guest memory");
-        (id, len)
+        driver_ring::used_elem(&self.mem, &RING, idx)
     }
 
     /// Places raw descriptors (as given) in the table and makes the first
@@ -291,24 +273,10 @@ impl Harness {
     /// the worker reaches by serving it.
     pub fn place_raw(&mut self, descs: &[RawDescriptor]) -> u16 {
         let head = self.next_desc;
-        for (i, d) in (0u16..).zip(descs) {
-            self.mem
-                .write_obj(*d, RING.desc_addr(head + i))
-                .expect("harness guest memory");
-        }
-        let idx: u16 = self
-            .mem
-            .read_obj(RING.avail_idx_addr())
-            .expect("harness guest memory");
-        self.mem
-            .write_obj(head, RING.avail_slot_addr(idx))
-            .expect("harness guest memory");
-        self.mem
-            .write_obj(idx.wrapping_add(1), RING.avail_idx_addr())
-            .expect("harness guest memory");
+        let reached = driver_ring::place(&self.mem, &RING, head, descs);
         let count = u16::try_from(descs.len()).expect("a chain shorter than the queue");
         self.next_desc = (head + count) % (QUEUE_LEN - 4);
-        idx.wrapping_add(1)
+        reached
     }
 
     pub fn worker_round(&mut self) {

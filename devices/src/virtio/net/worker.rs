@@ -1,0 +1,316 @@
+//! The virtio-net worker: one thread for both queues and the backend's
+//! socket. Transmit: each chain the guest makes available is one frame
+//! behind a `virtio_net_hdr_v1`, copied out and written to the socket;
+//! while the socket is full, the transmit queue waits. Receive: frames from
+//! the socket go one per receive chain; while the guest has posted no
+//! buffer, the socket is not read (its kernel buffer holds what passt
+//! sends, and passt's own flow control slows the sender). So neither side
+//! makes Ferry buffer more than one frame each way.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::frames::{FrameReader, FrameWriter, MAX_FRAME, MIN_FRAME};
+use super::NetStats;
+use crate::virtio::{BusMaster, GuestMemoryShared, QueueVector, VirtioInterrupt};
+
+/// `virtio_net_hdr_v1` (virtio 1.2, 5.1.6): with VERSION_1 it always has
+/// `num_buffers`, 12 bytes. Ferry offers no offload, so on transmit it is
+/// all zeros to skip, and on receive all zeros but `num_buffers` = 1.
+pub const NET_HDR_LEN: usize = 12;
+const NUM_BUFFERS_AT: usize = 10;
+
+/// One of the device's queues as the worker holds it.
+pub struct NetQueue {
+    pub queue: Queue,
+    pub kick: EventFd,
+    pub vector: QueueVector,
+}
+
+/// What outlives a worker: the backend and the frames in flight, given
+/// back to the device on reset so the next activation carries on the same
+/// stream (a frame cut in half would desynchronise it).
+pub struct Backend {
+    pub stream: UnixStream,
+    pub inbound: FrameReader,
+    pub outbound: FrameWriter,
+    /// Set once the stream failed (passt gone, a bad frame length): from
+    /// then on transmitted frames are dropped and nothing is received.
+    pub failed: bool,
+}
+
+impl Backend {
+    /// `stream` made non-blocking: the worker waits in poll, never in a
+    /// read or write.
+    pub fn new(stream: UnixStream) -> std::io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        Ok(Backend {
+            stream,
+            inbound: FrameReader::default(),
+            outbound: FrameWriter::default(),
+            failed: false,
+        })
+    }
+}
+
+pub struct NetWorker {
+    pub rx: NetQueue,
+    pub tx: NetQueue,
+    pub backend: Backend,
+    pub stop: EventFd,
+    pub mem: GuestMemoryShared,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    pub bus_master: BusMaster,
+    pub stats: Arc<NetStats>,
+    /// The guest has no receive buffer: wait for its kick, not the socket.
+    pub rx_starved: bool,
+}
+
+type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
+
+/// Why one transmitted chain was dropped (the guest's doing).
+#[derive(Debug, thiserror::Error)]
+enum TxFault {
+    #[error("{0}")]
+    Chain(#[source] virtio_queue::Error),
+    #[error("a frame of {0} bytes with its header (allowed {min}..={max})", min = NET_HDR_LEN + MIN_FRAME, max = NET_HDR_LEN + MAX_FRAME)]
+    Size(usize),
+    #[error("reading the frame: {0}")]
+    Read(#[source] std::io::Error),
+}
+
+/// The frame in a transmit chain, without its header.
+fn tx_frame(mem: &GuestMemoryMmap, chain: Chain<'_>) -> Result<Vec<u8>, TxFault> {
+    let mut reader = chain.reader(mem).map_err(TxFault::Chain)?;
+    let total = reader.available_bytes();
+    // Checked before the allocation: the guest names the length.
+    if !(NET_HDR_LEN + MIN_FRAME..=NET_HDR_LEN + MAX_FRAME).contains(&total) {
+        return Err(TxFault::Size(total));
+    }
+    let mut header = [0u8; NET_HDR_LEN];
+    reader.read_exact(&mut header).map_err(TxFault::Read)?;
+    let mut frame = vec![0u8; total - NET_HDR_LEN];
+    reader.read_exact(&mut frame).map_err(TxFault::Read)?;
+    Ok(frame)
+}
+
+/// What one pass over a queue did.
+#[derive(Default)]
+struct Pass {
+    used: bool,
+}
+
+impl NetWorker {
+    /// Serves until the stop event; returns the backend for the next
+    /// activation.
+    pub fn run(mut self) -> Backend {
+        self.process();
+        loop {
+            let mut backend_events = 0;
+            if !self.backend.failed {
+                if !self.rx_starved {
+                    backend_events |= libc::POLLIN;
+                }
+                if self.backend.outbound.busy() {
+                    backend_events |= libc::POLLOUT;
+                }
+            }
+            let mut fds = [
+                pollfd(self.stop.as_raw_fd(), libc::POLLIN),
+                pollfd(self.rx.kick.as_raw_fd(), libc::POLLIN),
+                pollfd(self.tx.kick.as_raw_fd(), libc::POLLIN),
+                pollfd(self.backend.stream.as_raw_fd(), backend_events),
+            ];
+            // SAFETY: polls four valid fds owned by this worker.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 4, -1) };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("virtio-net: poll failed; the worker stops");
+                return self.backend;
+            }
+            if fds[0].revents != 0 {
+                return self.backend;
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                let _ = self.rx.kick.read();
+                self.rx_starved = false;
+            }
+            if fds[2].revents & libc::POLLIN != 0 {
+                let _ = self.tx.kick.read();
+            }
+            self.process();
+        }
+    }
+
+    /// One round over both directions (whatever woke the worker: each
+    /// side checks its own state, so a spurious wake-up costs a few reads).
+    pub fn process(&mut self) {
+        if !self.bus_master.on() {
+            return;
+        }
+        let guard = self.mem.memory();
+        let mem: &GuestMemoryMmap = &guard;
+        if let Err(e) = self.backend.outbound.flush(&mut self.backend.stream) {
+            self.backend_failed(&format!("writing to it: {e}"));
+        }
+        let tx = self.transmit(mem);
+        Self::signal(mem, &mut self.tx, &self.interrupt, tx, "tx");
+        let rx = self.receive(mem);
+        Self::signal(mem, &mut self.rx, &self.interrupt, rx, "rx");
+    }
+
+    fn signal(
+        mem: &GuestMemoryMmap,
+        q: &mut NetQueue,
+        interrupt: &Arc<dyn VirtioInterrupt>,
+        pass: Pass,
+        name: &str,
+    ) {
+        if !pass.used {
+            return;
+        }
+        match q.queue.needs_notification(mem) {
+            Ok(true) => interrupt.notify(q.vector.get()),
+            Ok(false) => {}
+            Err(e) => log::warn!("virtio-net {name}: {e:?}"),
+        }
+    }
+
+    fn backend_failed(&mut self, why: &str) {
+        if !self.backend.failed {
+            log::error!(
+                "virtio-net: the network backend failed ({why}); the guest's network is down"
+            );
+            self.backend.failed = true;
+            self.stats.backend_failed();
+        }
+    }
+
+    /// Pops the next chain of `q`, re-enabling notifications when the ring
+    /// looks empty so a chain added meanwhile is not missed (and a broken
+    /// ring, which `virtio-queue` reports as empty, ends the pass).
+    fn pop<'m>(q: &mut NetQueue, mem: &'m GuestMemoryMmap) -> Option<Chain<'m>> {
+        for _ in 0..2 {
+            if q.queue.disable_notification(mem).is_err() {
+                return None;
+            }
+            if let Some(chain) = q.queue.pop_descriptor_chain(mem) {
+                return Some(chain);
+            }
+            match q.queue.enable_notification(mem) {
+                // Nothing more: the guest kicks when it adds some.
+                Ok(false) | Err(_) => return None,
+                Ok(true) => {}
+            }
+        }
+        None
+    }
+
+    fn transmit(&mut self, mem: &GuestMemoryMmap) -> Pass {
+        let mut pass = Pass::default();
+        while !self.backend.outbound.busy() && self.bus_master.on() {
+            let Some(chain) = Self::pop(&mut self.tx, mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            match tx_frame(mem, chain) {
+                Ok(frame) if !self.backend.failed => {
+                    self.stats.tx_frame();
+                    if let Err(e) = self.backend.outbound.send(&frame, &mut self.backend.stream) {
+                        self.backend_failed(&format!("writing to it: {e}"));
+                    }
+                }
+                Ok(_) => self.stats.tx_dropped(),
+                Err(e) => {
+                    self.stats.tx_dropped();
+                    log::debug!("virtio-net tx: frame dropped: {e}");
+                }
+            }
+            if let Err(e) = self.tx.queue.add_used(mem, head, 0) {
+                log::warn!("virtio-net tx: {e:?}");
+                break;
+            }
+            pass.used = true;
+        }
+        pass
+    }
+
+    fn receive(&mut self, mem: &GuestMemoryMmap) -> Pass {
+        let mut pass = Pass::default();
+        while !self.backend.failed && self.bus_master.on() {
+            let frame = match self.backend.inbound.frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => match self.backend.inbound.fill(&mut self.backend.stream) {
+                    Ok(0) => {
+                        self.backend_failed("it closed the connection");
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.backend_failed(&format!("reading from it: {e}"));
+                        break;
+                    }
+                },
+                Err(bad) => {
+                    self.backend_failed(&bad.to_string());
+                    break;
+                }
+            };
+            let Some(chain) = Self::pop(&mut self.rx, mem) else {
+                // Kept in the buffer until the guest posts a buffer.
+                self.rx_starved = true;
+                break;
+            };
+            let head = chain.head_index();
+            let written = match chain.writer(mem) {
+                Ok(mut w) if w.available_bytes() >= NET_HDR_LEN + frame.len() => {
+                    let mut header = [0u8; NET_HDR_LEN];
+                    header[NUM_BUFFERS_AT] = 1;
+                    match w.write_all(&header).and_then(|()| w.write_all(frame)) {
+                        Ok(()) => {
+                            self.stats.rx_frame();
+                            NET_HDR_LEN + frame.len()
+                        }
+                        Err(e) => {
+                            log::debug!("virtio-net rx: writing the frame: {e}");
+                            self.stats.rx_dropped();
+                            0
+                        }
+                    }
+                }
+                // A buffer too small for the frame (the driver sizes its
+                // buffers for the MTU it was given): dropped, counted.
+                _ => {
+                    self.stats.rx_dropped();
+                    0
+                }
+            };
+            self.backend.inbound.consume();
+            let len = u32::try_from(written).unwrap_or(0);
+            if let Err(e) = self.rx.queue.add_used(mem, head, len) {
+                log::warn!("virtio-net rx: {e:?}");
+                break;
+            }
+            pass.used = true;
+        }
+        pass
+    }
+}
+
+fn pollfd(fd: i32, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
