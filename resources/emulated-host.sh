@@ -72,6 +72,11 @@ trap 'kill $sentinel $copier 2>/dev/null || true; rm -rf "$job"' EXIT
 
 cmdline="console=ttyS0 quiet loglevel=${FERRY_EMU_LOGLEVEL:-0} panic=-1 root=hostroot rootfstype=9p"
 cmdline+=" rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose ro"
+# A network card of its own (QEMU's user mode, restricted: no way out)
+# with QEMU's usual addresses, set by the kernel (its DHCP answer has no
+# router when restricted), so passt (`--net user`) finds an interface with
+# a default route to copy for its guests.
+cmdline+=" ip=10.0.2.15::10.0.2.2:255.255.255.0:emuhost:eth0:off"
 timeout=${FERRY_EMU_TIMEOUT:-3600}
 [[ $timeout =~ ^[0-9]+$ ]] || { echo "emulated-host: FERRY_EMU_TIMEOUT=$timeout: expected seconds" >&2; exit 2; }
 timeout=$((10#$timeout))
@@ -93,7 +98,8 @@ copier=$!
 set +e
 "${bound[@]}" "$qemu" -accel tcg,thread=multi -M pc -cpu max \
     -m "${FERRY_EMU_MEMORY:-6G}" -smp "$emu_cpus" \
-    -display none -vga none -no-reboot -nic none -monitor none \
+    -display none -vga none -no-reboot -monitor none \
+    -nic user,model=virtio-net-pci,restrict=on \
     -chardev file,id=console,path="$console" -serial chardev:console \
     -device isa-debug-exit,iobase=0xf4,iosize=1 \
     -kernel "$kernel" -append "$cmdline" \

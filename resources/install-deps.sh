@@ -5,14 +5,15 @@
 # tests run the host's setfacl/getfacl in a guest) and Debian's packaged
 # kernel (`ferry run` is tested with a distribution kernel too; INITRD=No:
 # Ferry brings its own initramfs), with xz and zstd to compress its modules
-# as other distributions ship them, and vim (a full-screen program through
-# `ferry run`'s terminal). Idempotent: does nothing when
+# as other distributions ship them, vim (a full-screen program through
+# `ferry run`'s terminal) and passt (`--net user`). Idempotent: does nothing when
 # everything is there.
 set -euo pipefail
 
 packages=(
     linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev
     xz-utils zstd cpio file busybox-static qemu-system-x86 acl linux-image-amd64 vim-tiny
+    passt
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -650,6 +650,7 @@ pub fn thread_waits(pid: u32) -> String {
 pub struct Guest {
     kernel: Option<PathBuf>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     cmdline: Vec<String>,
     stdin: Option<Vec<u8>>,
     deadline: Duration,
@@ -660,6 +661,7 @@ impl Default for Guest {
         Guest {
             kernel: None,
             args: Vec::new(),
+            env: Vec::new(),
             cmdline: vec!["quiet".into()],
             stdin: None,
             deadline: Duration::from_secs(120),
@@ -701,6 +703,18 @@ impl Guest {
 
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.into());
+        self
+    }
+
+    /// Adds `word` to the guest kernel's command line.
+    pub fn cmdline(mut self, word: &str) -> Self {
+        self.cmdline.push(word.into());
+        self
+    }
+
+    /// Sets `key` in Ferry's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -758,6 +772,7 @@ impl Guest {
             cmdline.join(" "),
         ]);
         command.args(self.args);
+        command.envs(self.env);
         Ok((command, self.stdin))
     }
 }

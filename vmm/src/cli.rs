@@ -196,6 +196,13 @@ pub struct MachineArgs {
     #[arg(long = "fs", value_name = "OPTIONS", value_parser = crate::fs_option::parse_fs_arg)]
     pub fs: Vec<crate::fs_option::FsArg>,
 
+    /// Give the guest a network card (virtio-net). `user`: user-mode
+    /// networking through passt (which must be installed): the guest gets
+    /// its address, route and DNS by DHCP and reaches what the host
+    /// reaches, with no privilege on the host. Default: none.
+    #[arg(long, value_name = "user")]
+    pub net: Option<NetMode>,
+
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "warn", value_name = "LEVEL")]
     pub log_level: log::LevelFilter,
@@ -210,6 +217,13 @@ pub struct MachineArgs {
     /// `off` is for debugging only.
     #[arg(long, default_value = "on", value_name = "on|off")]
     pub sandbox: crate::sandbox::SandboxMode,
+}
+
+/// `--net`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetMode {
+    /// passt, started by Ferry.
+    User,
 }
 
 impl Cli {

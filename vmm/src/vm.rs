@@ -19,6 +19,7 @@ use ferry_devices::legacy::{
 };
 use ferry_devices::pci::{PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT};
 use ferry_devices::virtio::fs::{FsShare, FsStats, VirtioFs};
+use ferry_devices::virtio::net::{NetStats, VirtioNet};
 use ferry_devices::virtio::{VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
 use ferry_devices::vm_ops::{GuestMemoryFault, VmOps};
 use ferry_devices::Bus;
@@ -29,7 +30,7 @@ use crate::fs_option::check_unique_tags;
 use crate::sandbox::Sandbox;
 use crate::vm_ops::KvmVmOps;
 
-use crate::cli::BootArgs;
+use crate::cli::{BootArgs, NetMode};
 use crate::console::{FdWriter, InputSink, StdinPump, WindowSize};
 use crate::control::{signalfd_for, take_stop_signals, Control, ReportRequests};
 use crate::exit::{ExitReason, VmExit};
@@ -200,7 +201,13 @@ struct FsDevices {
     /// What repairs device memory KVM cannot reach (the DAX windows),
     /// called by the vCPUs and once a second by the control loop.
     fault_hooks: Vec<Arc<dyn GuestMemoryFault>>,
+    /// The network card's counters, logged at exit.
+    net: Option<Arc<NetStats>>,
 }
+
+/// The guest's MAC address: locally administered (02:...), fixed, as
+/// there is one card on a network of its own.
+const GUEST_MAC: [u8; 6] = [0x02, 0x46, 0x52, 0x59, 0x00, 0x01];
 
 /// The PCI root bus with one virtio-fs device per share.
 fn add_pci_devices(
@@ -254,6 +261,25 @@ fn add_pci_devices(
             share.path.display(),
             if share.readonly { " (read-only)" } else { "" }
         );
+    }
+    if cli.machine.net == Some(NetMode::User) {
+        let context = || "virtio-net";
+        let backend = crate::passt::start(&[]).context("--net user")?;
+        let net = VirtioNet::new(GUEST_MAC, backend, sandbox.network()).with_context(context)?;
+        devices.net = Some(net.stats());
+        let bar = bars.allocate(VIRTIO_PCI_BAR_SIZE)?;
+        let device = VirtioPciDevice::new(
+            Box::new(net),
+            vm_ops.clone(),
+            GuestMemoryAtomic::new(mem.clone()),
+            bar,
+            None,
+        )
+        .with_context(context)?;
+        let slot = root
+            .add_device(Arc::new(Mutex::new(device)))
+            .with_context(context)?;
+        log::info!("virtio-net (passt) at PCI 00:{slot:02x}.0, BAR0 {bar:#x}");
     }
     io_bus.insert(
         Arc::new(Mutex::new(root)),
@@ -516,6 +542,13 @@ pub fn run(config: VmConfig) -> Result<ExitReason> {
     drop(terminal);
     for (tag, stats) in &fs.stats {
         log::debug!("virtio-fs '{tag}' requests: {}", stats.summary());
+    }
+    if let Some(net) = &fs.net {
+        let (rx, rx_dropped, tx, tx_dropped, failures) = net.snapshot();
+        log::debug!(
+            "virtio-net frames: {rx} received ({rx_dropped} dropped), {tx} sent \
+             ({tx_dropped} dropped), backend failures {failures}"
+        );
     }
 
     match &reason {

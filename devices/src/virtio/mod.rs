@@ -7,10 +7,12 @@ pub mod net;
 mod pci;
 mod queue_config;
 pub mod ring;
+mod spawner;
 pub mod spec;
 mod status;
 
 pub use pci::{layout as pci_layout, FailedActivations, VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
+pub use spawner::{ConfineError, Spawner};
 
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;

@@ -13,6 +13,7 @@ mod conformance;
 mod dax;
 mod escape;
 mod limits;
+mod net;
 mod run;
 mod unprivileged;
 mod virtiofs;
@@ -137,6 +138,7 @@ fn main() {
     trials.extend(escape::trials());
     trials.extend(conformance::trials());
     trials.extend(limits::trials());
+    trials.extend(net::trials());
     trials.extend(run::trials());
     trials.extend(unprivileged::trials());
     libtest_mimic::run(&args, trials).exit();

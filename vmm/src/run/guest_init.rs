@@ -328,6 +328,11 @@ fn init(spec_path: &Path) -> Result<i32, InitError> {
     if let Err(e) = loopback_up() {
         say(&format!("ferry-init: loopback stays down: {e}\n"));
     }
+    if let Err(e) = configure_dns() {
+        say(&format!(
+            "ferry-init: no /etc/resolv.conf for the network: {e}\n"
+        ));
+    }
     run_command(&spec)
 }
 
@@ -492,6 +497,62 @@ fn mount(
             fstype.as_ptr(),
             flags,
             data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// With `--net`, the kernel configured the card from DHCP (`ip=dhcp`) and
+/// lists the name servers it got in /proc/net/pnp: they go to the guest's
+/// /etc/resolv.conf, never the host's. Where that is a link into /run
+/// (systemd-resolved's stub), the target is made in the guest's own /run;
+/// else the file is written (an /etc overlay) or, with /etc read-only, a
+/// file of the guest's is bind-mounted over it. Without a network, nothing.
+fn configure_dns() -> io::Result<()> {
+    let Ok(pnp) = std::fs::read_to_string("/proc/net/pnp") else {
+        return Ok(());
+    };
+    let servers: String = pnp
+        .lines()
+        .filter(|l| l.starts_with("nameserver "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let conf = Path::new("/etc/resolv.conf");
+    if let Ok(target) = std::fs::read_link(conf) {
+        let target = Path::new("/etc").join(target);
+        if target.starts_with("/run") || target.starts_with("/etc/../run") {
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            return std::fs::write(&target, &servers);
+        }
+    }
+    if std::fs::write(conf, &servers).is_ok() {
+        return Ok(());
+    }
+    let ours = Path::new("/run/ferry/resolv.conf");
+    std::fs::create_dir_all("/run/ferry")?;
+    std::fs::write(ours, &servers)?;
+    mount_bind(ours, conf)
+}
+
+fn mount_bind(from: &Path, onto: &Path) -> io::Result<()> {
+    let from = CString::new(from.as_os_str().as_bytes())?;
+    let onto = CString::new(onto.as_os_str().as_bytes())?;
+    // SAFETY: valid C strings; a bind mount reads no data argument.
+    let rc = unsafe {
+        libc::mount(
+            from.as_ptr(),
+            onto.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
         )
     };
     if rc != 0 {

@@ -178,6 +178,12 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
         format!("init={}", cmdline_word(&init)?),
         format!("{SPEC_ENV}={}", cmdline_word(spec_file.path())?),
     ];
+    if args.machine.net.is_some() {
+        // The kernel configures the card from passt's DHCP before init
+        // (IP_PNP_DHCP, which the project kernel has); init then writes
+        // the name servers it got to the guest's /etc/resolv.conf.
+        cmdline.push("ip=dhcp".into());
+    }
     let verbose = log::log_enabled!(log::Level::Info);
     if !verbose {
         cmdline.push("quiet".into());

@@ -4,10 +4,11 @@
 //!
 //! - every thread: `no_new_privs`;
 //! - seccomp (`seccompiler`), one allow-list per role: the main loop, the
-//!   vCPUs, the file servers (queue workers). A forbidden system call
+//!   vCPUs, the file servers (queue workers), the network worker. A forbidden system call
 //!   traps; the handler names the thread and the call and stops Ferry.
 //! - Landlock, where the kernel has it: a file server may open files only
-//!   beneath its share (read-only shares read-only); a vCPU may open none.
+//!   beneath its share (read-only shares read-only); a vCPU and the
+//!   network worker may open none.
 //!   The main thread, which opens nothing the guest names, has seccomp only.
 //!
 //! `--sandbox off` skips all of it, for debugging.
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ferry_devices::virtio::fs::{ConfineFileServer, FsShare};
+use ferry_devices::virtio::net::ConfineNetwork;
 use seccompiler::BpfProgram;
 
 pub use error::SandboxError;
@@ -41,6 +43,7 @@ struct Filters {
     main: BpfProgram,
     vcpu: BpfProgram,
     file_server: BpfProgram,
+    network: BpfProgram,
     /// Stacked on the file server's: clone3 answers ENOSYS so that thread
     /// creation goes through clone, whose flags a filter can check.
     no_clone3: BpfProgram,
@@ -71,6 +74,7 @@ impl Sandbox {
             main: seccomp_filters::compile(Role::Main)?,
             vcpu: seccomp_filters::compile(Role::Vcpu)?,
             file_server: seccomp_filters::compile(Role::FileServer)?,
+            network: seccomp_filters::compile(Role::Network)?,
             no_clone3: seccomp_filters::no_clone3()?,
         };
         Ok(Sandbox {
@@ -107,6 +111,17 @@ impl Sandbox {
             landlock_rules::restrict(Role::FileServer, Some(share))?;
             // The allow-list last: it forbids seccomp(2) itself.
             apply(Role::FileServer, &[&f.no_clone3, &f.file_server])?;
+            Ok(())
+        }))
+    }
+
+    /// What the virtio-net device runs on the thread that starts its
+    /// worker: no file access, the network role's system calls.
+    pub fn network(&self) -> Option<ConfineNetwork> {
+        let f = self.filters.clone()?;
+        Some(Box::new(move || {
+            landlock_rules::restrict(Role::Network, None)?;
+            apply(Role::Network, &[&f.no_clone3, &f.network])?;
             Ok(())
         }))
     }

@@ -24,6 +24,9 @@ pub enum Role {
     Vcpu,
     /// A virtio-fs queue worker (and the thread that starts them).
     FileServer,
+    /// The virtio-net worker (and the thread that starts it): its queues
+    /// and the backend's socket, nothing else.
+    Network,
 }
 
 impl Role {
@@ -32,6 +35,7 @@ impl Role {
             Role::Main => "main loop",
             Role::Vcpu => "vCPU",
             Role::FileServer => "file server",
+            Role::Network => "network",
         }
     }
 }
@@ -88,6 +92,18 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
     libc::SYS_restart_syscall,
+];
+
+/// The network worker: the backend socket (std's stream reads are
+/// recvfrom) and the spawner's thread start (clone, checked below).
+/// openat: the worker's first log line made one (glibc loading what it
+/// formats with); Landlock gives this role no file at all, so it can only
+/// fail.
+const NETWORK: &[libc::c_long] = &[
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_clone3,
+    libc::SYS_openat,
 ];
 
 /// The vCPU: on top of COMMON, KVM's ioctls (checked below) and the
@@ -217,6 +233,7 @@ pub(super) fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
         Role::Main => MAIN,
         Role::Vcpu => VCPU,
         Role::FileServer => FILE_SERVER,
+        Role::Network => NETWORK,
     };
     for &nr in COMMON.iter().chain(extra) {
         rules.insert(nr, Vec::new());
@@ -238,7 +255,7 @@ pub(super) fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
             let tty = tty.into_iter().map(ioctl_request);
             rules.insert(libc::SYS_ioctl, tty.collect::<Result<_>>()?);
         }
-        Role::FileServer => {
+        Role::FileServer | Role::Network => {
             // Threads only (the spawner starting workers), never processes.
             let thread = libc::CLONE_THREAD as u64;
             rules.insert(

@@ -237,7 +237,7 @@ fn a_confined_vcpu_opens_no_files() {
 
 #[test]
 fn filters_compile_for_every_role() {
-    for role in [Role::Main, Role::Vcpu, Role::FileServer] {
+    for role in [Role::Main, Role::Vcpu, Role::FileServer, Role::Network] {
         assert!(
             !seccomp_filters::compile(role).unwrap().is_empty(),
             "{role}"

@@ -11,7 +11,6 @@ mod id_map;
 mod init_reply;
 mod policy;
 mod privileges;
-mod spawner;
 mod stats;
 mod worker;
 
@@ -32,7 +31,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::vm_ops::GuestMemoryFault;
 
 use super::{
-    ActivateError, Activation, GuestMemoryShared, SharedMemoryRegion, VirtioDevice,
+    ActivateError, Activation, GuestMemoryShared, SharedMemoryRegion, Spawner, VirtioDevice,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
@@ -107,9 +106,7 @@ pub(crate) type FsServer = Server<Arc<ShareFs>>;
 /// share's queue workers, before the guest can send a request.
 pub type ConfineFileServer = Arc<dyn Fn(&FsShare) -> Result<(), ConfineError> + Send + Sync>;
 
-/// Why the sandbox could not confine a file server; the VMM's own error,
-/// which this crate cannot name.
-pub type ConfineError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::virtio::ConfineError;
 
 pub struct VirtioFs {
     share: FsShare,
@@ -120,7 +117,7 @@ pub struct VirtioFs {
     /// driver held (see [`VirtioFs::forget_driver`]).
     server: Arc<FsServer>,
     fs: Arc<ShareFs>,
-    spawner: spawner::Spawner,
+    spawner: Spawner,
     run: Run,
     /// Where the workers' view of guest memory shows the DAX window.
     window_in_view: Option<u64>,
@@ -151,10 +148,14 @@ impl VirtioFs {
         let server = Arc::new(Server::new(fs.clone()));
         let confined_share = share.clone();
         let spawner =
-            spawner::Spawner::start(format!("fs-{}", share.tag), move || match confine {
-                Some(confine) => confine(&confined_share),
-                None => Ok(()),
-            })?;
+            Spawner::start(
+                format!("fs-{}", share.tag),
+                "file server",
+                move || match confine {
+                    Some(confine) => confine(&confined_share),
+                    None => Ok(()),
+                },
+            )?;
         Ok(VirtioFs {
             share,
             dax,

@@ -18,13 +18,13 @@ pub use worker::NET_HDR_LEN;
 
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::EventFd;
 
 use self::worker::{Backend, NetQueue, NetWorker};
-use super::{ActivateError, Activation, VirtioDevice};
+use super::{ActivateError, Activation, ConfineError, Spawner, VirtioDevice};
 use crate::virtio::spec::{VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
 
 /// virtio device ID of a network card.
@@ -94,12 +94,18 @@ fn config_bytes(mac: [u8; 6]) -> [u8; 12] {
     c
 }
 
+/// What confines the network worker's thread (its seccomp role); run
+/// once, on the thread that later starts the worker.
+pub type ConfineNetwork = Box<dyn FnOnce() -> Result<(), ConfineError> + Send>;
+
 enum State {
     /// Not running: the backend waits here for the next activation.
     Idle(Option<Backend>),
     Running {
         stop: EventFd,
-        worker: JoinHandle<Backend>,
+        worker: JoinHandle<()>,
+        /// Where the worker leaves the backend when it stops.
+        returned: Arc<Mutex<Option<Backend>>>,
     },
 }
 
@@ -107,16 +113,27 @@ pub struct VirtioNet {
     mac: [u8; 6],
     state: State,
     stats: Arc<NetStats>,
+    spawner: Spawner,
 }
 
 impl VirtioNet {
     /// A network card with address `mac` whose frames go to and come
-    /// from `stream` (passt's end of a socket pair).
-    pub fn new(mac: [u8; 6], stream: UnixStream) -> std::io::Result<Self> {
+    /// from `stream` (passt's end of a socket pair); its worker runs
+    /// confined by `confine`.
+    pub fn new(
+        mac: [u8; 6],
+        stream: UnixStream,
+        confine: Option<ConfineNetwork>,
+    ) -> std::io::Result<Self> {
+        let spawner = Spawner::start("net".into(), "network", move || match confine {
+            Some(confine) => confine(),
+            None => Ok(()),
+        })?;
         Ok(VirtioNet {
             mac,
             state: State::Idle(Some(Backend::new(stream)?)),
             stats: Arc::default(),
+            spawner,
         })
     }
 
@@ -128,12 +145,16 @@ impl VirtioNet {
         if !matches!(self.state, State::Running { .. }) {
             return;
         }
-        if let State::Running { stop, worker } =
-            std::mem::replace(&mut self.state, State::Idle(None))
+        if let State::Running {
+            stop,
+            worker,
+            returned,
+        } = std::mem::replace(&mut self.state, State::Idle(None))
         {
             let _ = stop.write(1);
             // The worker waits only in poll, which the stop event ends.
-            let backend = worker.join().ok();
+            let _ = worker.join();
+            let backend = returned.lock().ok().and_then(|mut b| b.take());
             if backend.is_none() {
                 log::error!("virtio-net: the worker panicked; the network is down");
             }
@@ -209,11 +230,22 @@ impl VirtioDevice for VirtioNet {
             stats: self.stats.clone(),
             rx_starved: false,
         };
-        let worker = std::thread::Builder::new()
-            .name("net".into())
-            .spawn(move || worker.run())
+        let returned = Arc::new(Mutex::new(None));
+        let slot = returned.clone();
+        let worker = self
+            .spawner
+            .spawn("net-worker".into(), move || {
+                let backend = worker.run();
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(backend);
+                }
+            })
             .map_err(ActivateError::Spawn)?;
-        self.state = State::Running { stop, worker };
+        self.state = State::Running {
+            stop,
+            worker,
+            returned,
+        };
         Ok(())
     }
 

@@ -309,7 +309,7 @@ fn chains_the_guest_gets_wrong_are_dropped_and_counted() {
 #[test]
 fn config_space_has_the_mac_the_link_and_the_mtu() {
     let (ours, _passt) = UnixStream::pair().unwrap();
-    let dev = VirtioNet::new([2, 0, 0, 0, 0, 7], ours).unwrap();
+    let dev = VirtioNet::new([2, 0, 0, 0, 0, 7], ours, None).unwrap();
     let mut c = [0xffu8; 16];
     dev.read_config(0, &mut c);
     assert_eq!(&c[..6], &[2, 0, 0, 0, 0, 7]);
@@ -349,7 +349,7 @@ fn the_backend_survives_a_reset_and_serves_the_next_activation() {
     passt
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
-    let mut dev = VirtioNet::new([2, 0, 0, 0, 0, 1], ours).unwrap();
+    let mut dev = VirtioNet::new([2, 0, 0, 0, 0, 1], ours, None).unwrap();
     assert!(matches!(
         dev.activate(activation(&mem, &[0])),
         Err(ActivateError::MissingQueue(_))

@@ -1,26 +1,32 @@
-//! The thread that starts a share's queue workers.
+//! The thread that starts a device's queue workers.
 //!
 //! Queue workers start when the guest activates the device, on a vCPU
 //! thread. A thread starts with its parent's seccomp filters and Landlock
 //! domain, and can only narrow them, so a worker spawned by a vCPU would
-//! carry the vCPU's sandbox, not its own. Instead each share has this one
-//! thread, started (and confined as a file server) while Ferry sets up;
-//! the vCPU asks it to start the workers, which then inherit exactly the
-//! file server's sandbox.
+//! carry the vCPU's sandbox, not its own. Instead each device has this one
+//! thread, started (and confined in the device's role: a share's file
+//! server, the network) while Ferry sets up; the vCPU asks it to start the
+//! workers, which then inherit exactly that sandbox.
 
 use std::io;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use super::ConfineError;
+/// Why the sandbox could not confine a device's threads; the VMM's own
+/// error, boxed.
+pub type ConfineError = Box<dyn std::error::Error + Send + Sync>;
 
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The spawner thread could not confine itself, so no worker may start.
 /// (The cause is the `source()`, printed by the error chain.)
 #[derive(Debug, thiserror::Error)]
-#[error("cannot confine the file server")]
-pub(super) struct ConfineFailed(#[source] ConfineError);
+#[error("cannot confine the {role}")]
+pub struct ConfineFailed {
+    role: &'static str,
+    #[source]
+    source: ConfineError,
+}
 
 struct Order {
     name: String,
@@ -28,20 +34,21 @@ struct Order {
     reply: mpsc::SyncSender<io::Result<JoinHandle<()>>>,
 }
 
-pub(super) struct Spawner {
+pub struct Spawner {
     orders: Option<mpsc::Sender<Order>>,
     thread: Option<JoinHandle<()>>,
     /// Tests: how many more threads may start before `spawn` fails, as it
     /// does when the host is out of threads or memory.
     #[cfg(test)]
-    pub(super) spawns_left: Option<usize>,
+    pub spawns_left: Option<usize>,
 }
 
 impl Spawner {
     /// Starts the spawner thread `name`, which runs `confine` first; fails
-    /// if `confine` does.
+    /// (naming `role`) if `confine` does.
     pub fn start(
         name: String,
+        role: &'static str,
         confine: impl FnOnce() -> Result<(), ConfineError> + Send + 'static,
     ) -> io::Result<Spawner> {
         let (orders, inbox) = mpsc::channel::<Order>();
@@ -69,7 +76,7 @@ impl Spawner {
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
-                Err(io::Error::other(ConfineFailed(e)))
+                Err(io::Error::other(ConfineFailed { role, source: e }))
             }
             Err(_) => Err(io::Error::other("the worker spawner thread died")),
         }
@@ -121,7 +128,7 @@ mod tests {
 
     #[test]
     fn jobs_run_on_threads_the_spawner_started() {
-        let mut s = Spawner::start("spawner-test".into(), || Ok(())).unwrap();
+        let mut s = Spawner::start("spawner-test".into(), "file server", || Ok(())).unwrap();
         let ran = Arc::new(AtomicBool::new(false));
         let r = ran.clone();
         let h = s
@@ -136,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_failed_confinement_fails_the_start() {
-        let e = Spawner::start("spawner-fail".into(), || Err("no".into()))
+        let e = Spawner::start("spawner-fail".into(), "file server", || Err("no".into()))
             .err()
             .expect("must fail");
         assert_eq!(e.to_string(), "cannot confine the file server");

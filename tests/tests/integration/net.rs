@@ -1,0 +1,142 @@
+//! `--net user`: a virtio-net card with passt behind it. No internet is
+//! needed: the server is on the (emulated) host, which the guest reaches
+//! at its gateway address (passt maps it to the host's loopback). The
+//! guest kernel configures the card itself from passt's DHCP (`ip=dhcp`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_tests::{require_kvm, run_ferry_with, scratch_dir, Guest};
+use libtest_mimic::Trial;
+
+use crate::trial;
+use crate::virtiofs::{pseudo_random, sha256_hex};
+use crate::{check, guest_ok, line_with, TestResult};
+
+/// An HTTP/1.0 server on the host's loopback that answers every GET with
+/// `body`; returns its port. It serves until the test process ends.
+fn serve(body: Arc<Vec<u8>>) -> std::io::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&conn);
+                let mut line = String::new();
+                // The request line and headers, up to the blank line.
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let mut out = &conn;
+                let head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = out.write_all(head.as_bytes());
+                let _ = out.write_all(&body);
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// The shell words that print the guest's default gateway. (Debian's
+/// busybox wget crashes with `-T`: the tests' deadlines bound it instead.)
+const GATEWAY: &str = "$(busybox ip route | busybox awk '/^default/ {print $3}')";
+
+/// A guest fetches 8 MiB from a server on the host through passt and
+/// checks its sha256; its address came from passt's DHCP.
+fn guest_fetches_from_the_host() -> TestResult {
+    let body = Arc::new(pseudo_random(8 << 20, 16));
+    let want = sha256_hex(&body);
+    let port = serve(body)?;
+    let cmd = format!(
+        "busybox ip -4 addr show eth0 | grep -q 'inet ' && echo has-address; \
+         busybox wget -q -O - http://{GATEWAY}:{port}/file | sha256sum"
+    );
+    let out = Guest::command(&cmd)
+        .arg("--net")
+        .arg("user")
+        .cmdline("ip=dhcp")
+        .deadline(Duration::from_secs(180))
+        .run()?;
+    guest_ok(&out, 0)?;
+    check(
+        out.stdout.contains("has-address") && line_with(&out.stdout, &want).contains(&want),
+        &format!("expected an address from DHCP and the body's sha256 {want}"),
+        &out,
+    )
+}
+
+/// `ferry run --net user`: the card is configured before the command runs
+/// (address, default route, /etc/resolv.conf from DHCP), and the command
+/// fetches from a server on the host.
+fn ferry_run_fetches_from_the_host() -> TestResult {
+    require_kvm()?;
+    let body = Arc::new(pseudo_random(1 << 20, 17));
+    let want = sha256_hex(&body);
+    let port = serve(body)?;
+    let dir = scratch_dir("net_run");
+    let cmd = format!(
+        "grep -c '^nameserver ' /etc/resolv.conf; \
+         busybox wget -q -O - http://{GATEWAY}:{port}/file | sha256sum"
+    );
+    let args: Vec<String> = ["run", "--net", "user", "--", "sh", "-c", &cmd]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = run_ferry_with(&args, None, Duration::from_secs(180), |c| {
+        c.current_dir(&dir);
+    })?;
+    check(
+        out.code() == Some(0)
+            && out.stdout.lines().next().is_some_and(|n| n != "0")
+            && out.stdout.contains(&want),
+        &format!("expected name servers and the body's sha256 {want}"),
+        &out,
+    )
+}
+
+/// Without `--net` the guest has no card: only `lo`.
+fn no_card_without_net() -> TestResult {
+    let out = Guest::command("ls /sys/class/net | tr '\\n' ' '; echo").run()?;
+    guest_ok(&out, 0)?;
+    check(
+        line_with(&out.stdout, "lo").trim() == "lo",
+        "expected only lo",
+        &out,
+    )
+}
+
+/// `--net user` with no passt on PATH: one clear line, before the guest.
+fn missing_passt_is_named() -> TestResult {
+    let out = Guest::command("true")
+        .arg("--net")
+        .arg("user")
+        .env("PATH", "/nonexistent")
+        .run()?;
+    check(
+        out.code().is_some_and(|c| c != 0)
+            && out.stderr.contains("needs passt, which is not on PATH"),
+        "expected the missing passt named with the install hint",
+        &out,
+    )
+}
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        trial(
+            "net::guest_fetches_from_the_host",
+            guest_fetches_from_the_host,
+        ),
+        trial(
+            "net::ferry_run_fetches_from_the_host",
+            ferry_run_fetches_from_the_host,
+        ),
+        trial("net::no_card_without_net", no_card_without_net),
+        trial("net::missing_passt_is_named", missing_passt_is_named),
+    ]
+}
