@@ -203,6 +203,12 @@ pub struct MachineArgs {
     #[arg(long, value_name = "user")]
     pub net: Option<NetMode>,
 
+    /// Forward a host port to the guest (with --net user; repeatable), as
+    /// podman -p: HOST_PORT:GUEST_PORT, /udp for UDP (default TCP). The
+    /// host side listens on all the host's addresses.
+    #[arg(long, value_name = "HOST:GUEST[/udp]", value_parser = parse_publish, requires = "net")]
+    pub publish: Vec<Publish>,
+
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "warn", value_name = "LEVEL")]
     pub log_level: log::LevelFilter,
@@ -217,6 +223,45 @@ pub struct MachineArgs {
     /// `off` is for debugging only.
     #[arg(long, default_value = "on", value_name = "on|off")]
     pub sandbox: crate::sandbox::SandboxMode,
+}
+
+/// `--publish`: a host port forwarded to a guest port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub host: u16,
+    pub guest: u16,
+    pub udp: bool,
+}
+
+impl Publish {
+    /// The passt options that make the forward.
+    pub fn passt_args(&self) -> [String; 2] {
+        let flag = if self.udp { "-u" } else { "-t" };
+        [flag.into(), format!("{}:{}", self.host, self.guest)]
+    }
+}
+
+fn parse_publish(s: &str) -> Result<Publish, String> {
+    let (ports, udp) = match s.split_once('/') {
+        None => (s, false),
+        Some((ports, "tcp")) => (ports, false),
+        Some((ports, "udp")) => (ports, true),
+        Some((_, other)) => return Err(format!("'{other}': expected tcp or udp")),
+    };
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("'{p}' is not a port (1 to 65535)")),
+            Ok(n) => Ok(n),
+        }
+    };
+    let (host, guest) = ports
+        .split_once(':')
+        .ok_or_else(|| format!("'{s}': expected HOST_PORT:GUEST_PORT[/udp]"))?;
+    Ok(Publish {
+        host: port(host)?,
+        guest: port(guest)?,
+        udp,
+    })
 }
 
 /// `--net`.
@@ -327,6 +372,18 @@ fn host_memory() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_ports_parse_as_podman_writes_them() {
+        let p = parse_publish("8080:80").unwrap();
+        assert_eq!(p.passt_args(), ["-t".to_string(), "8080:80".into()]);
+        let p = parse_publish("5353:53/udp").unwrap();
+        assert_eq!(p.passt_args(), ["-u".to_string(), "5353:53".into()]);
+        assert!(parse_publish("80:80/tcp").is_ok_and(|p| !p.udp));
+        for bad in ["80", "0:80", "80:70000", "a:b", "80:80/sctp", ":80", ""] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn memory_bounds() {

@@ -264,7 +264,13 @@ fn add_pci_devices(
     }
     if cli.machine.net == Some(NetMode::User) {
         let context = || "virtio-net";
-        let backend = crate::passt::start(&[]).context("--net user")?;
+        let forwards: Vec<String> = cli
+            .machine
+            .publish
+            .iter()
+            .flat_map(|p| p.passt_args())
+            .collect();
+        let backend = crate::passt::start(&forwards).context("--net user")?;
         let net = VirtioNet::new(GUEST_MAC, backend, sandbox.network()).with_context(context)?;
         devices.net = Some(net.stats());
         let bar = bars.allocate(VIRTIO_PCI_BAR_SIZE)?;

@@ -100,6 +100,66 @@ fn ferry_run_fetches_from_the_host() -> TestResult {
     )
 }
 
+/// `--publish HOST:GUEST`: an HTTP client on the host reaches busybox
+/// httpd in the guest through passt's forward. (The client speaks first,
+/// as HTTP does: Debian's passt 2023.03 acknowledges the guest's SYN-ACK
+/// of a forwarded connection only with the client's first bytes or FIN,
+/// so a server that must speak first, such as `nc -l`, waits until then;
+/// Ferry's frames were traced to move at once both ways.)
+fn published_port_reaches_the_guest() -> TestResult {
+    use std::io::Read;
+    let port: u16 = 45123;
+    let dir = scratch_dir("net_publish");
+    let (ready, done) = (dir.join("ready"), dir.join("done"));
+    let _ = std::fs::remove_file(&ready);
+    let _ = std::fs::remove_file(&done);
+    let running = Guest::command(
+        "mount -t virtiofs m /mnt && mkdir -p /tmp/www && echo published-ok > /tmp/www/index.html \
+         && busybox httpd -p 8080 -h /tmp/www && touch /mnt/ready \
+         && while [ ! -e /mnt/done ]; do sleep 0.2; done",
+    )
+    .fs(&format!("tag=m,path={}", dir.display()))
+    .arg("--net")
+    .arg("user")
+    .arg("--publish")
+    .arg(&format!("{port}:8080"))
+    .cmdline("ip=dhcp")
+    .deadline(Duration::from_secs(120))
+    .spawn()?;
+    let until = std::time::Instant::now() + Duration::from_secs(90);
+    while !ready.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut got = String::new();
+    let mut tries = Vec::new();
+    while ready.exists() && std::time::Instant::now() < until {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+            conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let mut reply = String::new();
+            conn.read_to_string(&mut reply)?;
+            Ok(reply)
+        })();
+        match attempt {
+            Ok(reply) if reply.contains("published-ok") => {
+                got = reply;
+                break;
+            }
+            other => tries.push(format!("{other:?}")),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::write(&done, "")?;
+    let out = running.finish(Duration::from_secs(120))?;
+    check(
+        got.starts_with("HTTP/1.") && got.contains("published-ok"),
+        &format!("the host's request through the published port got {got:?} (tries: {tries:?})"),
+        &out,
+    )?;
+    guest_ok(&out, 0)
+}
+
 /// Without `--net` the guest has no card: only `lo`.
 fn no_card_without_net() -> TestResult {
     let out = Guest::command("ls /sys/class/net | tr '\\n' ' '; echo").run()?;
@@ -136,6 +196,7 @@ pub fn trials() -> Vec<Trial> {
             "net::ferry_run_fetches_from_the_host",
             ferry_run_fetches_from_the_host,
         ),
+        trial("net::published_port", published_port_reaches_the_guest),
         trial("net::no_card_without_net", no_card_without_net),
         trial("net::missing_passt_is_named", missing_passt_is_named),
     ]

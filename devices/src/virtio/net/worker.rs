@@ -178,8 +178,11 @@ impl NetWorker {
             return;
         }
         match q.queue.needs_notification(mem) {
-            Ok(true) => interrupt.notify(q.vector.get()),
-            Ok(false) => {}
+            Ok(true) => {
+                log::trace!("{name}: interrupt");
+                interrupt.notify(q.vector.get())
+            }
+            Ok(false) => log::trace!("{name}: no interrupt needed"),
             Err(e) => log::warn!("virtio-net {name}: {e:?}"),
         }
     }
@@ -224,6 +227,7 @@ impl NetWorker {
             match tx_frame(mem, chain) {
                 Ok(frame) if !self.backend.failed => {
                     self.stats.tx_frame();
+                    log::trace!("tx frame {} bytes", frame.len());
                     if let Err(e) = self.backend.outbound.send(&frame, &mut self.backend.stream) {
                         self.backend_failed(&format!("writing to it: {e}"));
                     }
@@ -279,6 +283,7 @@ impl NetWorker {
                     match w.write_all(&header).and_then(|()| w.write_all(frame)) {
                         Ok(()) => {
                             self.stats.rx_frame();
+                            log::trace!("rx frame {} bytes", frame.len());
                             NET_HDR_LEN + frame.len()
                         }
                         Err(e) => {
