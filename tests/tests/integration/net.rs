@@ -160,6 +160,87 @@ fn published_port_reaches_the_guest() -> TestResult {
     guest_ok(&out, 0)
 }
 
+/// The children of `pid` whose name starts with `name`, from /proc
+/// (passt re-executes itself as `passt.avx2` where the CPU has AVX2).
+fn children_named(pid: u32, name: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let comm = head.split_once(" (").map(|(_, c)| c).unwrap_or("");
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if comm.starts_with(name) && ppid == Some(pid) {
+            if let Ok(child) = entry.file_name().to_string_lossy().parse() {
+                found.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// passt killed while the guest downloads: the card's backend goes down
+/// (Ferry says so once), the guest's transfer fails, and the VM ends with
+/// the guest's own status: no hang, no crash.
+fn passt_killed_mid_transfer() -> TestResult {
+    // Endless, slow enough that the transfer is still going when passt dies.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut out = &conn;
+                let _ = out.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
+                while out.write_all(&[b'x'; 4096]).is_ok() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+        }
+    });
+    let dir = scratch_dir("net_passt_killed");
+    let started = dir.join("started");
+    let _ = std::fs::remove_file(&started);
+    let cmd = format!(
+        "mount -t virtiofs m /mnt && touch /mnt/started && \
+         busybox timeout 30 busybox wget -q -O /dev/null http://{GATEWAY}:{port}/; \
+         echo wget-status=$?"
+    );
+    let running = Guest::command(&cmd)
+        .fs(&format!("tag=m,path={}", dir.display()))
+        .arg("--net")
+        .arg("user")
+        .cmdline("ip=dhcp")
+        .deadline(Duration::from_secs(150))
+        .spawn()?;
+    let until = std::time::Instant::now() + Duration::from_secs(90);
+    while !started.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let passt = children_named(running.pid(), "passt");
+    for pid in &passt {
+        // SAFETY: a signal to a process we found as Ferry's child.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    let out = running.finish(Duration::from_secs(150))?;
+    check(!passt.is_empty(), "no passt child of Ferry found", &out)?;
+    guest_ok(&out, 0)?;
+    check(
+        line_with(&out.stdout, "wget-status=").trim() != "wget-status=0"
+            && out.stderr.contains("the network backend failed")
+            && !out.stderr.contains("panicked"),
+        "expected the transfer to fail and Ferry to name the backend's failure",
+        &out,
+    )
+}
+
 /// Without `--net` the guest has no card: only `lo`.
 fn no_card_without_net() -> TestResult {
     let out = Guest::command("ls /sys/class/net | tr '\\n' ' '; echo").run()?;
@@ -197,6 +278,7 @@ pub fn trials() -> Vec<Trial> {
             ferry_run_fetches_from_the_host,
         ),
         trial("net::published_port", published_port_reaches_the_guest),
+        trial("net::passt_killed_mid_transfer", passt_killed_mid_transfer),
         trial("net::no_card_without_net", no_card_without_net),
         trial("net::missing_passt_is_named", missing_passt_is_named),
     ]
