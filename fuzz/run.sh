@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one fuzz target for a while: fuzz/run.sh TARGET [SECONDS] [LIBFUZZER_ARGS...]
 #
-# TARGET: fs_request, pci_config or cli. SECONDS: default 60.
+# TARGET: fs_request, pci_config, cli or net_frames. SECONDS: default 60.
 # Builds with `cargo fuzz` on the stable toolchain (RUSTC_BOOTSTRAP=1) and
 # AddressSanitizer (FUZZ_SANITIZER=none to go without), then fuzzes at
 # nice 19, starting from the kept corpus fuzz/corpus/TARGET (read, never
@@ -20,14 +20,14 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: fuzz/run.sh fs_request|pci_config|cli [SECONDS] [LIBFUZZER_ARGS...]" >&2
+    echo "usage: fuzz/run.sh fs_request|pci_config|cli|net_frames [SECONDS] [LIBFUZZER_ARGS...]" >&2
     exit 2
 }
 [ $# -ge 1 ] || usage
 target=$1
 shift
 case $target in
-fs_request | pci_config | cli) ;;
+fs_request | pci_config | cli | net_frames) ;;
 *) usage ;;
 esac
 secs=60

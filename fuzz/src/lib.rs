@@ -6,6 +6,7 @@ pub mod cli_target;
 pub mod fs_target;
 pub mod fuse_gen;
 pub mod input;
+pub mod net_target;
 pub mod oracle;
 pub mod pci_target;
 pub mod sandbox;
@@ -18,6 +19,12 @@ pub fn fs_request(data: &[u8]) {
 /// PCI config space and virtio-pci BAR registers (see [`pci_target`]).
 pub fn pci_config(data: &[u8]) {
     pci_target::run(data);
+}
+
+/// The virtio-net worker between a hostile guest and backend (see
+/// [`net_target`]).
+pub fn net_frames(data: &[u8]) {
+    net_target::run(data);
 }
 
 /// The command line and `--fs` parsing (see [`cli_target`]).

@@ -128,7 +128,8 @@ fn main() {
     watch_for_slow_inputs();
     let n = replay("fs_request", ferry_fuzz::fs_request)
         + replay("pci_config", ferry_fuzz::pci_config)
-        + replay("cli", ferry_fuzz::cli);
+        + replay("cli", ferry_fuzz::cli)
+        + replay("net_frames", ferry_fuzz::net_frames);
     let found = replay_findings();
     println!("replay_corpus: ok, {n} inputs, {found} findings");
 }

@@ -11,6 +11,8 @@
 //! posts receive buffers big enough for them ("big packets").
 
 mod frames;
+#[cfg(any(test, feature = "harness"))]
+pub mod harness;
 mod worker;
 
 pub use frames::{BadFrameLength, MAX_FRAME};

@@ -5,140 +5,16 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{Backend, NetQueue, NetWorker, NET_HDR_LEN};
+use super::harness::*;
+use super::worker::NET_HDR_LEN;
 use super::*;
 use crate::fake_vm::FakeVm;
 use crate::virtio::driver_ring;
-use crate::virtio::ring::SplitRingLayout;
-use crate::virtio::spec::{DESC_F_NEXT, DESC_F_WRITE};
+use crate::virtio::spec::DESC_F_WRITE;
 use crate::virtio::{ActiveQueue, BusMaster, QueueVector};
-
-const RAM: usize = 16 << 20;
-const SIZE: u16 = 16;
-const RX_RING: SplitRingLayout = SplitRingLayout {
-    desc: 0x0,
-    avail: 0x1000,
-    used: 0x2000,
-    size: SIZE,
-};
-const TX_RING: SplitRingLayout = SplitRingLayout {
-    desc: 0x3000,
-    avail: 0x4000,
-    used: 0x5000,
-    size: SIZE,
-};
-const BUFS: u64 = 0x10_0000;
-
-fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-    RawDescriptor::from(virtio_queue::desc::split::Descriptor::new(
-        addr, len, flags, next,
-    ))
-}
-
-struct Rig {
-    mem: GuestMemoryMmap,
-    worker: NetWorker,
-    passt: UnixStream,
-    rx_next: u16,
-    tx_next: u16,
-    stats: Arc<NetStats>,
-}
-
-fn queue(layout: &SplitRingLayout) -> NetQueue {
-    NetQueue {
-        queue: driver_ring::ready_queue(layout),
-        kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        vector: QueueVector::new(0),
-    }
-}
-
-impl Rig {
-    fn new() -> Rig {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM)]).unwrap();
-        let (ours, passt) = UnixStream::pair().unwrap();
-        passt
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        let stats = Arc::new(NetStats::default());
-        let worker = NetWorker {
-            rx: queue(&RX_RING),
-            tx: queue(&TX_RING),
-            backend: Backend::new(ours).unwrap(),
-            stop: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            mem: GuestMemoryAtomic::new(mem.clone()),
-            interrupt: Arc::new(FakeVm::new(RAM as u64)),
-            bus_master: BusMaster::new(true),
-            stats: stats.clone(),
-            rx_starved: false,
-        };
-        Rig {
-            mem,
-            worker,
-            passt,
-            rx_next: 0,
-            tx_next: 0,
-            stats,
-        }
-    }
-
-    /// The guest sends `frame` (header in its own descriptor, as Linux
-    /// does not; both layouts must work) from buffer slot `slot`.
-    fn guest_sends(&mut self, frame: &[u8], slot: u64) -> u16 {
-        let at = BUFS + slot * 0x2_0000;
-        self.mem
-            .write_slice(&[0u8; NET_HDR_LEN], GuestAddress(at))
-            .unwrap();
-        self.mem
-            .write_slice(frame, GuestAddress(at + NET_HDR_LEN as u64))
-            .unwrap();
-        let head = self.tx_next;
-        let len = u32::try_from(frame.len()).unwrap();
-        let descs = [
-            desc(at, n32(NET_HDR_LEN), DESC_F_NEXT, (head + 1) % SIZE),
-            desc(at + NET_HDR_LEN as u64, len, 0, 0),
-        ];
-        self.tx_next = (head + 2) % SIZE;
-        driver_ring::place(&self.mem, &TX_RING, head, &descs)
-    }
-
-    /// The guest posts a receive buffer of `len` bytes in slot `slot`.
-    fn guest_posts(&mut self, len: u32, slot: u64) -> u16 {
-        let at = 0x80_0000 + slot * 0x2_0000;
-        let head = self.rx_next;
-        self.rx_next = (head + 1) % SIZE;
-        driver_ring::place(&self.mem, &RX_RING, head, &[desc(at, len, DESC_F_WRITE, 0)])
-    }
-
-    fn received(&self, slot: u64, len: usize) -> Vec<u8> {
-        let mut out = vec![0; len];
-        self.mem
-            .read_slice(&mut out, GuestAddress(0x80_0000 + slot * 0x2_0000))
-            .unwrap();
-        out
-    }
-
-    fn passt_sends(&mut self, frame: &[u8]) {
-        let len = u32::try_from(frame.len()).unwrap();
-        self.passt.write_all(&len.to_be_bytes()).unwrap();
-        self.passt.write_all(frame).unwrap();
-    }
-
-    fn passt_receives(&mut self) -> Vec<u8> {
-        let mut len = [0u8; 4];
-        self.passt.read_exact(&mut len).unwrap();
-        let mut frame = vec![0; u32::from_be_bytes(len) as usize];
-        self.passt.read_exact(&mut frame).unwrap();
-        frame
-    }
-}
-
-fn n32(n: usize) -> u32 {
-    u32::try_from(n).unwrap()
-}
 
 fn frame(n: usize, fill: u8) -> Vec<u8> {
     vec![fill; n]
