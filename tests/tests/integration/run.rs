@@ -513,9 +513,15 @@ fn tty_interactive_shell() -> TestResult {
         return Err(format!("the guest's terminal never became 40x120:\n{}", s.screen()).into());
     }
     s.send(b"exit 7\r")?;
+    ends_with_terminal_restored(&mut s, 7)
+}
+
+/// Ferry on `s` exits with `code`, and the host terminal's settings are
+/// the ones it started with.
+fn ends_with_terminal_restored(s: &mut PtySession, code: i32) -> TestResult {
     let status = s.wait(TTY_WAIT)?;
-    if status.code() != Some(7) {
-        return Err(format!("exit status {status:?}, expected 7:\n{}", s.screen()).into());
+    if status.code() != Some(code) {
+        return Err(format!("exit status {status:?}, expected {code}:\n{}", s.screen()).into());
     }
     if !same_termios(&s.termios()?, &s.initial) {
         return Err("the host terminal's settings differ from before".into());
@@ -553,16 +559,10 @@ fn tty_vim_edits_a_file() -> TestResult {
     s.send(b"ihello from vim")?;
     s.expect("hello from vim", TTY_WAIT)?;
     s.send(b"\x1b:wq\r")?;
-    let status = s.wait(TTY_WAIT)?;
-    if status.code() != Some(0) {
-        return Err(format!("vim: exit status {status:?}:\n{}", s.screen()).into());
-    }
+    ends_with_terminal_restored(&mut s, 0)?;
     let written = std::fs::read_to_string(dir.join("notes.txt"))?;
     if written != "hello from vim\n" {
         return Err(format!("notes.txt holds {written:?}:\n{}", s.screen()).into());
-    }
-    if !same_termios(&s.termios()?, &s.initial) {
-        return Err("the host terminal's settings differ from before".into());
     }
     Ok(())
 }

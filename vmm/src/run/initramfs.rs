@@ -11,7 +11,10 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use object::read::elf::{ElfFile64, ProgramHeader};
+use std::io::{Read, Seek};
+
+use object::elf::FileHeader64;
+use object::read::elf::{FileHeader, ProgramHeader};
 use object::Endianness;
 
 use super::modules::{ModuleTree, ModulesError, FOR_OVERLAYS, REQUIRED};
@@ -134,34 +137,50 @@ fn runtime_files() -> Vec<PathBuf> {
 /// Ferry's binary as the initramfs's `/init` runs only the first stage,
 /// which never needs its symbols or debug information: the file up to the
 /// end of its last segment, with the section table dropped (a debug build
-/// goes from about 50 MB to under 10). Anything that does not parse as
-/// ELF64 goes in whole.
-fn loadable_part(exe: Vec<u8>) -> Vec<u8> {
-    let end = match ElfFile64::<Endianness>::parse(&exe[..]) {
-        Ok(elf) => {
-            let endian = elf.endian();
-            elf.elf_program_headers()
-                .iter()
-                .map(|ph| ph.p_offset(endian).saturating_add(ph.p_filesz(endian)))
-                .max()
-        }
-        Err(_) => None,
+/// goes from about 59 MB to 3.4). Only that part is read: the ELF and
+/// program headers first, then up to their end. Anything that does not
+/// parse as ELF64 goes in whole.
+fn read_loadable(exe: &Path) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::open(exe)?;
+    let mut head = Vec::new();
+    (&mut file).take(HEADERS_READ).read_to_end(&mut head)?;
+    let Some(end) = loadable_end(&head) else {
+        file.read_to_end(&mut head)?;
+        return Ok(head);
     };
-    let Some(end) = end.and_then(|e| usize::try_from(e).ok()) else {
-        return exe;
-    };
-    if end < ELF64_HEADER || end >= exe.len() {
-        return exe;
+    let more = end.saturating_sub(head.len() as u64);
+    (&mut file).take(more).read_to_end(&mut head)?;
+    head.truncate(usize::try_from(end).unwrap_or(usize::MAX));
+    if head.len() as u64 != end {
+        // Shorter than its own headers say: not an ELF file to cut.
+        file.rewind()?;
+        head.clear();
+        file.read_to_end(&mut head)?;
+        return Ok(head);
     }
-    let mut cut = exe;
-    cut.truncate(end);
     // e_shoff (8 bytes at 0x28), e_shnum and e_shstrndx (2 each at 0x3c).
-    cut[0x28..0x30].fill(0);
-    cut[0x3c..0x40].fill(0);
-    cut
+    head[0x28..0x30].fill(0);
+    head[0x3c..0x40].fill(0);
+    Ok(head)
 }
 
-const ELF64_HEADER: usize = 0x40;
+/// Where the last segment of the ELF64 file starting with `head` ends, if
+/// `head` holds its header and program headers.
+fn loadable_end(head: &[u8]) -> Option<u64> {
+    let header = FileHeader64::<Endianness>::parse(head).ok()?;
+    let endian = header.endian().ok()?;
+    let end = header
+        .program_headers(endian, head)
+        .ok()?
+        .iter()
+        .map(|ph| ph.p_offset(endian).saturating_add(ph.p_filesz(endian)))
+        .max()?;
+    (end >= ELF64_HEADER).then_some(end)
+}
+
+const ELF64_HEADER: u64 = 0x40;
+/// Enough for the ELF header and any real program header table.
+const HEADERS_READ: u64 = 64 << 10;
 
 /// Writes to `out` the initramfs for a kernel of `release` whose modules
 /// are in `modules`: Ferry (`exe`) as /init, its runtime, the modules
@@ -201,7 +220,7 @@ pub fn write(
             cpio.dir(d)?;
         }
         cpio.entry("/dev/console", libc::S_IFCHR | 0o600, (5, 1), &[])?;
-        cpio.file("/init", 0o755, &loadable_part(std::fs::read(exe)?))?;
+        cpio.file("/init", 0o755, &read_loadable(exe)?)?;
         for f in &runtime {
             let name = f.to_string_lossy();
             match std::fs::read_link(f) {
@@ -246,16 +265,23 @@ mod tests {
 
     #[test]
     fn init_is_ferry_without_what_only_debuggers_read() {
-        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        let cut = loadable_part(exe.clone());
+        use object::read::elf::ElfFile64;
+        let exe_path = std::env::current_exe().unwrap();
+        let exe = std::fs::read(&exe_path).unwrap();
+        let cut = read_loadable(&exe_path).unwrap();
         assert!(cut.len() < exe.len(), "{} -> {}", exe.len(), cut.len());
+        assert_eq!(cut[0x40..], exe[0x40..cut.len()], "a prefix of the file");
         let elf = ElfFile64::<Endianness>::parse(&cut[..]).expect("still ELF");
-        assert_eq!(elf.elf_program_headers().len(), {
-            let whole = ElfFile64::<Endianness>::parse(&exe[..]).unwrap();
+        let whole = ElfFile64::<Endianness>::parse(&exe[..]).unwrap();
+        assert_eq!(
+            elf.elf_program_headers().len(),
             whole.elf_program_headers().len()
-        });
+        );
         // What is not ELF goes in whole.
-        assert_eq!(loadable_part(b"#!/bin/sh\n".to_vec()), b"#!/bin/sh\n");
+        let script = std::env::temp_dir().join(format!("ferry-init-{}", std::process::id()));
+        std::fs::write(&script, b"#!/bin/sh\n").unwrap();
+        assert_eq!(read_loadable(&script).unwrap(), b"#!/bin/sh\n");
+        let _ = std::fs::remove_file(script);
     }
 
     #[test]

@@ -223,12 +223,15 @@ impl Write for Bounded {
     }
 }
 
-/// A module file's contents, decompressed by its extension.
-fn decompress(name: &str, raw: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Bounded(Vec::new());
+/// A module file's contents, decompressed by its extension (a plain
+/// module is returned as it is, not copied).
+fn decompress(name: &str, raw: Vec<u8>) -> Result<Vec<u8>, String> {
     if name.ends_with(".ko") {
-        return Ok(raw.to_vec());
-    } else if name.ends_with(".ko.xz") {
+        return Ok(raw);
+    }
+    let raw = &raw[..];
+    let mut out = Bounded(Vec::new());
+    if name.ends_with(".ko.xz") {
         lzma_rs::xz_decompress(&mut &raw[..], &mut out).map_err(|e| format!("xz: {e}"))?;
     } else if name.ends_with(".ko.zst") {
         let mut decoder =
@@ -278,7 +281,7 @@ impl Module {
             return Err(not_a_module(format!("over {} MiB", MODULE_LIMIT >> 20)));
         }
         let file_name = path.to_string_lossy();
-        let image = decompress(&file_name, &raw).map_err(not_a_module)?;
+        let image = decompress(&file_name, raw).map_err(not_a_module)?;
         let info = modinfo(&image).map_err(not_a_module)?;
         let value = |key: &str| info.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         let built_for = value("vermagic")
@@ -525,7 +528,7 @@ pub(crate) mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(&zeros).unwrap();
         let small = enc.finish().unwrap();
-        let err = decompress("x.ko.gz", &small).unwrap_err();
+        let err = decompress("x.ko.gz", small).unwrap_err();
         assert!(err.contains("over 64 MiB"), "{err}");
     }
 }
