@@ -1,15 +1,16 @@
 //! `--net user`: a virtio-net card with passt behind it. No internet is
 //! needed: the server is on the (emulated) host, which the guest reaches
-//! at its gateway address (passt maps it to the host's loopback). The
-//! guest kernel configures the card itself from passt's DHCP (`ip=dhcp`).
+//! at its gateway address (passt maps it to the host's loopback). A plain
+//! guest's kernel configures the card from passt's DHCP (`ip=dhcp`);
+//! under `ferry run`, Ferry's init does.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_tests::{require_kvm, run_ferry_with, scratch_dir, Guest};
-use libtest_mimic::Trial;
+use ferry_tests::{require_kvm, run_ferry_with, scratch_dir, Guest, Outcome};
+use libtest_mimic::{Failed, Trial};
 
 use crate::trial;
 use crate::virtiofs::{pseudo_random, sha256_hex};
@@ -71,10 +72,10 @@ fn guest_fetches_from_the_host() -> TestResult {
     )
 }
 
-/// `ferry run --net user`: the card is configured before the command runs
-/// (address, default route, /etc/resolv.conf from DHCP), and the command
-/// fetches from a server on the host.
-fn ferry_run_fetches_from_the_host() -> TestResult {
+/// `ferry run --net user` with `extra` arguments fetches 1 MiB from a
+/// server on the host; its init configured the card from passt's DHCP
+/// (address, default route, /etc/resolv.conf) before the command ran.
+fn ferry_run_fetch(extra: &[&str], deadline: Duration) -> Result<Outcome, Failed> {
     require_kvm()?;
     let body = Arc::new(pseudo_random(1 << 20, 17));
     let want = sha256_hex(&body);
@@ -82,20 +83,42 @@ fn ferry_run_fetches_from_the_host() -> TestResult {
     let dir = scratch_dir("net_run");
     let cmd = format!(
         "grep -c '^nameserver ' /etc/resolv.conf; \
-         busybox wget -q -O - http://{GATEWAY}:{port}/file | sha256sum"
+         busybox ip -4 addr show eth0 | grep -q 'inet ' && echo has-address; \
+         busybox wget -q -O - http://{GATEWAY}:{port}/file | sha256sum; uname -r"
     );
-    let args: Vec<String> = ["run", "--net", "user", "--", "sh", "-c", &cmd]
+    let mut args: Vec<String> = ["run", "--net", "user"]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let out = run_ferry_with(&args, None, Duration::from_secs(180), |c| {
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["--", "sh", "-c", &cmd].iter().map(|s| s.to_string()));
+    let out = run_ferry_with(&args, None, deadline, |c| {
         c.current_dir(&dir);
     })?;
     check(
         out.code() == Some(0)
             && out.stdout.lines().next().is_some_and(|n| n != "0")
+            && out.stdout.contains("has-address")
             && out.stdout.contains(&want),
-        &format!("expected name servers and the body's sha256 {want}"),
+        &format!("expected name servers, an address and the body's sha256 {want}"),
+        &out,
+    )?;
+    Ok(out)
+}
+
+fn ferry_run_fetches_from_the_host() -> TestResult {
+    ferry_run_fetch(&[], Duration::from_secs(180)).map(drop)
+}
+
+/// The same with Debian's kernel, whose virtio_net is a module (Ferry's
+/// initramfs brings it) and which has no in-kernel DHCP (IP_PNP).
+fn ferry_run_distro_kernel_fetches() -> TestResult {
+    let (kernel, release) = crate::run::debian_kernel()?;
+    let kernel = kernel.display().to_string();
+    let out = ferry_run_fetch(&["--kernel", &kernel], crate::run::DISTRO_DEADLINE)?;
+    check(
+        out.stdout.lines().any(|l| l == release),
+        &format!("expected the command to run on Debian's kernel {release}"),
         &out,
     )
 }
@@ -276,6 +299,10 @@ pub fn trials() -> Vec<Trial> {
         trial(
             "net::ferry_run_fetches_from_the_host",
             ferry_run_fetches_from_the_host,
+        ),
+        trial(
+            "net::ferry_run_distro_kernel",
+            ferry_run_distro_kernel_fetches,
         ),
         trial("net::published_port", published_port_reaches_the_guest),
         trial("net::passt_killed_mid_transfer", passt_killed_mid_transfer),

@@ -617,7 +617,7 @@ fn tty_restored_after_sigkill() -> TestResult {
 
 /// The newest Debian kernel in /boot (`linux-image-amd64`), and its
 /// release.
-fn debian_kernel() -> Result<(PathBuf, String), Failed> {
+pub(crate) fn debian_kernel() -> Result<(PathBuf, String), Failed> {
     let mut found: Vec<String> = std::fs::read_dir("/boot")
         .into_iter()
         .flatten()
@@ -638,7 +638,7 @@ fn debian_kernel() -> Result<(PathBuf, String), Failed> {
 
 /// How long a distribution kernel may take (it probes much more hardware
 /// than the project's; about 35 s in the emulated KVM host).
-const DISTRO_DEADLINE: Duration = Duration::from_secs(300);
+pub(crate) const DISTRO_DEADLINE: Duration = Duration::from_secs(300);
 
 /// `ferry run --kernel /boot/vmlinuz-…` with Debian's kernel: Ferry brings
 /// virtio-pci, virtio-fs, FUSE and overlayfs from /lib/modules in its own

@@ -23,6 +23,7 @@ use ferry_devices::legacy::{
     HOST_INPUT_SELECT_WINSIZE, HOST_INPUT_WINSIZE_GEN, HOST_STREAM_PORT,
 };
 
+use super::guest_net;
 use super::spec::{RunSpec, SpecError};
 use crate::control::signalfd_for;
 
@@ -283,6 +284,8 @@ enum InitError {
         #[source]
         source: io::Error,
     },
+    #[error("network: {0}")]
+    Network(#[source] guest_net::NetError),
     #[error("signalfd: {0}")]
     Signalfd(#[source] io::Error),
     #[error("pipe: {0}")]
@@ -325,13 +328,11 @@ fn init(spec_path: &Path) -> Result<i32, InitError> {
         })?;
     }
     set_hostname("ferry");
-    if let Err(e) = loopback_up() {
+    if let Err(e) = guest_net::loopback_up() {
         say(&format!("ferry-init: loopback stays down: {e}\n"));
     }
-    if let Err(e) = configure_dns() {
-        say(&format!(
-            "ferry-init: no /etc/resolv.conf for the network: {e}\n"
-        ));
+    if spec.network {
+        guest_net::configure().map_err(InitError::Network)?;
     }
     run_command(&spec)
 }
@@ -505,44 +506,7 @@ fn mount(
     Ok(())
 }
 
-/// With `--net`, the kernel configured the card from DHCP (`ip=dhcp`) and
-/// lists the name servers it got in /proc/net/pnp: they go to the guest's
-/// /etc/resolv.conf, never the host's. Where that is a link into /run
-/// (systemd-resolved's stub), the target is made in the guest's own /run;
-/// else the file is written (an /etc overlay) or, with /etc read-only, a
-/// file of the guest's is bind-mounted over it. Without a network, nothing.
-fn configure_dns() -> io::Result<()> {
-    let Ok(pnp) = std::fs::read_to_string("/proc/net/pnp") else {
-        return Ok(());
-    };
-    let servers: String = pnp
-        .lines()
-        .filter(|l| l.starts_with("nameserver "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if servers.is_empty() {
-        return Ok(());
-    }
-    let conf = Path::new("/etc/resolv.conf");
-    if let Ok(target) = std::fs::read_link(conf) {
-        let target = Path::new("/etc").join(target);
-        if target.starts_with("/run") || target.starts_with("/etc/../run") {
-            if let Some(dir) = target.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            return std::fs::write(&target, &servers);
-        }
-    }
-    if std::fs::write(conf, &servers).is_ok() {
-        return Ok(());
-    }
-    let ours = Path::new("/run/ferry/resolv.conf");
-    std::fs::create_dir_all("/run/ferry")?;
-    std::fs::write(ours, &servers)?;
-    mount_bind(ours, conf)
-}
-
-fn mount_bind(from: &Path, onto: &Path) -> io::Result<()> {
+pub(super) fn mount_bind(from: &Path, onto: &Path) -> io::Result<()> {
     let from = CString::new(from.as_os_str().as_bytes())?;
     let onto = CString::new(onto.as_os_str().as_bytes())?;
     // SAFETY: valid C strings; a bind mount reads no data argument.
@@ -564,37 +528,6 @@ fn mount_bind(from: &Path, onto: &Path) -> io::Result<()> {
 fn set_hostname(name: &str) {
     // SAFETY: a valid buffer of the given length.
     unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-}
-
-/// IFF_UP as the short of `ifr_flags` (it is bit 0).
-const IFF_UP: libc::c_short = 1;
-const _: () = assert!(libc::IFF_UP == 1);
-
-/// Brings `lo` up: tests commonly talk to 127.0.0.1.
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: a plain socket, owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is ours.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = src.cast_signed();
-    }
-    // SAFETY: both ioctls read and write the ifreq we own.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= IFF_UP;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// A pipe: (read end, write end).

@@ -17,7 +17,7 @@ use object::elf::FileHeader64;
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::Endianness;
 
-use super::modules::{ModuleTree, ModulesError, FOR_OVERLAYS, REQUIRED};
+use super::modules::{ModuleTree, ModulesError};
 
 /// The manifest in the initramfs: one `module PATH` line per module in
 /// load order, then `exec PATH` (Ferry's host path, run from the root
@@ -183,20 +183,16 @@ const ELF64_HEADER: u64 = 0x40;
 const HEADERS_READ: u64 = 64 << 10;
 
 /// Writes to `out` the initramfs for a kernel of `release` whose modules
-/// are in `modules`: Ferry (`exe`) as /init, its runtime, the modules
-/// (`overlays`: also overlayfs) and the manifest.
+/// are in `modules`: Ferry (`exe`) as /init, its runtime, the `wanted`
+/// modules with their dependencies, and the manifest.
 pub fn write(
     out: &Path,
     exe: &Path,
     modules: &ModuleTree,
     release: &str,
-    overlays: bool,
+    wanted: &[&str],
 ) -> Result<(), InitramfsError> {
-    let mut wanted: Vec<&str> = REQUIRED.to_vec();
-    if overlays {
-        wanted.push(FOR_OVERLAYS);
-    }
-    let modules = modules.load_order(&wanted, release)?;
+    let modules = modules.load_order(wanted, release)?;
     let mut manifest = String::new();
     for (i, m) in modules.iter().enumerate() {
         manifest.push_str(&format!("module /modules/{i}-{}.ko\n", m.name));

@@ -6,7 +6,9 @@
 //! the guest init ([`guest_init`], which is this same binary running as the
 //! guest's PID 1) and maps how the VM ended to an exit status.
 
+mod dhcp;
 pub mod guest_init;
+mod guest_net;
 mod initramfs;
 mod kernel_image;
 mod kernel_path;
@@ -76,6 +78,7 @@ const HOST_ONLY_ENV: &[&str] = &[
 fn module_tree(
     given: Option<&Path>,
     release: &str,
+    wanted: &[&str],
 ) -> Result<Option<(PathBuf, modules::ModuleTree)>> {
     let dir = match given {
         Some(dir) if !dir.is_dir() => bail!("--modules {}: not a directory", dir.display()),
@@ -86,9 +89,10 @@ fn module_tree(
         },
     };
     let tree = modules::ModuleTree::open(&dir)?;
-    if !tree.needed() {
+    if !tree.needed(wanted) {
         log::info!(
-            "kernel {release}: virtio-pci and virtio-fs built in; no modules from {}",
+            "kernel {release}: {} built in; no modules from {}",
+            wanted.join(", "),
             dir.display()
         );
         return Ok(None);
@@ -155,14 +159,16 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
         umask: current_umask(),
         mounts,
         overlays,
+        network: args.machine.net.is_some(),
     };
     let spec_file = SpecFile::write(&spec)?;
     let init = std::env::current_exe().context("the path of the ferry binary")?;
     // A distribution kernel: its modules come in Ferry's own initramfs.
-    let initramfs = match module_tree(args.modules.as_deref(), &release)? {
+    let wanted = modules::wanted(&spec);
+    let initramfs = match module_tree(args.modules.as_deref(), &release, &wanted)? {
         Some((dir, tree)) => {
             let path = spec_file.dir.join("initramfs.cpio");
-            initramfs::write(&path, &init, &tree, &release, !spec.overlays.is_empty())?;
+            initramfs::write(&path, &init, &tree, &release, &wanted)?;
             log::info!(
                 "kernel {release}: modules from {} in an initramfs",
                 dir.display()
@@ -178,12 +184,6 @@ fn run_vm(args: &RunArgs) -> Result<i32> {
         format!("init={}", cmdline_word(&init)?),
         format!("{SPEC_ENV}={}", cmdline_word(spec_file.path())?),
     ];
-    if args.machine.net.is_some() {
-        // The kernel configures the card from passt's DHCP before init
-        // (IP_PNP_DHCP, which the project kernel has); init then writes
-        // the name servers it got to the guest's /etc/resolv.conf.
-        cmdline.push("ip=dhcp".into());
-    }
     let verbose = log::log_enabled!(log::Level::Info);
     if !verbose {
         cmdline.push("quiet".into());

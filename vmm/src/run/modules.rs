@@ -12,10 +12,27 @@ use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection};
 
+use super::spec::RunSpec;
+
 /// What the root share needs.
 pub const REQUIRED: [&str; 2] = ["virtio_pci", "virtiofs"];
 /// What overlays need besides.
 pub const FOR_OVERLAYS: &str = "overlay";
+/// What `--net` needs besides.
+pub const FOR_NETWORK: &str = "virtio_net";
+
+/// The modules a run of `spec` needs: the root share's, then overlayfs for
+/// overlays and virtio_net for a network.
+pub fn wanted(spec: &RunSpec) -> Vec<&'static str> {
+    let mut wanted = REQUIRED.to_vec();
+    if !spec.overlays.is_empty() {
+        wanted.push(FOR_OVERLAYS);
+    }
+    if spec.network {
+        wanted.push(FOR_NETWORK);
+    }
+    wanted
+}
 
 /// The largest module file read, and the largest it may decompress to:
 /// the biggest in-tree modules are a few MiB; past this a file is not one.
@@ -133,9 +150,9 @@ impl ModuleTree {
         })
     }
 
-    /// Whether the kernel lacks any module the root share needs built in.
-    pub fn needed(&self) -> bool {
-        REQUIRED.iter().any(|m| !self.builtin.contains(*m))
+    /// Whether the kernel lacks any of `wanted` built in.
+    pub fn needed(&self, wanted: &[&str]) -> bool {
+        wanted.iter().any(|m| !self.builtin.contains(*m))
     }
 
     /// The modules to load for `wanted`, dependencies first, each once,
@@ -431,7 +448,7 @@ pub(crate) mod tests {
     fn dependencies_come_first_and_once_from_any_compression() {
         let dir = build_tree(RELEASE);
         let tree = ModuleTree::open(&dir).unwrap();
-        assert!(tree.needed());
+        assert!(tree.needed(&REQUIRED));
         let order: Vec<String> = tree
             .load_order(&["virtio_pci", "virtiofs", "configfs"], RELEASE)
             .unwrap()
@@ -485,7 +502,11 @@ pub(crate) mod tests {
         )
         .unwrap();
         let tree = ModuleTree::open(&dir).unwrap();
-        assert!(!tree.needed(), "both required modules are built in");
+        assert!(
+            !tree.needed(&REQUIRED),
+            "both required modules are built in"
+        );
+        assert!(tree.needed(&[FOR_NETWORK]), "virtio_net is not built in");
         assert_eq!(tree.load_order(&["fuse"], RELEASE).unwrap()[0].name, "fuse");
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -33,6 +33,8 @@ pub struct RunSpec {
     pub overlays: Vec<PathBuf>,
     /// A pty for the command, of (rows, columns).
     pub tty: Option<(u16, u16)>,
+    /// `--net`: init configures the card from DHCP before the command.
+    pub network: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -92,6 +94,9 @@ impl RunSpec {
         if let Some((rows, cols)) = self.tty {
             record(&mut out, "tty", format!("{rows}x{cols}").as_bytes());
         }
+        if self.network {
+            record(&mut out, "network", b"1");
+        }
         out
     }
 
@@ -125,6 +130,7 @@ impl RunSpec {
                         .ok_or_else(|| SpecError::NotANumber(i, text()))?
                 }
                 b"overlay" => spec.overlays.push(PathBuf::from(os())),
+                b"network" => spec.network = number(i, value)? != 0,
                 b"tty" => {
                     spec.tty = Some(
                         std::str::from_utf8(value)
@@ -185,6 +191,7 @@ mod tests {
             }],
             overlays: vec!["/etc".into(), "/home/me/.cache".into()],
             tty: Some((33, 101)),
+            network: true,
         }
     }
 
