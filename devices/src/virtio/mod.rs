@@ -34,10 +34,10 @@ pub trait VirtioInterrupt: Send + Sync {
     fn notify(&self, vector: u16);
 }
 
-/// A queue's MSI-X vector. The driver may change it while the queue runs
-/// (the spec locks only the ring's registers after DRIVER_OK), so the
-/// transport and the queue's worker share it, and the worker reads it for
-/// each interrupt.
+/// A queue's MSI-X vector, or the configuration-change one. The driver may
+/// change it while the device runs (the spec locks only the ring's
+/// registers after DRIVER_OK), so the transport and the device's worker
+/// share it, and the worker reads it for each interrupt.
 #[derive(Clone, Debug)]
 pub struct QueueVector(Arc<AtomicU16>);
 
@@ -91,6 +91,9 @@ pub struct Activation {
     pub interrupt: Arc<dyn VirtioInterrupt>,
     pub bus_master: BusMaster,
     pub features: u64,
+    /// The vector of configuration-change interrupts, for a device whose
+    /// configuration changes on its own (a network card's link status).
+    pub config_vector: QueueVector,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +143,12 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> Vec<u16>;
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Counts the device's own changes to its configuration, so that the
+    /// transport's `config_generation` moves with them (virtio 1.2,
+    /// 4.1.4.3.1).
+    fn config_changes(&self) -> u8 {
+        0
+    }
     /// The device's shared memory region, if it has one.
     fn shared_memory(&self) -> Option<SharedMemoryRegion> {
         None

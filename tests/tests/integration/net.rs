@@ -210,7 +210,8 @@ fn children_named(pid: u32, name: &str) -> Vec<i32> {
 }
 
 /// passt killed while the guest downloads: the card's backend goes down
-/// (Ferry says so once), the guest's transfer fails, and the VM ends with
+/// (Ferry says so once), the guest's driver sees the link go (a
+/// configuration interrupt), its transfer fails, and the VM ends with
 /// the guest's own status: no hang, no crash.
 fn passt_killed_mid_transfer() -> TestResult {
     // Endless, slow enough that the transfer is still going when passt dies.
@@ -233,7 +234,7 @@ fn passt_killed_mid_transfer() -> TestResult {
     let cmd = format!(
         "mount -t virtiofs m /mnt && touch /mnt/started && \
          busybox timeout 30 busybox wget -q -O /dev/null http://{GATEWAY}:{port}/; \
-         echo wget-status=$?"
+         echo wget-status=$?; echo carrier=$(cat /sys/class/net/eth0/carrier)"
     );
     let running = Guest::command(&cmd)
         .fs(&format!("tag=m,path={}", dir.display()))
@@ -257,9 +258,11 @@ fn passt_killed_mid_transfer() -> TestResult {
     guest_ok(&out, 0)?;
     check(
         line_with(&out.stdout, "wget-status=").trim() != "wget-status=0"
+            && line_with(&out.stdout, "carrier=").trim() == "carrier=0"
             && out.stderr.contains("the network backend failed")
             && !out.stderr.contains("panicked"),
-        "expected the transfer to fail and Ferry to name the backend's failure",
+        "expected the transfer to fail, the guest to see the link down and Ferry to \
+         name the backend's failure",
         &out,
     )
 }

@@ -320,6 +320,7 @@ fn activation(indexes: &[usize]) -> crate::virtio::Activation {
         interrupt: Arc::new(crate::fake_vm::FakeVm::new(1 << 20)),
         bus_master: crate::virtio::BusMaster::new(true),
         features: 0,
+        config_vector: crate::virtio::QueueVector::new(crate::virtio::queue_config::NO_VECTOR),
     }
 }
 

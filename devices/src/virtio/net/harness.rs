@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use virtio_queue::desc::RawDescriptor;
@@ -20,6 +21,8 @@ use crate::virtio::spec::{DESC_F_NEXT, DESC_F_WRITE};
 use crate::virtio::{BusMaster, QueueVector};
 
 pub const RAM: usize = 16 << 20;
+/// The configuration-change vector (the queues use 0).
+pub const CONFIG_VECTOR: u16 = 2;
 pub const SIZE: u16 = 16;
 pub const RX_RING: SplitRingLayout = SplitRingLayout {
     desc: 0x0,
@@ -48,6 +51,8 @@ pub struct Rig {
     pub rx_next: u16,
     pub tx_next: u16,
     pub stats: Arc<NetStats>,
+    /// Where the worker's interrupts are counted.
+    pub vm: Arc<FakeVm>,
 }
 
 pub fn queue(layout: &SplitRingLayout) -> NetQueue {
@@ -73,16 +78,19 @@ impl Rig {
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("net harness setup");
         let stats = Arc::new(NetStats::default());
+        let vm = Arc::new(FakeVm::new(RAM as u64));
         let worker = NetWorker {
             rx: queue(&RX_RING),
             tx: queue(&TX_RING),
             backend: Backend::new(ours).expect("net harness setup"),
             stop: EventFd::new(libc::EFD_NONBLOCK).expect("net harness setup"),
             mem: GuestMemoryAtomic::new(mem.clone()),
-            interrupt: Arc::new(FakeVm::new(RAM as u64)),
+            interrupt: vm.clone(),
             bus_master: BusMaster::new(true),
             stats: stats.clone(),
             rx_starved: false,
+            link_up: Arc::new(AtomicBool::new(true)),
+            config_vector: QueueVector::new(CONFIG_VECTOR),
         };
         Rig {
             mem,
@@ -91,6 +99,7 @@ impl Rig {
             rx_next: 0,
             tx_next: 0,
             stats,
+            vm,
         }
     }
 

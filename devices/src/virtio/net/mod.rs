@@ -19,7 +19,7 @@ pub use frames::{BadFrameLength, MAX_FRAME};
 pub use worker::NET_HDR_LEN;
 
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -87,10 +87,11 @@ impl NetStats {
 
 /// The config space (virtio 1.2, 5.1.4): mac, status,
 /// max_virtqueue_pairs, mtu.
-fn config_bytes(mac: [u8; 6]) -> [u8; 12] {
+fn config_bytes(mac: [u8; 6], link_up: bool) -> [u8; 12] {
     let mut c = [0u8; 12];
     c[..6].copy_from_slice(&mac);
-    c[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+    let status = if link_up { VIRTIO_NET_S_LINK_UP } else { 0 };
+    c[6..8].copy_from_slice(&status.to_le_bytes());
     c[8..10].copy_from_slice(&1u16.to_le_bytes());
     c[10..12].copy_from_slice(&MTU.to_le_bytes());
     c
@@ -113,6 +114,10 @@ enum State {
 
 pub struct VirtioNet {
     mac: [u8; 6],
+    /// Down for good once the backend fails (the worker clears it and
+    /// raises a configuration interrupt, so the guest's driver sees the
+    /// carrier go and stops queueing frames to nowhere).
+    link_up: Arc<AtomicBool>,
     state: State,
     stats: Arc<NetStats>,
     spawner: Spawner,
@@ -133,6 +138,7 @@ impl VirtioNet {
         })?;
         Ok(VirtioNet {
             mac,
+            link_up: Arc::new(AtomicBool::new(true)),
             state: State::Idle(Some(Backend::new(stream)?)),
             stats: Arc::default(),
             spawner,
@@ -183,7 +189,7 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = config_bytes(self.mac);
+        let config = config_bytes(self.mac, self.link_up.load(Ordering::Relaxed));
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, byte) in data.iter_mut().enumerate() {
             *byte = start
@@ -192,6 +198,10 @@ impl VirtioDevice for VirtioNet {
                 .copied()
                 .unwrap_or(0);
         }
+    }
+
+    fn config_changes(&self) -> u8 {
+        u8::from(!self.link_up.load(Ordering::Relaxed))
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
@@ -231,6 +241,8 @@ impl VirtioDevice for VirtioNet {
             bus_master: activation.bus_master,
             stats: self.stats.clone(),
             rx_starved: false,
+            link_up: self.link_up.clone(),
+            config_vector: activation.config_vector,
         };
         let returned = Arc::new(Mutex::new(None));
         let slot = returned.clone();

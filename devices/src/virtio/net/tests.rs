@@ -112,8 +112,14 @@ fn the_backend_closing_is_a_failure_not_a_hang() {
     let (_, other) = UnixStream::pair().unwrap();
     drop(std::mem::replace(&mut r.passt, other));
     r.guest_posts(2048, 0);
+    assert!(r.worker.link_up.load(Ordering::Relaxed));
     r.worker.process();
     assert!(r.worker.backend.failed);
+    // The driver learns of it: link down, one configuration interrupt.
+    assert!(!r.worker.link_up.load(Ordering::Relaxed));
+    assert_eq!(r.vm.notified(CONFIG_VECTOR), 1);
+    r.worker.process();
+    assert_eq!(r.vm.notified(CONFIG_VECTOR), 1, "said once");
 }
 
 #[test]
@@ -215,6 +221,7 @@ fn activation(mem: &GuestMemoryMmap, queues: &[usize]) -> Activation {
         interrupt: Arc::new(FakeVm::new(RAM as u64)),
         bus_master: BusMaster::new(true),
         features: 0,
+        config_vector: QueueVector::new(CONFIG_VECTOR),
     }
 }
 

@@ -10,6 +10,7 @@
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -68,6 +69,9 @@ pub struct NetWorker {
     pub interrupt: Arc<dyn VirtioInterrupt>,
     pub bus_master: BusMaster,
     pub stats: Arc<NetStats>,
+    /// The card's link status, cleared when the backend fails.
+    pub link_up: Arc<AtomicBool>,
+    pub config_vector: QueueVector,
     /// The guest has no receive buffer: wait for its kick, not the socket.
     pub rx_starved: bool,
 }
@@ -194,6 +198,8 @@ impl NetWorker {
             );
             self.backend.failed = true;
             self.stats.backend_failed();
+            self.link_up.store(false, Ordering::Relaxed);
+            self.interrupt.notify(self.config_vector.get());
         }
     }
 

@@ -16,8 +16,8 @@ use super::spec::{
 };
 use super::status::{self, FeaturesOk, Transition};
 use super::{
-    ActivateError, Activation, ActiveQueue, BusMaster, GuestMemoryShared, SharedMemoryRegion,
-    VirtioDevice, VirtioInterrupt,
+    ActivateError, Activation, ActiveQueue, BusMaster, GuestMemoryShared, QueueVector,
+    SharedMemoryRegion, VirtioDevice, VirtioInterrupt,
 };
 use crate::pci::{BarKind, MsixChange, MsixState, PciConfig, PciDevice, MSIX_ENTRY_SIZE};
 use crate::vm_ops::{GuestMapping, GuestMemoryFault, MsiMessage, VmOps};
@@ -108,7 +108,7 @@ pub struct VirtioPciDevice {
     driver_features: u64,
     status: u8,
     config_generation: u8,
-    config_vector: u16,
+    config_vector: QueueVector,
     /// The command register's bus master bit, shared with the workers.
     bus_master: BusMaster,
     queue_select: u16,
@@ -242,7 +242,7 @@ impl VirtioPciDevice {
             status: 0,
             config_generation: 0,
             warned_status_clear: false,
-            config_vector: NO_VECTOR,
+            config_vector: QueueVector::new(NO_VECTOR),
             bus_master: BusMaster::default(),
             queue_select: 0,
             failed_activations: FailedActivations::default(),
@@ -278,10 +278,13 @@ impl VirtioPciDevice {
                 1 => self.driver_features >> 32,
                 _ => 0,
             },
-            CONFIG_MSIX_VECTOR => u64::from(self.config_vector),
+            CONFIG_MSIX_VECTOR => u64::from(self.config_vector.get()),
             NUM_QUEUES => self.queues.len() as u64,
             DEVICE_STATUS => u64::from(self.status),
-            CONFIG_GENERATION => u64::from(self.config_generation),
+            CONFIG_GENERATION => u64::from(
+                self.config_generation
+                    .wrapping_add(self.device.config_changes()),
+            ),
             QUEUE_SELECT => u64::from(self.queue_select),
             // Queue i is notified at NOTIFY + i * NOTIFY_MULTIPLIER, so each
             // queue's notify offset is its index.
@@ -329,7 +332,7 @@ impl VirtioPciDevice {
                     _ => {}
                 }
             }
-            CONFIG_MSIX_VECTOR => self.config_vector = vector,
+            CONFIG_MSIX_VECTOR => self.config_vector.set(vector),
             DEVICE_STATUS => self.write_status((value & 0xff) as u8),
             QUEUE_SELECT => self.queue_select = v16,
             _ => {
@@ -405,7 +408,7 @@ impl VirtioPciDevice {
                 );
                 self.status |= STATUS_NEEDS_RESET;
                 self.config_generation = self.config_generation.wrapping_add(1);
-                self.interrupt.notify(self.config_vector);
+                self.interrupt.notify(self.config_vector.get());
             }
         }
     }
@@ -444,6 +447,7 @@ impl VirtioPciDevice {
             interrupt: self.interrupt.clone(),
             bus_master: self.bus_master.clone(),
             features: self.driver_features,
+            config_vector: self.config_vector.clone(),
         };
         Ok(self.device.activate(activation)?)
     }
@@ -461,7 +465,7 @@ impl VirtioPciDevice {
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
         self.status = 0;
-        self.config_vector = NO_VECTOR;
+        self.config_vector.set(NO_VECTOR);
         self.queue_select = 0;
     }
 

@@ -18,6 +18,9 @@ struct Seen {
     activations: AtomicUsize,
     resets: AtomicUsize,
     vector: Mutex<Option<QueueVector>>,
+    config_vector: Mutex<Option<QueueVector>>,
+    /// Changes the device made to its own configuration.
+    config_changes: std::sync::atomic::AtomicU8,
 }
 
 /// A device with one queue that records what it saw.
@@ -33,6 +36,9 @@ impl VirtioDevice for Recording {
         vec![16]
     }
     fn read_config(&self, _: u64, _: &mut [u8]) {}
+    fn config_changes(&self) -> u8 {
+        self.0.config_changes.load(Ordering::Relaxed)
+    }
     fn shared_memory(&self) -> Option<SharedMemoryRegion> {
         self.0.shm
     }
@@ -43,6 +49,7 @@ impl VirtioDevice for Recording {
         }
         self.0.activations.fetch_add(1, Ordering::Relaxed);
         *self.0.vector.lock().unwrap() = a.queues.first().map(|q| q.vector.clone());
+        *self.0.config_vector.lock().unwrap() = Some(a.config_vector);
         Ok(())
     }
     fn reset(&mut self) {
@@ -111,6 +118,24 @@ fn a_vector_change_after_driver_ok_reaches_the_running_queue() {
     assert_eq!(vector.get(), 0, "the worker would still use vector 1");
     d.write_common(0x1a, &9u16.to_le_bytes());
     assert_eq!(vector.get(), NO_VECTOR);
+}
+
+#[test]
+fn the_device_s_own_config_changes_reach_the_driver() {
+    let seen = Arc::new(Seen::default());
+    let mut d = device(Box::new(Recording(seen.clone())));
+    drive_to_ok(&mut d, 1);
+    let config_vector = seen
+        .config_vector
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("activated");
+    d.write_common(0x10, &0u16.to_le_bytes());
+    assert_eq!(config_vector.get(), 0, "the device would raise no vector");
+    let generation = read8(&mut d, 0x15);
+    seen.config_changes.fetch_add(1, Ordering::Relaxed);
+    assert_ne!(read8(&mut d, 0x15), generation, "config_generation moves");
 }
 
 #[test]
