@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Ferry side by side with QEMU + virtiofsd: one command, one report.
 #
-#   bench/bench.sh [ROUNDS [WORKLOAD...]]     (default: 5 rounds, all)
+#   bench/bench.sh [ROUNDS] [WORKLOAD...]     (default: 5 rounds, all)
 #
-# Workloads: boot seqread randread write mmap smallfiles walk run. `run` is
+# Workloads: boot seqread randread write mmap smallfiles walk run, and the
+# network ones net-tx net-rx net-rr (`net` names all three). `run` is
 # `ferry run -- true` end to end, with the project kernel and with the
 # newest distribution kernel in /boot, against the same job done the way
 # virtme-ng and vmtest do it: QEMU, the host's / read-only through virtiofsd
 # as the guest's root, the working directory as a second, writable
 # virtiofsd share, and a compiled init (bench/peer-init.c) that mounts what
 # Ferry's init mounts, runs the command and powers off.
+#
+# The network workloads run Ferry with `--net user` against QEMU with the
+# same passt backend, started the way passt's manual shows for QEMU
+# (`passt --socket`, `-netdev stream` and a default virtio-net-pci); both
+# guests take passt's DHCP lease in the kernel (ip=dhcp). The guest talks
+# to bench/net-server.py on the host's loopback through passt: TCP
+# throughput guest to host (net-tx, 256 MiB) and host to guest (net-rx,
+# 256 MiB), and the time of a one-byte request/response (net-rr, 2,000
+# round trips on one TCP_NODELAY connection).
 #
 # Prepares both (the peer: Debian's qemu-system-x86 and virtiofsd built from
 # crates.io, run the standard way: vhost-user-fs-pci, memfd-backed shared
@@ -23,16 +33,26 @@
 # host times the whole VM and records the VMM's CPU seconds and peak RSS
 # (QEMU plus its virtiofsd processes for the peer). It never asserts a
 # timing: it reports. Results: bench/results/latest.{md,json,png} and the raw
-# samples beside them; the table is printed too.
+# samples beside them (a run of some workloads only: latest-NAMES.*, so
+# the full run's report stays); the table is printed too.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 # shellcheck source=bench/lib.sh
 source "$here/lib.sh"
-rounds=${1:-5}
-[ $# -gt 0 ] && shift
-only=("$@")
+rounds=5
+if [[ ${1:-} =~ ^[0-9]+$ ]]; then
+    rounds=$1
+    shift
+fi
+only=()
+for w in "$@"; do
+    if [ "$w" = net ]; then only+=(net-tx net-rx net-rr); else only+=("$w"); fi
+done
 memory=1G
+report=latest
+[ ${#only[@]} -eq 0 ] || report="latest-$(IFS=-; echo "${only[*]}")"
+[ "$report" != latest-net-tx-net-rx-net-rr ] || report=latest-net
 
 if [ -z "${FERRY_BENCH_INSIDE:-}" ]; then
     bench_prepare
@@ -41,7 +61,7 @@ if [ -z "${FERRY_BENCH_INSIDE:-}" ]; then
     export FERRY_BENCH_INSIDE=1 FERRY_BENCH_MODE=$mode
     results="$repo/bench/results"
     mkdir -p "$results"
-    raw="$results/latest-samples.txt"
+    raw="$results/$report-samples.txt"
     {
         echo "meta date $(date -u +%Y-%m-%dT%H:%MZ)"
         echo "meta host $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores, $(($(awk '/MemTotal/ {print $2}' /proc/meminfo) >> 20)) GiB"
@@ -57,7 +77,7 @@ if [ -z "${FERRY_BENCH_INSIDE:-}" ]; then
     else
         "$0" "$rounds" "${only[@]}" | tee -a "$raw"
     fi
-    python3 "$here/report.py" "$raw" "$results"
+    python3 "$here/report.py" "$raw" "$results" "$report"
     exit 0
 fi
 
@@ -75,6 +95,14 @@ for d in $(seq 1 200); do
     (cd "$data/tree/d$d" && touch $(seq -f 'f%g' 1 99))
 done
 mkdir -p "$work/cwd"
+
+# The host's end of the network workloads (see the top).
+net_sink=47001 net_source=47002 net_echo=47003 net_mib=256
+if [[ " ${only[*]:-net-tx} " == *" net-"* ]]; then
+    python3 "$here/net-server.py" $net_sink $net_source $net_echo $net_mib &
+    net_server=$!
+    trap 'kill $net_server 2>/dev/null; rm -rf "$data" "$work"' EXIT
+fi
 
 sample() { echo "sample $*"; }
 
@@ -107,35 +135,61 @@ guest_failed() {
 # A VM booted from the initramfs with the data shared as "bench" and
 # mounted at /mnt (no mount for the boot workload), running $3.
 ferry_vm() {
-    local workload=$1 system=$2 cmd=$3 fsopt="" mopt="" t0 t1
+    local workload=$1 system=$2 cmd=$3 fsopt="" mopt="" t0 t1 net=() ip=""
     if [ "$system" = ferry-dax ]; then fsopt=",dax=on" mopt="-o dax"; fi
-    [ "$workload" = boot ] || cmd="mount -t virtiofs $mopt bench /mnt && $cmd"
+    case $workload in
+        boot) ;;
+        net-*) net=(--net user) ip="ip=dhcp " ;;
+        *) cmd="mount -t virtiofs $mopt bench /mnt && $cmd" ;;
+    esac
     t0=$(now_ms)
     /usr/bin/time -f '%U %S %M' -o "$work/ferry.time" \
         "$ferry" --kernel "$kernel" --initramfs "$initramfs" --memory "$memory" --cpus 1 \
-        --fs "tag=bench,path=$data$fsopt" --cmdline "quiet cmd=\"$cmd\"" \
+        --fs "tag=bench,path=$data$fsopt" "${net[@]}" --cmdline "quiet ${ip}cmd=\"$cmd\"" \
         </dev/null >"$work/out.txt" 2>&1 || true
     t1=$(now_ms)
     grep -q 'ferry-init: exit status 0' "$work/out.txt" || guest_failed "$workload" "$system" "$work/out.txt"
     emit "$workload" "$system" $((t1 - t0)) "$work/out.txt" "$work/ferry.time"
 }
 
+# The peer: QEMU with virtiofsd sharing the data, or, for the network
+# workloads, QEMU with passt (see the top).
 peer_vm() {
-    local workload=$1 cmd=$2 t0 t1
-    [ "$workload" = boot ] || cmd="mount -t virtiofs bench /mnt && $cmd"
+    local workload=$1 cmd=$2 t0 t1 i devices=() ip="" helper_time
     t0=$(now_ms)
-    peer_time="$work/vfs.time" peer_virtiofsd "$work/bench.sock" "$data"
+    case $workload in
+        net-*)
+            rm -f "$work/passt.sock"
+            /usr/bin/time -f '%U %S %M' -o "$work/passt.time" \
+                passt --foreground --quiet --one-off --socket "$work/passt.sock" &
+            peer_pid=$!
+            for i in $(seq 1 1000); do
+                [ -S "$work/passt.sock" ] && break
+                sleep 0.01
+            done
+            devices=(-netdev "stream,id=net0,server=off,addr.type=unix,addr.path=$work/passt.sock"
+                -device virtio-net-pci,netdev=net0)
+            ip="ip=dhcp " helper_time=$work/passt.time
+            ;;
+        *)
+            [ "$workload" = boot ] || cmd="mount -t virtiofs bench /mnt && $cmd"
+            peer_time="$work/vfs.time" peer_virtiofsd "$work/bench.sock" "$data"
+            devices=(-chardev "socket,id=fs,path=$work/bench.sock"
+                -device vhost-user-fs-pci,chardev=fs,tag=bench)
+            helper_time=$work/vfs.time
+            ;;
+    esac
     # shellcheck disable=SC2046
     /usr/bin/time -f '%U %S %M' -o "$work/qemu.time" \
-        qemu-system-x86_64 $(peer_qemu_base "$memory") \
-        -chardev socket,id=fs,path="$work/bench.sock" -device vhost-user-fs-pci,chardev=fs,tag=bench \
+        qemu-system-x86_64 $(peer_qemu_base "$memory") "${devices[@]}" \
         -kernel "$kernel" -initrd "$initramfs" -serial file:"$work/out.txt" \
-        -append "console=ttyS0 quiet reboot=k panic=-1 cmd=\"$cmd\"" </dev/null || true
+        -append "console=ttyS0 quiet reboot=k panic=-1 ${ip}cmd=\"$cmd\"" </dev/null || true
     t1=$(now_ms)
-    # virtiofsd leaves when QEMU disconnects; its time file follows.
+    # virtiofsd (or passt, --one-off) leaves when QEMU disconnects; its
+    # time file follows.
     wait "$peer_pid" || true
     grep -q 'ferry-init: exit status 0' "$work/out.txt" || guest_failed "$workload" peer "$work/out.txt"
-    emit "$workload" peer $((t1 - t0)) "$work/out.txt" "$work/qemu.time" "$work/vfs.time"
+    emit "$workload" peer $((t1 - t0)) "$work/out.txt" "$work/qemu.time" "$helper_time"
 }
 
 # `ferry run -- true` against the virtme-ng/vmtest way (see the top),
@@ -193,6 +247,9 @@ workloads=(
     "smallfiles|ferry-bench smallfiles /mnt/small 2000"
     "walk|ferry-bench walk /mnt/tree"
     "run|"
+    "net-tx|ferry-bench tcpsend gw $net_sink $net_mib"
+    "net-rx|ferry-bench tcprecv gw $net_source"
+    "net-rr|ferry-bench tcprr gw $net_echo 2000"
 )
 for entry in "${workloads[@]}"; do
     workload=${entry%%|*} cmd=${entry#*|}

@@ -3,7 +3,9 @@
 min-max and the Ferry/peer ratio per workload and metric, printed and written
 as markdown and JSON, plus one PNG chart of the ratios (gnuplot).
 
-    bench/report.py SAMPLES_FILE RESULTS_DIR
+    bench/report.py SAMPLES_FILE RESULTS_DIR [NAME]
+
+NAME (default latest) names the outputs: NAME.md, NAME.json, NAME.png.
 """
 import json
 import statistics
@@ -60,7 +62,10 @@ def summarize(samples):
     return rows
 
 
-WORKLOAD_ORDER = ["boot", "seqread", "randread", "write", "mmap", "smallfiles", "walk", "run"]
+WORKLOAD_ORDER = [
+    "boot", "seqread", "randread", "write", "mmap", "smallfiles", "walk", "run",
+    "net-tx", "net-rx", "net-rr",
+]
 
 
 def order(workload):
@@ -110,9 +115,9 @@ def markdown(meta, rows):
     return "\n".join(out) + "\n"
 
 
-def chart(rows, results):
+def chart(rows, results, name):
     """One bar per workload metric: Ferry's advantage (> 1: Ferry better)."""
-    data = results / "latest-chart.dat"
+    data = results / f"{name}-chart.dat"
     lines = []
     for r in rows:
         # Boot and run are timed from the host; the others inside the
@@ -128,8 +133,8 @@ def chart(rows, results):
     data.write_text("\n".join(lines) + "\n")
     script = f"""
 set terminal pngcairo size 1200,{200 + 28 * len(lines)} font ",10"
-set output "{results / 'latest.png'}"
-set title "Ferry vs QEMU + virtiofsd: Ferry's advantage (median ratio, > 1 = Ferry better)"
+set output "{results / f'{name}.png'}"
+set title "Ferry vs its peer (QEMU + virtiofsd / passt): Ferry's advantage (median ratio, > 1 = Ferry better)"
 set style fill solid 0.8
 set boxwidth 0.7
 set xtics rotate by -45
@@ -149,17 +154,18 @@ plot "{data}" using 0:2:xtic(1) with boxes notitle, 1 with lines lw 2 notitle
 
 def main():
     samples_file, results = sys.argv[1], Path(sys.argv[2])
+    name = sys.argv[3] if len(sys.argv) > 3 else "latest"
     meta, samples = load(samples_file)
     if not samples:
         sys.exit(f"[report] no samples in {samples_file}")
     rows = summarize(samples)
     md = markdown(meta, rows)
-    (results / "latest.md").write_text(md)
-    (results / "latest.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    drew = chart(rows, results)
+    (results / f"{name}.md").write_text(md)
+    (results / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    drew = chart(rows, results, name)
     print()
     print(md)
-    print(f"[report] {results}/latest.md, latest.json" + (", latest.png" if drew else ""))
+    print(f"[report] {results}/{name}.md, {name}.json" + (f", {name}.png" if drew else ""))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 //! contents, scribbles on the rings, and turns bus mastering off and on;
 //! the backend side (the socket's far end, where passt sits) sends fuzzed
 //! bytes, well-formed frames of fuzzed sizes or bad length prefixes,
-//! drains or stops draining, and closes. The worker runs by hand between
+//! drains or stops draining, and closes. The first byte picks the backend:
+//! passt's stream, or a tap (one frame per message, no length prefix;
+//! a runt or an oversized message is its malformed input). The worker runs by hand between
 //! operations. What must hold: no panic, every round ends (a hang is
 //! libFuzzer's timeout), and the counters add up (every frame the backend
 //! took came from the transmit queue).
@@ -52,7 +54,8 @@ fn chain(inp: &mut Input, ring_size: u16, write: bool) -> Vec<virtio_queue::desc
 
 pub fn run(data: &[u8]) {
     let mut inp = Input::new(data);
-    let mut rig = Rig::new();
+    let tap = inp.u8() & 1 == 1;
+    let mut rig = if tap { Rig::tap() } else { Rig::new() };
     rig.passt
         .set_nonblocking(true)
         .expect("a non-blocking far end");
@@ -94,7 +97,7 @@ pub fn run(data: &[u8]) {
                 };
                 let mut framed = u32::try_from(len).unwrap_or(0).to_be_bytes().to_vec();
                 framed.resize(4 + len, inp.u8());
-                let _ = rig.passt.write(&framed);
+                let _ = rig.passt.write(if tap { &framed[4..] } else { &framed });
             }
             4 if !closed => {
                 let mut buf = vec![0u8; 1 << 17];

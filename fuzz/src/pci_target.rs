@@ -1,20 +1,26 @@
-//! `pci_config`: the PCI side of a virtio-fs device. A `PciRoot` on an
-//! I/O bus (mechanism 1, ports 0xCF8..0xCFF), a `VirtioPciDevice` wrapping a
-//! `VirtioFs` on the MMIO bus, `FakeVm` as the `VmOps`, which behaves like KVM where
+//! `pci_config`: the PCI side of a virtio-fs or virtio-net device. A
+//! `PciRoot` on an I/O bus (mechanism 1, ports 0xCF8..0xCFF), a
+//! `VirtioPciDevice` wrapping a `VirtioFs` (or, with the configuration
+//! byte's top bit, a `VirtioNet` on a socket pair whose far end plays
+//! passt) on the MMIO bus, `FakeVm` as the `VmOps`, which behaves like KVM where
 //! it matters (an MMIO write to a registered ioeventfd address signals it
 //! instead of exiting; a memory slot may not overlap RAM or another slot;
 //! a guest access inside a shown memory slot is memory, not MMIO, and a
 //! fault there goes to the DAX window's repair as in the vCPU loop).
 //!
 //! Input: one configuration byte (request queues, DAX window, read-only,
-//! cache mode), one byte of `VmOps` failures to inject, then operations:
+//! cache mode; the device), one byte of `VmOps` failures to inject, then operations:
 //! port I/O, config-space reads/writes through 0xCF8/0xCFC, MMIO reads and
 //! writes on BAR 0 (common cfg, ISR, device cfg, notify, MSI-X table and
 //! PBA) and around it, a driver handshake up to DRIVER_OK with fuzzed queue
 //! sizes, addresses and vectors, requests posted on an active queue and
 //! kicked (the queue workers then run as in Ferry, on their own threads),
-//! guest memory writes, device resets.
+//! guest memory writes, device resets; for virtio-net, frames and bytes
+//! from the backend and its draining (the device's config space is read
+//! through the MMIO operations).
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +36,8 @@ use ferry_devices::virtio::spec::{
     STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC,
     VIRTIO_F_VERSION_1,
 };
-use ferry_devices::virtio::VirtioPciDevice;
+use ferry_devices::virtio::net::{Link, VirtioNet};
+use ferry_devices::virtio::{VirtioDevice, VirtioPciDevice};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::fuse_gen::{self, Known};
@@ -658,6 +665,28 @@ fn op_memory(m: &mut Machine, inp: &mut Input<'_>) {
 
 /// The share every run starts from: an empty directory beside a file that
 /// must stay as it is.
+/// passt's side of a virtio-net device: a frame (length prefix and
+/// bytes, the length sometimes out of range), raw bytes, or a drain.
+fn op_backend(passt: &mut UnixStream, inp: &mut Input<'_>) {
+    match inp.below(3) {
+        0 => {
+            let len = inp.u32_from(&[60, 1514, 65_549, 0, 13, 65_550, u32::MAX]);
+            let mut framed = len.to_be_bytes().to_vec();
+            framed.resize(4 + usize::try_from(len.min(65_549)).unwrap_or(0), inp.u8());
+            let _ = passt.write(&framed);
+        }
+        1 => {
+            let n = usize::from(inp.u8());
+            let bytes: Vec<u8> = (0..n).map(|_| inp.u8()).collect();
+            let _ = passt.write(&bytes);
+        }
+        _ => {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(1..) = passt.read(&mut buf) {}
+        }
+    }
+}
+
 fn fresh_share() -> (PathBuf, PathBuf) {
     let top = sandbox::sandbox().join("pci");
     sandbox::remove_tree(&top);
@@ -691,13 +720,25 @@ pub fn run(data: &[u8]) {
         dax_window: dax.then_some(DAX_SIZE),
         ..Default::default()
     };
-    let fs = VirtioFs::new(fs_share, None).expect("virtio-fs device");
-    let dax = fs.dax_window();
+    let net = cfg & 0x80 != 0;
+    let mut passt = None;
+    let (device, dax, queues): (Box<dyn VirtioDevice>, _, _) = if net {
+        let (ours, theirs) = UnixStream::pair().expect("a socket pair");
+        theirs.set_nonblocking(true).expect("a non-blocking far end");
+        passt = Some(theirs);
+        let card = VirtioNet::new([2, 0x46, 0x52, 0x59, 0, 1], Link::Stream(ours), None)
+            .expect("virtio-net device");
+        (Box::new(card), None, 2)
+    } else {
+        let fs = VirtioFs::new(fs_share, None).expect("virtio-fs device");
+        let dax = fs.dax_window();
+        (Box::new(fs), dax, 1 + usize::from(request_queues))
+    };
     let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)])
         .expect("guest RAM");
     let mem = GuestMemoryAtomic::new(ram);
     let vm = Arc::new(FakeVm::failing(RAM_SIZE, fail));
-    let dev = VirtioPciDevice::new(Box::new(fs), vm.clone(), mem.clone(), BAR0, Some(SHM_ADDR))
+    let dev = VirtioPciDevice::new(device, vm.clone(), mem.clone(), BAR0, Some(SHM_ADDR))
         .expect("virtio-pci device");
     vm.arm();
     let msix_cap = {
@@ -733,7 +774,7 @@ pub fn run(data: &[u8]) {
         mmio_bus,
         dev,
         dax,
-        queues: 1 + usize::from(request_queues),
+        queues,
         msix_cap,
         known: Known::default(),
         served: Mutex::new(Vec::new()),
@@ -761,7 +802,9 @@ pub fn run(data: &[u8]) {
             13 => op_memory(&mut m, &mut inp),
             14 => m.common_write(DEVICE_STATUS, u64::from(inp.u8()), 1),
             _ => {
-                if let Some(w) = &m.dax {
+                if let Some(p) = &mut passt {
+                    op_backend(p, &mut inp);
+                } else if let Some(w) = &m.dax {
                     w.repair_truncated();
                 }
             }
@@ -787,6 +830,7 @@ pub fn run(data: &[u8]) {
         assert_eq!(status[0], 0, "status after reset");
     }
     drop(m);
+    drop(passt);
     oracle::check_policy(&share);
     oracle::check_beside(&top);
     sandbox::check_sandbox(&[std::ffi::OsStr::new("pci")]);

@@ -11,6 +11,11 @@
  *   ferry-bench manyfiles DIR N      create N empty files (mknod), then stat
  *                                    each, all held at once (limits tests)
  *   ferry-bench walk DIR             stat every entry of a tree (as find -exec stat)
+ *   ferry-bench tcpsend HOST PORT MIB   send MIB MiB to a sink, until it closes
+ *   ferry-bench tcprecv HOST PORT       receive from a source until it closes
+ *   ferry-bench tcprr HOST PORT N       N one-byte request/response round trips
+ *                                    with an echo server (TCP_NODELAY)
+ *   (HOST `gw`: the default gateway, from /proc/net/route)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,7 +25,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -215,6 +224,98 @@ static int cmd_walk(const char *dir)
     return 0;
 }
 
+/* HOST as an IPv4 address; `gw` is the default route's gateway. */
+static int host_address(const char *host, struct in_addr *out)
+{
+    if (strcmp(host, "gw"))
+        return inet_pton(AF_INET, host, out) == 1 ? 0 : -1;
+    FILE *f = fopen("/proc/net/route", "r");
+    if (!f)
+        return -1;
+    char line[256], dev[64];
+    unsigned dst, gw;
+    int found = -1;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "%63s %x %x", dev, &dst, &gw) == 3 && dst == 0 && gw) {
+            out->s_addr = gw; /* /proc prints it in network order */
+            found = 0;
+            break;
+        }
+    fclose(f);
+    return found;
+}
+
+static int tcp_connect(const char *host, const char *port)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(atoi(port)) };
+    if (host_address(host, &sa.sin_addr)) {
+        errno = EINVAL;
+        return -1;
+    }
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)))
+        return -1;
+    return fd;
+}
+
+static int cmd_tcpsend(const char *host, const char *port, long mib)
+{
+    int fd = tcp_connect(host, port);
+    if (fd < 0)
+        return fail("connect");
+    double t0 = now();
+    for (long i = 0; i < mib; i++)
+        for (size_t off = 0; off < sizeof(chunk);) {
+            ssize_t n = write(fd, chunk + off, sizeof(chunk) - off);
+            if (n <= 0)
+                return fail("send");
+            off += n;
+        }
+    /* Done when the sink has read it all: it closes after our FIN. */
+    shutdown(fd, SHUT_WR);
+    while (read(fd, chunk, sizeof(chunk)) > 0)
+        ;
+    double t = now() - t0;
+    close(fd);
+    printf("result tx-mbps=%.1f\n", mib * 1048576.0 / t / 1e6);
+    return 0;
+}
+
+static int cmd_tcprecv(const char *host, const char *port)
+{
+    int fd = tcp_connect(host, port);
+    if (fd < 0)
+        return fail("connect");
+    double t0 = now();
+    long long total = 0;
+    for (ssize_t n; (n = read(fd, chunk, sizeof(chunk))) > 0;)
+        total += n;
+    double t = now() - t0;
+    close(fd);
+    if (total <= 0)
+        return fail("receive");
+    printf("result rx-mbps=%.1f (bytes %lld)\n", total / t / 1e6, total);
+    return 0;
+}
+
+static int cmd_tcprr(const char *host, const char *port, long n)
+{
+    int fd = tcp_connect(host, port);
+    if (fd < 0)
+        return fail("connect");
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    char b = 'x';
+    double t0 = now();
+    for (long i = 0; i < n; i++)
+        if (write(fd, &b, 1) != 1 || read(fd, &b, 1) != 1)
+            return fail("round trip");
+    double t = now() - t0;
+    close(fd);
+    printf("result rr-us=%.1f\n", t / n * 1e6);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *op = argc > 1 ? argv[1] : "";
@@ -232,6 +333,13 @@ int main(int argc, char **argv)
         return cmd_smallfiles(argv[2], atol(argv[3]));
     if (!strcmp(op, "walk") && argc == 3)
         return cmd_walk(argv[2]);
-    fprintf(stderr, "usage: ferry-bench seqread|randread|seqwrite|mmapread|smallfiles|manyfiles|walk ...\n");
+    if (!strcmp(op, "tcpsend") && argc == 5)
+        return cmd_tcpsend(argv[2], argv[3], atol(argv[4]));
+    if (!strcmp(op, "tcprecv") && argc == 4)
+        return cmd_tcprecv(argv[2], argv[3]);
+    if (!strcmp(op, "tcprr") && argc == 5)
+        return cmd_tcprr(argv[2], argv[3], atol(argv[4]));
+    fprintf(stderr, "usage: ferry-bench seqread|randread|seqwrite|mmapread|smallfiles|manyfiles|walk|"
+                    "tcpsend|tcprecv|tcprr ...\n");
     return 2;
 }

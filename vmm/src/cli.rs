@@ -199,8 +199,11 @@ pub struct MachineArgs {
     /// Give the guest a network card (virtio-net). `user`: user-mode
     /// networking through passt (which must be installed): the guest gets
     /// its address, route and DNS by DHCP and reaches what the host
-    /// reaches, with no privilege on the host. Default: none.
-    #[arg(long, value_name = "user")]
+    /// reaches, with no privilege on the host. `tap=NAME`: attach to the
+    /// host's tap device NAME (make it for your user with `ip tuntap add
+    /// NAME mode tap user $USER`; its addresses, bridge and DHCP server are
+    /// the host's). Default: none.
+    #[arg(long, value_name = "user|tap=NAME", value_parser = parse_net)]
     pub net: Option<NetMode>,
 
     /// Forward a host port to the guest (with --net user; repeatable), as
@@ -265,10 +268,29 @@ fn parse_publish(s: &str) -> Result<Publish, String> {
 }
 
 /// `--net`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetMode {
     /// passt, started by Ferry.
     User,
+    /// A tap device of the host, by name.
+    Tap(String),
+}
+
+fn parse_net(s: &str) -> Result<NetMode, String> {
+    match s.split_once('=') {
+        None if s == "user" => Ok(NetMode::User),
+        Some(("tap", name)) => {
+            let max = crate::tap::MAX_NAME;
+            if name.is_empty() || name.len() > max {
+                Err(format!("'{name}': a tap name is 1 to {max} bytes"))
+            } else if name.bytes().any(|b| b == b'/' || b <= b' ' || b == 0x7f) {
+                Err(format!("'{name}': not an interface name"))
+            } else {
+                Ok(NetMode::Tap(name.to_string()))
+            }
+        }
+        _ => Err(format!("'{s}': expected user or tap=NAME")),
+    }
 }
 
 impl Cli {
@@ -372,6 +394,20 @@ fn host_memory() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_modes_parse() {
+        assert_eq!(parse_net("user"), Ok(NetMode::User));
+        assert_eq!(parse_net("tap=tap0"), Ok(NetMode::Tap("tap0".into())));
+        assert_eq!(
+            parse_net("tap=sixteen-bytes-xx"),
+            Err("'sixteen-bytes-xx': a tap name is 1 to 15 bytes".into())
+        );
+        assert!(parse_net("tap=fifteen-bytes-x").is_ok());
+        for bad in ["tap=", "tap=a/b", "tap=a b", "bridge=br0", "users", "tap"] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn published_ports_parse_as_podman_writes_them() {

@@ -14,6 +14,7 @@ pub mod passt;
 pub mod run;
 pub mod sandbox;
 pub mod size;
+pub mod tap;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

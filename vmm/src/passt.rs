@@ -12,6 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// Printed through anyhow's chain, so a message leaves its source out.
 #[derive(Debug, thiserror::Error)]
 pub enum PasstError {
     #[error(
@@ -19,9 +20,9 @@ pub enum PasstError {
          passt; Fedora: dnf install passt)"
     )]
     Missing,
-    #[error("cannot make the socket pair for passt: {0}")]
+    #[error("cannot make the socket pair for passt")]
     Socket(#[source] std::io::Error),
-    #[error("cannot start {}: {source}", path.display())]
+    #[error("cannot start {}", path.display())]
     Start {
         path: PathBuf,
         #[source]

@@ -19,7 +19,7 @@ use ferry_devices::legacy::{
 };
 use ferry_devices::pci::{PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_COUNT};
 use ferry_devices::virtio::fs::{FsShare, FsStats, VirtioFs};
-use ferry_devices::virtio::net::{NetStats, VirtioNet};
+use ferry_devices::virtio::net::{Link, NetStats, VirtioNet};
 use ferry_devices::virtio::{VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
 use ferry_devices::vm_ops::{GuestMemoryFault, VmOps};
 use ferry_devices::Bus;
@@ -262,15 +262,26 @@ fn add_pci_devices(
             if share.readonly { " (read-only)" } else { "" }
         );
     }
-    if cli.machine.net == Some(NetMode::User) {
+    if let Some(mode) = &cli.machine.net {
         let context = || "virtio-net";
-        let forwards: Vec<String> = cli
-            .machine
-            .publish
-            .iter()
-            .flat_map(|p| p.passt_args())
-            .collect();
-        let backend = crate::passt::start(&forwards).context("--net user")?;
+        let (backend, what) = match mode {
+            NetMode::User => {
+                let forwards: Vec<String> = cli
+                    .machine
+                    .publish
+                    .iter()
+                    .flat_map(|p| p.passt_args())
+                    .collect();
+                let stream = crate::passt::start(&forwards).context("--net user")?;
+                (Link::Stream(stream), "passt".to_string())
+            }
+            NetMode::Tap(name) => {
+                if !cli.machine.publish.is_empty() {
+                    bail!("--publish forwards through passt: it needs --net user, not a tap");
+                }
+                (crate::tap::open(name)?, format!("tap {name}"))
+            }
+        };
         let net = VirtioNet::new(GUEST_MAC, backend, sandbox.network()).with_context(context)?;
         devices.net = Some(net.stats());
         let bar = bars.allocate(VIRTIO_PCI_BAR_SIZE)?;
@@ -285,7 +296,7 @@ fn add_pci_devices(
         let slot = root
             .add_device(Arc::new(Mutex::new(device)))
             .with_context(context)?;
-        log::info!("virtio-net (passt) at PCI 00:{slot:02x}.0, BAR0 {bar:#x}");
+        log::info!("virtio-net ({what}) at PCI 00:{slot:02x}.0, BAR0 {bar:#x}");
     }
     io_bus.insert(
         Arc::new(Mutex::new(root)),

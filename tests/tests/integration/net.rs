@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,12 @@ use crate::{check, guest_ok, line_with, TestResult};
 /// An HTTP/1.0 server on the host's loopback that answers every GET with
 /// `body`; returns its port. It serves until the test process ends.
 fn serve(body: Arc<Vec<u8>>) -> std::io::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    serve_on("127.0.0.1", body)
+}
+
+/// The same on `address`.
+fn serve_on(address: &str, body: Arc<Vec<u8>>) -> std::io::Result<u16> {
+    let listener = TcpListener::bind((address, 0))?;
     let port = listener.local_addr()?.port();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -293,6 +299,108 @@ fn missing_passt_is_named() -> TestResult {
     )
 }
 
+/// Runs `ip` with `args` (the emulated host's, as root).
+fn ip(args: &str) -> Result<(), Failed> {
+    let out = std::process::Command::new("ip")
+        .args(args.split(' '))
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("ip {args}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+/// A tap of the host, removed when dropped.
+struct Tap(&'static str);
+
+impl Tap {
+    /// Makes tap `name` for host user `owner`, with `address` (a /24) on
+    /// the host's side, up.
+    fn new(name: &'static str, owner: u32, address: &str) -> Result<Tap, Failed> {
+        let _ = ip(&format!("link del {name}"));
+        ip(&format!("tuntap add dev {name} mode tap user {owner}"))?;
+        let tap = Tap(name);
+        ip(&format!("addr add {address}/24 dev {name}"))?;
+        ip(&format!("link set {name} up"))?;
+        Ok(tap)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = ip(&format!("link del {}", self.0));
+    }
+}
+
+/// The guest's command, run by Ferry as the ordinary host user `USER`
+/// (not root: attaching to a tap made for one's user needs no
+/// privilege), with `--net tap=NAME`.
+fn ferry_as_user_on_tap(name: &str, cmd: &str, cmdline: &str) -> Result<Outcome, Failed> {
+    use crate::unprivileged::{kvm_group, USER};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("this test makes taps and starts Ferry as another user: it needs root".into());
+    }
+    let gid = kvm_group()?;
+    // As udev leaves it on a host (the emulated host has no udev).
+    std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666))?;
+    let dir = ferry_tests::test_dir(&format!("net_{name}"));
+    std::os::unix::fs::chown(&dir, Some(USER), Some(gid))?;
+    // The kernel may live in root's cache: a copy Ferry's user can read.
+    let kernel = dir.join("bzImage");
+    std::fs::copy(ferry_tests::kernel()?, &kernel)?;
+    let mut guest = Guest::command(cmd)
+        .kernel(kernel)
+        .arg("--net")
+        .arg(&format!("tap={name}"))
+        .deadline(Duration::from_secs(180));
+    if !cmdline.is_empty() {
+        guest = guest.cmdline(cmdline);
+    }
+    Ok(guest.run_as(USER, gid)?)
+}
+
+/// `--net tap=NAME`: a guest with a static address on a tap made for
+/// Ferry's (unprivileged) user fetches from a server on the host's side
+/// of the tap and checks its sha256; the guest's MTU is the tap's.
+fn tap_reaches_the_host() -> TestResult {
+    let _tap = Tap::new("fytap0", crate::unprivileged::USER, "192.168.77.1")?;
+    let body = Arc::new(pseudo_random(4 << 20, 18));
+    let want = sha256_hex(&body);
+    let port = serve_on("192.168.77.1", body)?;
+    let cmd = format!(
+        "echo mtu=$(cat /sys/class/net/eth0/mtu); \
+         busybox wget -q -O - http://192.168.77.1:{port}/file | sha256sum"
+    );
+    let out = ferry_as_user_on_tap(
+        "fytap0",
+        &cmd,
+        "ip=192.168.77.2::192.168.77.1:255.255.255.0::eth0:off",
+    )?;
+    guest_ok(&out, 0)?;
+    check(
+        line_with(&out.stdout, "mtu=").trim() == "mtu=1500"
+            && line_with(&out.stdout, &want).contains(&want),
+        &format!("expected the tap's MTU 1500 and the body's sha256 {want}"),
+        &out,
+    )
+}
+
+/// A tap made for another user: one clear line, no guest.
+fn tap_of_another_user_is_refused() -> TestResult {
+    let _tap = Tap::new("fytap1", 4242, "192.168.78.1")?;
+    let out = ferry_as_user_on_tap("fytap1", "echo booted", "")?;
+    check(
+        out.code().is_some_and(|c| c != 0)
+            && out
+                .stderr
+                .contains("--net tap=fytap1: not allowed to attach to it")
+            && !out.stdout.contains("booted"),
+        "expected the tap refused, with the hint to make one for the user",
+        &out,
+    )
+}
+
 pub fn trials() -> Vec<Trial> {
     vec![
         trial(
@@ -309,6 +417,8 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial("net::published_port", published_port_reaches_the_guest),
         trial("net::passt_killed_mid_transfer", passt_killed_mid_transfer),
+        trial("net::tap_reaches_the_host", tap_reaches_the_host),
+        trial("net::tap_of_another_user", tap_of_another_user_is_refused),
         trial("net::no_card_without_net", no_card_without_net),
         trial("net::missing_passt_is_named", missing_passt_is_named),
     ]

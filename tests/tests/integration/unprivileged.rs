@@ -12,11 +12,11 @@ use libtest_mimic::Trial;
 use crate::{check, field, guest_ok, line_with, trial, TestResult};
 
 /// The host user Ferry runs as.
-const USER: u32 = 1000;
+pub(crate) const USER: u32 = 1000;
 
 /// The group that may open /dev/kvm, made so where it is not (the
 /// emulated KVM host's devtmpfs gives /dev/kvm to root alone).
-fn kvm_group() -> Result<u32, String> {
+pub(crate) fn kvm_group() -> Result<u32, String> {
     let meta = fs::metadata("/dev/kvm").map_err(|e| format!("/dev/kvm: {e}"))?;
     if meta.mode() & 0o060 != 0o060 {
         fs::set_permissions("/dev/kvm", fs::Permissions::from_mode(meta.mode() | 0o060))

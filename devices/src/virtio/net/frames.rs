@@ -1,6 +1,7 @@
-//! Ethernet frames on a stream socket, as passt and QEMU's `-netdev stream`
-//! carry them: each frame preceded by its length, a 4-byte big-endian
-//! integer. Both directions are bounded by one largest frame, so what the
+//! Ethernet frames on the backend's descriptor: on a stream socket, as
+//! passt and QEMU's `-netdev stream` carry them, each frame preceded by its
+//! length, a 4-byte big-endian integer; on a tap device one frame per read
+//! or write. Both directions are bounded by one largest frame, so what the
 //! other end sends (or fails to drain) never makes Ferry allocate more.
 
 use std::io::{self, Read, Write};
@@ -20,8 +21,21 @@ const LEN_PREFIX: usize = 4;
 #[error("the network backend sent a frame length of {0} bytes (allowed {MIN_FRAME}..={MAX_FRAME})")]
 pub struct BadFrameLength(pub u32);
 
-/// Frames from the stream: a buffer of one largest frame and its prefix.
+/// How frames are delimited on the backend's descriptor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Framing {
+    /// A stream: each frame behind its length (passt).
+    #[default]
+    LengthPrefixed,
+    /// A tap device: a read gives one whole frame, a write takes one.
+    Datagram,
+}
+
+/// Frames from the backend: a buffer of one largest frame and its prefix
+/// (which, for a tap's frames, the reader writes itself, so both framings
+/// are read back the same way).
 pub struct FrameReader {
+    framing: Framing,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
@@ -29,15 +43,20 @@ pub struct FrameReader {
 
 impl Default for FrameReader {
     fn default() -> Self {
+        FrameReader::new(Framing::default())
+    }
+}
+
+impl FrameReader {
+    pub fn new(framing: Framing) -> Self {
         FrameReader {
+            framing,
             buf: vec![0; LEN_PREFIX + MAX_FRAME].into_boxed_slice(),
             start: 0,
             end: 0,
         }
     }
-}
 
-impl FrameReader {
     /// The length of the frame at the front, if its prefix is in.
     fn front_len(&self) -> Result<Option<usize>, BadFrameLength> {
         let Some(prefix) = self.buf.get(self.start..self.start + LEN_PREFIX) else {
@@ -72,6 +91,9 @@ impl FrameReader {
     /// the buffer never holds more than one): Ok(0) at end of stream.
     /// Call only while [`FrameReader::frame`] has none whole.
     pub fn fill(&mut self, from: &mut impl Read) -> io::Result<usize> {
+        if self.framing == Framing::Datagram {
+            return self.fill_datagram(from);
+        }
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -94,16 +116,40 @@ impl FrameReader {
         self.end += n;
         Ok(n)
     }
+
+    /// One read, one frame, its length written in front as a stream's.
+    fn fill_datagram(&mut self, from: &mut impl Read) -> io::Result<usize> {
+        if self.end > self.start {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a whole frame waits in the buffer",
+            ));
+        }
+        let n = from.read(&mut self.buf[LEN_PREFIX..])?;
+        let len = u32::try_from(n).unwrap_or(u32::MAX);
+        self.buf[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+        self.start = 0;
+        self.end = if n == 0 { 0 } else { LEN_PREFIX + n };
+        Ok(n)
+    }
 }
 
-/// Frames to the stream: at most one frame waits for the socket to drain.
+/// Frames to the backend: at most one frame waits for it to drain.
 #[derive(Default)]
 pub struct FrameWriter {
+    framing: Framing,
     pending: Vec<u8>,
     sent: usize,
 }
 
 impl FrameWriter {
+    pub fn new(framing: Framing) -> Self {
+        FrameWriter {
+            framing,
+            ..FrameWriter::default()
+        }
+    }
+
     /// Whether a frame still waits for the socket.
     pub fn busy(&self) -> bool {
         self.sent < self.pending.len()
@@ -113,9 +159,11 @@ impl FrameWriter {
     /// accepts now.
     pub fn send(&mut self, frame: &[u8], to: &mut impl Write) -> io::Result<()> {
         debug_assert!(!self.busy());
-        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
         self.pending.clear();
-        self.pending.extend_from_slice(&len.to_be_bytes());
+        if self.framing == Framing::LengthPrefixed {
+            let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+            self.pending.extend_from_slice(&len.to_be_bytes());
+        }
         self.pending.extend_from_slice(frame);
         self.sent = 0;
         self.flush(to)
@@ -127,6 +175,8 @@ impl FrameWriter {
         while self.busy() {
             match to.write(&self.pending[self.sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                // A tap takes a frame whole or not at all.
+                Ok(_) if self.framing == Framing::Datagram => self.sent = self.pending.len(),
                 Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -225,5 +275,70 @@ mod tests {
         w.flush(&mut sock).unwrap();
         assert!(!w.busy());
         assert_eq!(sock.0, framed(&[&[7; 20]]));
+    }
+
+    /// A tap: each read hands out one queued frame, each write is one.
+    #[derive(Default)]
+    struct Tap {
+        to_read: std::collections::VecDeque<Vec<u8>>,
+        written: Vec<Vec<u8>>,
+        full: bool,
+    }
+    impl Read for Tap {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let f = self.to_read.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+            let n = f.len().min(buf.len());
+            buf[..n].copy_from_slice(&f[..n]);
+            Ok(n)
+        }
+    }
+    impl Write for Tap {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.full {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.written.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_tap_gives_and_takes_one_frame_per_call() {
+        let frames = [vec![0xaa; 14], vec![0xbb; MAX_FRAME], vec![0xcc; 60]];
+        let mut tap = Tap {
+            to_read: frames.iter().cloned().collect(),
+            ..Tap::default()
+        };
+        let mut r = FrameReader::new(Framing::Datagram);
+        let mut got = Vec::new();
+        while r.fill(&mut tap).is_ok() {
+            got.push(r.frame().unwrap().expect("a whole frame").to_vec());
+            assert!(r.fill(&mut tap).is_err(), "one frame held at a time");
+            r.consume();
+        }
+        assert_eq!(got, frames);
+
+        let mut w = FrameWriter::new(Framing::Datagram);
+        tap.full = true;
+        w.send(&frames[2], &mut tap).unwrap();
+        assert!(w.busy(), "kept while the tap is full");
+        tap.full = false;
+        w.flush(&mut tap).unwrap();
+        assert!(!w.busy());
+        assert_eq!(tap.written, [frames[2].clone()], "no length prefix");
+    }
+
+    #[test]
+    fn a_runt_from_a_tap_is_refused() {
+        let mut tap = Tap {
+            to_read: [vec![1u8; 5]].into_iter().collect(),
+            ..Tap::default()
+        };
+        let mut r = FrameReader::new(Framing::Datagram);
+        assert_eq!(r.fill(&mut tap).unwrap(), 5);
+        assert_eq!(r.frame(), Err(BadFrameLength(5)));
     }
 }

@@ -3,7 +3,9 @@
 //! pair playing passt, the worker run by hand. Test code: it panics on
 //! setup failures.
 
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::{Backend, NetQueue, NetWorker, NET_HDR_LEN};
-use super::NetStats;
+use super::{Link, NetStats};
 use crate::fake_vm::FakeVm;
 use crate::virtio::driver_ring;
 use crate::virtio::ring::SplitRingLayout;
@@ -70,10 +72,41 @@ impl Default for Rig {
 }
 
 impl Rig {
+    /// The worker on a stream socket, as with passt.
     pub fn new() -> Rig {
+        let (ours, passt) = UnixStream::pair().expect("net harness setup");
+        Rig::on(Link::Stream(ours), passt)
+    }
+
+    /// The worker on a tap: a SOCK_SEQPACKET pair stands in for
+    /// /dev/net/tun (a read gives one whole message, a write makes one, as
+    /// a tap's do); `passt` is then the host's side of the tap.
+    pub fn tap() -> Rig {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair fills the two descriptors, owned right after.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0, "net harness setup: socketpair");
+        // SAFETY: both descriptors were just made and are ours.
+        let (ours, host) = unsafe { (File::from_raw_fd(fds[0]), UnixStream::from_raw_fd(fds[1])) };
+        Rig::on(
+            Link::Tap {
+                file: ours,
+                mtu: 1500,
+            },
+            host,
+        )
+    }
+
+    fn on(link: Link, passt: UnixStream) -> Rig {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM)])
             .expect("net harness setup");
-        let (ours, passt) = UnixStream::pair().expect("net harness setup");
         passt
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("net harness setup");
@@ -82,7 +115,7 @@ impl Rig {
         let worker = NetWorker {
             rx: queue(&RX_RING),
             tx: queue(&TX_RING),
-            backend: Backend::new(ours).expect("net harness setup"),
+            backend: Backend::new(link).expect("net harness setup"),
             stop: EventFd::new(libc::EFD_NONBLOCK).expect("net harness setup"),
             mem: GuestMemoryAtomic::new(mem.clone()),
             interrupt: vm.clone(),

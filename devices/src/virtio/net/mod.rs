@@ -1,24 +1,28 @@
 //! virtio-net (virtio 1.2, 5.1): one receive and one transmit queue, the
-//! MAC address and link status in config space, and an Ethernet backend on
-//! a stream socket (passt, see `frames`). The worker thread owns the queues
-//! and the socket while the device runs; a reset hands the socket back.
+//! MAC address, link status and MTU in config space, and an Ethernet
+//! backend ([`Link`]): a stream socket (passt, see `frames`) or a tap
+//! device. The worker thread owns the queues and the backend while the
+//! device runs; a reset hands the backend back.
 //!
 //! Offloads: none. passt's socket carries bare Ethernet frames, no
 //! virtio-net header, so a checksum left to the device or a TSO segment
-//! would have to be finished in Ferry itself. Instead the device offers
+//! would have to be finished in Ferry itself (a tap is opened without
+//! IFF_VNET_HDR for the same reason). Instead the device offers
 //! `VIRTIO_NET_F_MTU` at passt's 65,520: the guest sends and receives
 //! frames up to that size (what TSO would buy on this path), and Linux
-//! posts receive buffers big enough for them ("big packets").
+//! posts receive buffers big enough for them ("big packets"). A tap's
+//! own MTU is offered instead, so the guest matches the host's side.
 
 mod frames;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
+mod link;
 mod worker;
 
-pub use frames::{BadFrameLength, MAX_FRAME};
+pub use frames::{BadFrameLength, Framing, MAX_FRAME};
+pub use link::Link;
 pub use worker::NET_HDR_LEN;
 
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -87,13 +91,13 @@ impl NetStats {
 
 /// The config space (virtio 1.2, 5.1.4): mac, status,
 /// max_virtqueue_pairs, mtu.
-fn config_bytes(mac: [u8; 6], link_up: bool) -> [u8; 12] {
+fn config_bytes(mac: [u8; 6], link_up: bool, mtu: u16) -> [u8; 12] {
     let mut c = [0u8; 12];
     c[..6].copy_from_slice(&mac);
     let status = if link_up { VIRTIO_NET_S_LINK_UP } else { 0 };
     c[6..8].copy_from_slice(&status.to_le_bytes());
     c[8..10].copy_from_slice(&1u16.to_le_bytes());
-    c[10..12].copy_from_slice(&MTU.to_le_bytes());
+    c[10..12].copy_from_slice(&mtu.to_le_bytes());
     c
 }
 
@@ -114,6 +118,7 @@ enum State {
 
 pub struct VirtioNet {
     mac: [u8; 6],
+    mtu: u16,
     /// Down for good once the backend fails (the worker clears it and
     /// raises a configuration interrupt, so the guest's driver sees the
     /// carrier go and stops queueing frames to nowhere).
@@ -125,21 +130,17 @@ pub struct VirtioNet {
 
 impl VirtioNet {
     /// A network card with address `mac` whose frames go to and come
-    /// from `stream` (passt's end of a socket pair); its worker runs
-    /// confined by `confine`.
-    pub fn new(
-        mac: [u8; 6],
-        stream: UnixStream,
-        confine: Option<ConfineNetwork>,
-    ) -> std::io::Result<Self> {
+    /// from `link`; its worker runs confined by `confine`.
+    pub fn new(mac: [u8; 6], link: Link, confine: Option<ConfineNetwork>) -> std::io::Result<Self> {
         let spawner = Spawner::start("net".into(), "network", move || match confine {
             Some(confine) => confine(),
             None => Ok(()),
         })?;
         Ok(VirtioNet {
             mac,
+            mtu: link.mtu(),
             link_up: Arc::new(AtomicBool::new(true)),
-            state: State::Idle(Some(Backend::new(stream)?)),
+            state: State::Idle(Some(Backend::new(link)?)),
             stats: Arc::default(),
             spawner,
         })
@@ -189,7 +190,7 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = config_bytes(self.mac, self.link_up.load(Ordering::Relaxed));
+        let config = config_bytes(self.mac, self.link_up.load(Ordering::Relaxed), self.mtu);
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, byte) in data.iter_mut().enumerate() {
             *byte = start

@@ -123,6 +123,29 @@ fn the_backend_closing_is_a_failure_not_a_hang() {
 }
 
 #[test]
+fn a_tap_carries_bare_frames_both_ways() {
+    let mut r = Rig::tap();
+    let out = frame(60, 0x31);
+    r.guest_sends(&out, 0);
+    let inbound = frame(1514, 0x32);
+    r.passt.write_all(&inbound).unwrap();
+    r.guest_posts(2048, 0);
+    r.worker.process();
+    let mut got = vec![0u8; 4096];
+    let n = r.passt.read(&mut got).unwrap();
+    assert_eq!(&got[..n], &out[..], "one message, no length prefix");
+    let len = NET_HDR_LEN + inbound.len();
+    assert_eq!(driver_ring::used_elem(&r.mem, &RX_RING, 0), (0, n32(len)));
+    assert_eq!(&r.received(0, len)[NET_HDR_LEN..], &inbound[..]);
+    // The host's side closing is the tap going away.
+    let (_, other) = UnixStream::pair().unwrap();
+    drop(std::mem::replace(&mut r.passt, other));
+    r.guest_posts(2048, 1);
+    r.worker.process();
+    assert!(r.worker.backend.failed);
+}
+
+#[test]
 fn a_full_socket_holds_the_transmit_queue_without_blocking() {
     let mut r = Rig::new();
     // Far more than the socket buffer holds, and passt reads nothing yet.
@@ -191,7 +214,7 @@ fn chains_the_guest_gets_wrong_are_dropped_and_counted() {
 #[test]
 fn config_space_has_the_mac_the_link_and_the_mtu() {
     let (ours, _passt) = UnixStream::pair().unwrap();
-    let dev = VirtioNet::new([2, 0, 0, 0, 0, 7], ours, None).unwrap();
+    let dev = VirtioNet::new([2, 0, 0, 0, 0, 7], Link::Stream(ours), None).unwrap();
     let mut c = [0xffu8; 16];
     dev.read_config(0, &mut c);
     assert_eq!(&c[..6], &[2, 0, 0, 0, 0, 7]);
@@ -232,7 +255,7 @@ fn the_backend_survives_a_reset_and_serves_the_next_activation() {
     passt
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
-    let mut dev = VirtioNet::new([2, 0, 0, 0, 0, 1], ours, None).unwrap();
+    let mut dev = VirtioNet::new([2, 0, 0, 0, 0, 1], Link::Stream(ours), None).unwrap();
     assert!(matches!(
         dev.activate(activation(&mem, &[0])),
         Err(ActivateError::MissingQueue(_))

@@ -9,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -18,6 +17,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::frames::{FrameReader, FrameWriter, MAX_FRAME, MIN_FRAME};
+use super::link::Link;
 use super::NetStats;
 use crate::virtio::{BusMaster, GuestMemoryShared, QueueVector, VirtioInterrupt};
 
@@ -38,7 +38,7 @@ pub struct NetQueue {
 /// back to the device on reset so the next activation carries on the same
 /// stream (a frame cut in half would desynchronise it).
 pub struct Backend {
-    pub stream: UnixStream,
+    pub link: Link,
     pub inbound: FrameReader,
     pub outbound: FrameWriter,
     /// Set once the stream failed (passt gone, a bad frame length): from
@@ -47,14 +47,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// `stream` made non-blocking: the worker waits in poll, never in a
+    /// `link` made non-blocking: the worker waits in poll, never in a
     /// read or write.
-    pub fn new(stream: UnixStream) -> std::io::Result<Self> {
-        stream.set_nonblocking(true)?;
+    pub fn new(link: Link) -> std::io::Result<Self> {
+        link.set_nonblocking()?;
         Ok(Backend {
-            stream,
-            inbound: FrameReader::default(),
-            outbound: FrameWriter::default(),
+            inbound: FrameReader::new(link.framing()),
+            outbound: FrameWriter::new(link.framing()),
+            link,
             failed: false,
         })
     }
@@ -129,7 +129,7 @@ impl NetWorker {
                 pollfd(self.stop.as_raw_fd(), libc::POLLIN),
                 pollfd(self.rx.kick.as_raw_fd(), libc::POLLIN),
                 pollfd(self.tx.kick.as_raw_fd(), libc::POLLIN),
-                pollfd(self.backend.stream.as_raw_fd(), backend_events),
+                pollfd(self.backend.link.as_raw_fd(), backend_events),
             ];
             // SAFETY: polls four valid fds owned by this worker.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), 4, -1) };
@@ -162,7 +162,7 @@ impl NetWorker {
         }
         let guard = self.mem.memory();
         let mem: &GuestMemoryMmap = &guard;
-        if let Err(e) = self.backend.outbound.flush(&mut self.backend.stream) {
+        if let Err(e) = self.backend.outbound.flush(&mut self.backend.link) {
             self.backend_failed(&format!("writing to it: {e}"));
         }
         let tx = self.transmit(mem);
@@ -234,7 +234,7 @@ impl NetWorker {
                 Ok(frame) if !self.backend.failed => {
                     self.stats.tx_frame();
                     log::trace!("tx frame {} bytes", frame.len());
-                    if let Err(e) = self.backend.outbound.send(&frame, &mut self.backend.stream) {
+                    if let Err(e) = self.backend.outbound.send(&frame, &mut self.backend.link) {
                         self.backend_failed(&format!("writing to it: {e}"));
                     }
                 }
@@ -258,7 +258,7 @@ impl NetWorker {
         while !self.backend.failed && self.bus_master.on() {
             let frame = match self.backend.inbound.frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => match self.backend.inbound.fill(&mut self.backend.stream) {
+                Ok(None) => match self.backend.inbound.fill(&mut self.backend.link) {
                     Ok(0) => {
                         self.backend_failed("it closed the connection");
                         break;
