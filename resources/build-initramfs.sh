@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the guest initramfs: busybox-static, Ferry's /init, the exit-port
 # helper, ferry-fsutil (xattr, flock, fsync, statfs for tests), ferry-dax
-# (mmap tools and the DAX model checker), ferry-bench (the workloads of
-# bench/bench.sh) and ferry-conform (the differential POSIX suite, also
+# (mmap tools and the DAX model checker), ferry-udp (UDP for the network
+# tests), ferry-bench (the workloads of bench/bench.sh) and ferry-conform (the differential POSIX suite, also
 # kept at target/guest/ferry-conform for its host half), as a newc
 # cpio archive at target/guest/initramfs.cpio.
 # Prints the archive's path on its last line.
@@ -31,6 +31,7 @@ gcc -static -Os -s -o "$out/ferry-exit" "$here/guest/ferry-exit.c"
 cp "$out/ferry-exit" "$root/bin/ferry-exit"
 gcc -static -Os -s -o "$root/bin/ferry-fsutil" "$here/guest/ferry-fsutil.c"
 gcc -static -Os -s -o "$root/bin/ferry-dax" "$here/guest/ferry-dax.c"
+gcc -static -Os -s -o "$root/bin/ferry-udp" "$here/guest/ferry-udp.c"
 gcc -static -O2 -s -o "$root/bin/ferry-bench" "$here/guest/ferry-bench.c"
 gcc -static -O2 -s -o "$out/ferry-conform" "$here/guest/ferry-conform.c"
 cp "$out/ferry-conform" "$root/bin/ferry-conform"

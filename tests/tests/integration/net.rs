@@ -273,6 +273,60 @@ fn passt_killed_mid_transfer() -> TestResult {
     )
 }
 
+/// UDP both ways through passt: the guest's datagram reaches an echo
+/// server on the host and the reply comes back; with `--publish
+/// HOST:GUEST/udp`, a host datagram reaches a guest socket.
+fn udp_both_ways() -> TestResult {
+    use std::net::UdpSocket;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let echo = UdpSocket::bind("127.0.0.1:0")?;
+    let echo_port = echo.local_addr()?.port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let mut reply = b"pong-".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = echo.send_to(&reply, from);
+        }
+    });
+    // A free host port for the forward (taken back at once: passt binds it).
+    let host_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    const GUEST_PORT: u16 = 7777;
+    let cmd = format!("ferry-udp ping {GATEWAY} {echo_port}; ferry-udp recv {GUEST_PORT}");
+    let running = Guest::command(&cmd)
+        .arg("--net")
+        .arg("user")
+        .arg("--publish")
+        .arg(&format!("{host_port}:{GUEST_PORT}/udp"))
+        .cmdline("ip=dhcp")
+        .deadline(Duration::from_secs(180))
+        .spawn()?;
+    // The guest listens only once it has pinged: send until it is done.
+    let done = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let done = done.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let sock = UdpSocket::bind("127.0.0.1:0")?;
+            while !done.load(Ordering::Relaxed) {
+                let _ = sock.send_to(b"hello-guest", ("127.0.0.1", host_port));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Ok(())
+        })
+    };
+    let out = running.finish(Duration::from_secs(180));
+    done.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    let out = out?;
+    guest_ok(&out, 0)?;
+    check(
+        line_with(&out.stdout, "udp-reply=").trim() == "udp-reply=pong-ping"
+            && line_with(&out.stdout, "udp-got=").trim() == "udp-got=hello-guest",
+        "expected the echo's reply in the guest and the host's datagram through the forward",
+        &out,
+    )
+}
+
 /// Without `--net` the guest has no card: only `lo`.
 fn no_card_without_net() -> TestResult {
     let out = Guest::command("ls /sys/class/net | tr '\\n' ' '; echo").run()?;
@@ -416,6 +470,7 @@ pub fn trials() -> Vec<Trial> {
             ferry_run_distro_kernel_fetches,
         ),
         trial("net::published_port", published_port_reaches_the_guest),
+        trial("net::udp_both_ways", udp_both_ways),
         trial("net::passt_killed_mid_transfer", passt_killed_mid_transfer),
         trial("net::tap_reaches_the_host", tap_reaches_the_host),
         trial("net::tap_of_another_user", tap_of_another_user_is_refused),
