@@ -455,6 +455,30 @@ fn tap_of_another_user_is_refused() -> TestResult {
     )
 }
 
+/// `ferry run --net tap=NAME` on a network with no DHCP server: init
+/// says so in one line and the run ends with 125, the command unrun.
+fn ferry_run_tap_without_dhcp() -> TestResult {
+    require_kvm()?;
+    let _tap = Tap::new("fytap2", 0, "192.168.79.1")?;
+    let dir = scratch_dir("net_tap_no_dhcp");
+    let args: Vec<String> = ["run", "--net", "tap=fytap2", "--", "echo", "ran"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = run_ferry_with(&args, None, Duration::from_secs(180), |c| {
+        c.current_dir(&dir);
+    })?;
+    check(
+        out.code() == Some(125)
+            && out
+                .stderr
+                .contains("nothing on the card's network answers DHCP")
+            && !out.stdout.contains("ran"),
+        "expected status 125 and the missing DHCP server named",
+        &out,
+    )
+}
+
 pub fn trials() -> Vec<Trial> {
     vec![
         trial(
@@ -474,6 +498,10 @@ pub fn trials() -> Vec<Trial> {
         trial("net::passt_killed_mid_transfer", passt_killed_mid_transfer),
         trial("net::tap_reaches_the_host", tap_reaches_the_host),
         trial("net::tap_of_another_user", tap_of_another_user_is_refused),
+        trial(
+            "net::ferry_run_tap_without_dhcp",
+            ferry_run_tap_without_dhcp,
+        ),
         trial("net::no_card_without_net", no_card_without_net),
         trial("net::missing_passt_is_named", missing_passt_is_named),
     ]

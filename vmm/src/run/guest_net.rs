@@ -61,7 +61,10 @@ pub enum NetError {
         #[source]
         source: io::Error,
     },
-    #[error("no DHCP {0:?} from the host's passt after {ATTEMPTS} tries")]
+    #[error(
+        "no DHCP {0:?} after {ATTEMPTS} tries: nothing on the card's network answers DHCP \
+         (passt does at once; a tap's network needs a DHCP server)"
+    )]
     NoReply(Kind),
     #[error("the DHCP server refused the offered address {0}")]
     Refused(Ipv4Addr),
