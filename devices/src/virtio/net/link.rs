@@ -43,10 +43,12 @@ impl Link {
                 let fd = file.as_raw_fd();
                 // SAFETY: fcntl on a descriptor we own, flags only.
                 let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+                if flags < 0 {
+                    return Err(io::Error::last_os_error());
+                }
                 // SAFETY: as above.
-                if flags < 0
-                    || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-                {
+                let rc = unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+                if rc < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
