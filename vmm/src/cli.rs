@@ -197,9 +197,10 @@ pub struct MachineArgs {
     pub fs: Vec<crate::fs_option::FsArg>,
 
     /// Give the guest a network card (virtio-net). `user`: user-mode
-    /// networking through passt (which must be installed): the guest gets
-    /// its address, route and DNS by DHCP and reaches what the host
-    /// reaches, with no privilege on the host. `tap=NAME`: attach to the
+    /// networking through passt (which must be installed): passt serves
+    /// the guest its address, route and DNS by DHCP (`ferry run` takes
+    /// them itself; another guest asks, e.g. with `ip=dhcp`), and the
+    /// guest reaches what the host reaches, with no privilege on the host. `tap=NAME`: attach to the
     /// host's tap device NAME (make it for your user with `ip tuntap add
     /// NAME mode tap user $USER`; its addresses, bridge and DHCP server are
     /// the host's). Default: none.

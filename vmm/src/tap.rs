@@ -84,8 +84,8 @@ pub fn open(name: &str) -> Result<Link, TapError> {
     let mut req = ifreq(name);
     let flags = libc::IFF_TAP | libc::IFF_NO_PI;
     req.ifr_ifru.ifru_flags = libc::c_short::try_from(flags).unwrap_or_default();
-    // SAFETY: TUNSETIFF reads the ifreq we own.
-    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &req) } != 0 {
+    // SAFETY: TUNSETIFF reads and writes back the ifreq we own.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
         let e = io::Error::last_os_error();
         return Err(match e.raw_os_error() {
             Some(libc::EPERM | libc::EACCES) => TapError::NotPermitted(name.to_string()),

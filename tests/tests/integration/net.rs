@@ -88,7 +88,8 @@ fn ferry_run_fetch(extra: &[&str], deadline: Duration) -> Result<Outcome, Failed
     let port = serve(body)?;
     let dir = scratch_dir("net_run");
     let cmd = format!(
-        "grep -c '^nameserver ' /etc/resolv.conf; \
+        "echo ns=$(grep -c '^nameserver ' /etc/resolv.conf); \
+         echo head=$(head -1 /etc/resolv.conf); \
          busybox ip -4 addr show eth0 | grep -q 'inet ' && echo has-address; \
          busybox wget -q -O - http://{GATEWAY}:{port}/file | sha256sum; uname -r"
     );
@@ -103,10 +104,14 @@ fn ferry_run_fetch(extra: &[&str], deadline: Duration) -> Result<Outcome, Failed
     })?;
     check(
         out.code() == Some(0)
-            && out.stdout.lines().next().is_some_and(|n| n != "0")
+            && line_with(&out.stdout, "ns=").trim() != "ns=0"
+            && line_with(&out.stdout, "head=").trim()
+                == "head=# ferry run: name servers from the DHCP lease"
             && out.stdout.contains("has-address")
             && out.stdout.contains(&want),
-        &format!("expected name servers, an address and the body's sha256 {want}"),
+        &format!(
+            "expected the name servers Ferry's init wrote, an address and the body's sha256 {want}"
+        ),
         &out,
     )?;
     Ok(out)
@@ -369,13 +374,13 @@ struct Tap(&'static str);
 
 impl Tap {
     /// Makes tap `name` for host user `owner`, with `address` (a /24) on
-    /// the host's side, up.
+    /// the host's side and MTU 1400 (not a tap's default), up.
     fn new(name: &'static str, owner: u32, address: &str) -> Result<Tap, Failed> {
         let _ = ip(&format!("link del {name}"));
         ip(&format!("tuntap add dev {name} mode tap user {owner}"))?;
         let tap = Tap(name);
         ip(&format!("addr add {address}/24 dev {name}"))?;
-        ip(&format!("link set {name} up"))?;
+        ip(&format!("link set {name} mtu 1400 up"))?;
         Ok(tap)
     }
 }
@@ -433,9 +438,9 @@ fn tap_reaches_the_host() -> TestResult {
     )?;
     guest_ok(&out, 0)?;
     check(
-        line_with(&out.stdout, "mtu=").trim() == "mtu=1500"
+        line_with(&out.stdout, "mtu=").trim() == "mtu=1400"
             && line_with(&out.stdout, &want).contains(&want),
-        &format!("expected the tap's MTU 1500 and the body's sha256 {want}"),
+        &format!("expected the tap's MTU 1400 and the body's sha256 {want}"),
         &out,
     )
 }

@@ -6,6 +6,7 @@
 //! library and about forty crates (ICU, url, rand) into the binary that is
 //! also the guest's /init, for the four messages and seven options used.
 //! Every read is bounds-checked; a message that does not parse is ignored.
+//! (The MTU option is not asked for: the card's comes from its backend.)
 
 use std::net::Ipv4Addr;
 
@@ -27,7 +28,6 @@ mod option {
     pub const ROUTER: u8 = 3;
     pub const DNS: u8 = 6;
     pub const DOMAIN_NAME: u8 = 15;
-    pub const MTU: u8 = 26;
     pub const REQUESTED_ADDRESS: u8 = 50;
     pub const MESSAGE_TYPE: u8 = 53;
     pub const SERVER_ID: u8 = 54;
@@ -88,14 +88,14 @@ impl ClientMessage {
             m.extend_from_slice(&[option::SERVER_ID, 4]);
             m.extend_from_slice(&server.octets());
         }
+        // No MTU: the card's comes from its backend, in config space.
         m.extend_from_slice(&[
             option::PARAMETERS,
-            5,
+            4,
             option::SUBNET_MASK,
             option::ROUTER,
             option::DNS,
             option::DOMAIN_NAME,
-            option::MTU,
         ]);
         m.push(option::END);
         m
@@ -114,7 +114,6 @@ pub struct Reply {
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
-    pub mtu: Option<u16>,
 }
 
 fn ipv4(b: &[u8]) -> Option<Ipv4Addr> {
@@ -156,7 +155,6 @@ impl Reply {
                 option::ROUTER => reply.router = ipv4(value),
                 option::SERVER_ID => reply.server = ipv4(value),
                 option::DNS => reply.dns = value.chunks_exact(4).filter_map(ipv4).collect(),
-                option::MTU => reply.mtu = value.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])),
                 option::DOMAIN_NAME => {
                     // A name goes into resolv.conf: printable, no spaces.
                     let name = String::from_utf8_lossy(value)
@@ -174,7 +172,8 @@ impl Reply {
 }
 
 /// The UDP payload of an IPv4 packet (as a `SOCK_DGRAM` packet socket
-/// hands it over: no Ethernet header) sent to the DHCP client port.
+/// hands it over: no Ethernet header) from the DHCP server port to the
+/// client port.
 pub fn client_payload(packet: &[u8]) -> Option<&[u8]> {
     let &first = packet.first()?;
     let header = usize::from(first & 0x0f) * 4;
@@ -184,9 +183,10 @@ pub fn client_payload(packet: &[u8]) -> Option<&[u8]> {
     let total = usize::from(u16::from_be_bytes(packet.get(2..4)?.try_into().ok()?));
     let packet = packet.get(..total)?;
     let udp = packet.get(header..)?;
+    let src = u16::from_be_bytes(udp.get(..2)?.try_into().ok()?);
     let dst = u16::from_be_bytes(udp.get(2..4)?.try_into().ok()?);
     let len = usize::from(u16::from_be_bytes(udp.get(4..6)?.try_into().ok()?));
-    if dst != CLIENT_PORT || len < 8 {
+    if src != SERVER_PORT || dst != CLIENT_PORT || len < 8 {
         return None;
     }
     udp.get(8..len)
@@ -254,7 +254,6 @@ mod tests {
                 &[3, 4, 10, 0, 2, 2],
                 &[6, 8, 10, 0, 2, 3, 1, 1, 1, 1],
                 &[54, 4, 10, 0, 2, 2],
-                &[26, 2, 0xff, 0xf0],
                 &[15, 7, b'e', b'x', b'.', b'o', b'r', b'g', 0],
             ],
         );
@@ -270,7 +269,6 @@ mod tests {
             r.dns,
             [Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(1, 1, 1, 1)]
         );
-        assert_eq!(r.mtu, Some(65520));
         assert_eq!(r.domain.as_deref(), Some("ex.org"));
     }
 
@@ -302,14 +300,14 @@ mod tests {
     #[test]
     fn the_payload_is_found_only_in_udp_to_the_client_port() {
         let payload = [1u8, 2, 3];
-        let packet = |proto: u8, dst: u16, ihl: u8| {
+        let packet = |proto: u8, src: u16, dst: u16, ihl: u8| {
             let header = usize::from(ihl) * 4;
             let total = header + 8 + payload.len();
             let mut p = vec![0u8; header];
             p[0] = 0x40 | ihl;
             p[2..4].copy_from_slice(&u16::try_from(total).unwrap().to_be_bytes());
             p[9] = proto;
-            p.extend_from_slice(&67u16.to_be_bytes());
+            p.extend_from_slice(&src.to_be_bytes());
             p.extend_from_slice(&dst.to_be_bytes());
             p.extend_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
             p.extend_from_slice(&[0, 0]);
@@ -317,12 +315,17 @@ mod tests {
             p.extend_from_slice(&[0xee; 4]); // Ethernet padding past the total
             p
         };
-        assert_eq!(client_payload(&packet(17, 68, 5)), Some(&payload[..]));
-        assert_eq!(client_payload(&packet(17, 68, 6)), Some(&payload[..]));
-        assert_eq!(client_payload(&packet(6, 68, 5)), None);
-        assert_eq!(client_payload(&packet(17, 69, 5)), None);
-        assert_eq!(client_payload(&packet(17, 68, 4)), None);
-        let good = packet(17, 68, 5);
+        assert_eq!(client_payload(&packet(17, 67, 68, 5)), Some(&payload[..]));
+        assert_eq!(client_payload(&packet(17, 67, 68, 6)), Some(&payload[..]));
+        assert_eq!(client_payload(&packet(6, 67, 68, 5)), None);
+        assert_eq!(client_payload(&packet(17, 67, 69, 5)), None);
+        assert_eq!(
+            client_payload(&packet(17, 53, 68, 5)),
+            None,
+            "not from a server"
+        );
+        assert_eq!(client_payload(&packet(17, 67, 68, 4)), None);
+        let good = packet(17, 67, 68, 5);
         for cut in 0..good.len() - 4 {
             assert_eq!(client_payload(&good[..cut]), None, "cut at {cut}");
         }

@@ -332,7 +332,12 @@ fn init(spec_path: &Path) -> Result<i32, InitError> {
         say(&format!("ferry-init: loopback stays down: {e}\n"));
     }
     if spec.network {
-        guest_net::configure().map_err(InitError::Network)?;
+        let lease = guest_net::configure().map_err(InitError::Network)?;
+        if let Err(e) = guest_net::write_resolv_conf(&lease) {
+            say(&format!(
+                "ferry-init: the network is up, but /etc/resolv.conf could not be written: {e}\n"
+            ));
+        }
     }
     run_command(&spec)
 }

@@ -146,7 +146,7 @@ fn link_up(sock: &OwnedFd, name: &str) -> io::Result<()> {
     unsafe {
         check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req))?;
         req.ifr_ifru.ifru_flags |= IFF_UP;
-        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req))
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req))
     }
 }
 
@@ -297,17 +297,19 @@ impl Client {
         Ok(())
     }
 
-    /// The reply of `want` (or a NAK) to `m`, retrying as the server may
-    /// not have seen the first.
+    /// The reply of `want` (or, to a REQUEST, the chosen server's NAK) to
+    /// `m`, retrying as the server may not have seen the first.
     fn exchange(&self, m: &ClientMessage, want: Kind) -> Result<Reply, NetError> {
+        let chosen = m.request.map(|(_, server)| server);
         let mut wait = FIRST_WAIT;
         for _ in 0..ATTEMPTS {
             self.send(m).map_err(os("sending a DHCP message"))?;
             let deadline = Instant::now() + wait;
             while let Some(reply) = self.receive(deadline)? {
-                if reply.xid == m.xid
-                    && reply.mac == self.mac
-                    && matches!(reply.kind, Some(k) if k == want || k == Kind::Nak)
+                let nak = reply.kind == Some(Kind::Nak)
+                    && chosen.is_some()
+                    && (reply.server == chosen || reply.server.is_none());
+                if reply.xid == m.xid && reply.mac == self.mac && (reply.kind == Some(want) || nak)
                 {
                     return Ok(reply);
                 }
@@ -414,11 +416,11 @@ fn apply(lease: &Lease) -> Result<(), NetError> {
     let mut req = ifreq(card);
     req.ifr_ifru.ifru_addr = as_sockaddr(lease.address);
     // SAFETY: the ioctls read the ifreq we own.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req) })
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &mut req) })
         .map_err(os(format!("{card}: setting address {}", lease.address)))?;
     req.ifr_ifru.ifru_netmask = as_sockaddr(lease.netmask);
     // SAFETY: as above.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &req) })
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &mut req) })
         .map_err(os(format!("{card}: setting netmask {}", lease.netmask)))?;
     let Some(router) = lease.router else {
         return Ok(());
@@ -455,56 +457,146 @@ fn apply(lease: &Lease) -> Result<(), NetError> {
     }
 }
 
-/// With `--net`: the card up, its lease taken and applied, and the name
-/// servers written for the guest.
+/// With `--net`: the card up, its lease taken and applied (the name
+/// servers are the caller's: see [`write_resolv_conf`]).
 pub fn configure() -> Result<Lease, NetError> {
     let card = find_card()?;
     let sock = socket(libc::AF_INET, libc::SOCK_DGRAM, 0).map_err(os("a socket"))?;
     link_up(&sock, &card).map_err(os(format!("{card}: bringing it up")))?;
     let lease = Client::open(&card)?.lease()?;
     apply(&lease)?;
-    write_resolv_conf(&lease).map_err(os("writing /etc/resolv.conf"))?;
     Ok(lease)
 }
 
-/// The name servers go to the guest's /etc/resolv.conf, never the host's.
-/// Where that is a link into /run (systemd-resolved's stub), the target is
-/// made in the guest's own /run; else the file is written (an /etc overlay)
-/// or, with /etc read-only, a file of the guest's is bind-mounted over it.
-fn write_resolv_conf(lease: &Lease) -> io::Result<()> {
+/// The first line of the resolv.conf Ferry writes.
+pub const RESOLV_CONF_HEAD: &str = "# ferry run: name servers from the DHCP lease";
+
+/// The type of the file system that holds `path`: the deepest mount at or
+/// above it in `mountinfo` (/proc/self/mountinfo's text), the last one
+/// where several are stacked.
+fn fs_type_at(mountinfo: &str, path: &Path) -> Option<String> {
+    let mut best: Option<(usize, &str)> = None;
+    for line in mountinfo.lines() {
+        let (Some(point), Some(fstype)) = (
+            line.split(' ').nth(4),
+            line.split(" - ").nth(1).and_then(|t| t.split(' ').next()),
+        ) else {
+            continue;
+        };
+        let point = Path::new(point);
+        if path.starts_with(point) {
+            let depth = point.components().count();
+            if best.is_none_or(|(d, _)| depth >= d) {
+                best = Some((depth, fstype));
+            }
+        }
+    }
+    best.map(|(_, t)| t.to_string())
+}
+
+/// Whether writes under `path` stay in the guest (its tmpfs mounts and
+/// overlays), rather than reaching a host share.
+fn guest_only(mountinfo: &str, path: &Path) -> bool {
+    matches!(
+        fs_type_at(mountinfo, path).as_deref(),
+        Some("tmpfs" | "overlay")
+    )
+}
+
+/// Writes the lease's name servers where the guest's resolver reads them,
+/// never into a host file:
+/// - /etc/resolv.conf a link into the guest's own /run (systemd-resolved's
+///   stub): the link's target is made there;
+/// - /etc on an overlay (the default): the file is replaced in it;
+/// - else (/etc read-only, or a read-write share of the host's): a file in
+///   the guest's /run is bind-mounted over it, which the host never sees;
+///   a link there that leads nowhere in the guest cannot be, and is an
+///   error the caller reports.
+pub fn write_resolv_conf(lease: &Lease) -> io::Result<()> {
     if lease.dns.is_empty() {
         return Ok(());
     }
-    let mut text: String = lease
-        .dns
-        .iter()
-        .map(|a| format!("nameserver {a}\n"))
-        .collect();
+    let mut text = format!("{RESOLV_CONF_HEAD}\n");
+    for a in &lease.dns {
+        text.push_str(&format!("nameserver {a}\n"));
+    }
     if let Some(domain) = &lease.domain {
         text.push_str(&format!("search {domain}\n"));
     }
-    let conf = Path::new("/etc/resolv.conf");
-    if let Ok(target) = std::fs::read_link(conf) {
-        let target = Path::new("/etc").join(target);
-        if target.starts_with("/run") || target.starts_with("/etc/../run") {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let etc = Path::new("/etc");
+    let conf = etc.join("resolv.conf");
+    if let Ok(target) = std::fs::read_link(&conf) {
+        let target = normalize(&etc.join(target));
+        if target.starts_with("/run") && guest_only(&mountinfo, &target) {
             if let Some(dir) = target.parent() {
                 std::fs::create_dir_all(dir)?;
             }
             return std::fs::write(&target, &text);
         }
     }
-    if std::fs::write(conf, &text).is_ok() {
-        return Ok(());
+    if guest_only(&mountinfo, etc) {
+        match std::fs::remove_file(&conf) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        return std::fs::write(&conf, &text);
     }
     let ours = Path::new("/run/ferry/resolv.conf");
     std::fs::create_dir_all("/run/ferry")?;
     std::fs::write(ours, &text)?;
-    super::guest_init::mount_bind(ours, conf)
+    super::guest_init::mount_bind(ours, &conf)
+}
+
+/// `path` with its `.` and `..` resolved by name (a link's target may
+/// not exist in the guest, so the file system cannot be asked).
+fn normalize(path: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mount_holding_a_path_is_the_deepest_and_last() {
+        let info = "\
+22 1 0:21 / / ro,relatime - virtiofs ferry-root rw
+23 22 0:22 / /run rw - tmpfs tmpfs rw
+30 22 0:30 / /etc rw - overlay overlay rw,lowerdir=/etc
+31 22 0:31 / /home/me rw - virtiofs ferry-rw0 rw
+32 31 0:32 / /home/me rw - tmpfs tmpfs rw
+";
+        let at = |p: &str| fs_type_at(info, Path::new(p));
+        assert_eq!(at("/etc/resolv.conf").as_deref(), Some("overlay"));
+        assert_eq!(at("/etcetera").as_deref(), Some("virtiofs"), "by component");
+        assert_eq!(
+            at("/run/systemd/resolve/stub-resolv.conf").as_deref(),
+            Some("tmpfs")
+        );
+        assert_eq!(
+            at("/home/me/x").as_deref(),
+            Some("tmpfs"),
+            "stacked: the last"
+        );
+        assert!(guest_only(info, Path::new("/etc")));
+        assert!(!guest_only(info, Path::new("/usr")));
+        assert_eq!(fs_type_at("", Path::new("/etc")), None);
+        assert_eq!(
+            normalize(Path::new("/etc/../run/./systemd/resolve/stub-resolv.conf")),
+            Path::new("/run/systemd/resolve/stub-resolv.conf")
+        );
+    }
 
     #[test]
     fn macs_parse_as_sysfs_writes_them() {

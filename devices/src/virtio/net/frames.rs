@@ -169,6 +169,11 @@ impl FrameWriter {
         self.flush(to)
     }
 
+    /// Gives up the waiting frame (one the backend refused).
+    pub fn discard(&mut self) {
+        self.sent = self.pending.len();
+    }
+
     /// Writes more of the waiting frame; WouldBlock is not an error here
     /// (the frame stays, [`FrameWriter::busy`] says so).
     pub fn flush(&mut self, to: &mut impl Write) -> io::Result<()> {

@@ -9,7 +9,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::harness::*;
-use super::worker::NET_HDR_LEN;
+use super::worker::{Backend, NET_HDR_LEN};
 use super::*;
 use crate::fake_vm::FakeVm;
 use crate::virtio::driver_ring;
@@ -143,6 +143,82 @@ fn a_tap_carries_bare_frames_both_ways() {
     r.guest_posts(2048, 1);
     r.worker.process();
     assert!(r.worker.backend.failed);
+}
+
+#[test]
+fn a_frame_the_tap_refuses_is_dropped_not_the_link() {
+    let mut r = Rig::tap();
+    // A send buffer too small for a big frame: the socket refuses it
+    // (EMSGSIZE), as a tap refuses a frame with ENOMEM or EIO.
+    let small: libc::c_int = 4096;
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on the rig's descriptor with an int of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            r.worker.backend.link.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const small).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap(),
+        )
+    };
+    assert_eq!(rc, 0);
+    r.guest_sends(&frame(60_000, 1), 0);
+    r.worker.process();
+    assert!(!r.worker.backend.failed, "one frame lost, not the tap");
+    let (.., tx, tx_dropped, _) = r.stats.snapshot();
+    assert_eq!((tx, tx_dropped), (0, 1));
+    let small_frame = frame(60, 2);
+    r.guest_sends(&small_frame, 1);
+    r.worker.process();
+    let mut got = vec![0u8; 4096];
+    let n = r.passt.read(&mut got).unwrap();
+    assert_eq!(&got[..n], &small_frame[..]);
+}
+
+/// CPU time the thread behind `handle` has used.
+fn thread_cpu(handle: &std::thread::JoinHandle<Backend>) -> std::time::Duration {
+    use std::os::unix::thread::JoinHandleExt;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: the thread is alive (joined only later); clock is ours.
+    let rc = unsafe { libc::pthread_getcpuclockid(handle.as_pthread_t(), &mut clock) };
+    assert_eq!(rc, 0);
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock and a timespec we own.
+    assert_eq!(unsafe { libc::clock_gettime(clock, &mut t) }, 0);
+    std::time::Duration::new(
+        u64::try_from(t.tv_sec).unwrap(),
+        u32::try_from(t.tv_nsec).unwrap(),
+    )
+}
+
+#[test]
+fn an_idle_worker_sleeps_whatever_the_backend_or_the_guest_did() {
+    for case in ["backend closed", "bus mastering off with a frame waiting"] {
+        let mut r = Rig::new();
+        if case == "backend closed" {
+            let (_, other) = UnixStream::pair().unwrap();
+            drop(std::mem::replace(&mut r.passt, other));
+        } else {
+            r.passt_sends(&frame(100, 1));
+            r.worker.bus_master.set(false);
+        }
+        let Rig { worker, passt, .. } = r;
+        let stop = worker.stop.try_clone().unwrap();
+        let handle = std::thread::spawn(move || worker.run());
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let cpu = thread_cpu(&handle);
+        stop.write(1).unwrap();
+        handle.join().unwrap();
+        drop(passt);
+        assert!(
+            cpu < std::time::Duration::from_millis(100),
+            "{case}: the worker used {cpu:?} of CPU in 400 ms"
+        );
+    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::frames::{FrameReader, FrameWriter, MAX_FRAME, MIN_FRAME};
+use super::frames::{FrameReader, FrameWriter, Framing, MAX_FRAME, MIN_FRAME};
 use super::link::Link;
 use super::NetStats;
 use crate::virtio::{BusMaster, GuestMemoryShared, QueueVector, VirtioInterrupt};
@@ -26,6 +26,11 @@ use crate::virtio::{BusMaster, GuestMemoryShared, QueueVector, VirtioInterrupt};
 /// all zeros to skip, and on receive all zeros but `num_buffers` = 1.
 pub const NET_HDR_LEN: usize = 12;
 const NUM_BUFFERS_AT: usize = 10;
+
+/// While the guest has bus mastering off, the worker looks for it coming
+/// back this often (the backend is not polled meanwhile: its frames
+/// could not be delivered).
+const BUS_MASTER_POLL_MS: i32 = 100;
 
 /// One of the device's queues as the worker holds it.
 pub struct NetQueue {
@@ -116,8 +121,9 @@ impl NetWorker {
     pub fn run(mut self) -> Backend {
         self.process();
         loop {
+            let mastering = self.bus_master.on();
             let mut backend_events = 0;
-            if !self.backend.failed {
+            if !self.backend.failed && mastering {
                 if !self.rx_starved {
                     backend_events |= libc::POLLIN;
                 }
@@ -125,14 +131,25 @@ impl NetWorker {
                     backend_events |= libc::POLLOUT;
                 }
             }
+            // A descriptor polled for no event still reports POLLHUP and
+            // POLLERR (passt gone, a tap detached): left out, or the
+            // worker would spin on it.
+            let backend_fd = if backend_events == 0 {
+                -1
+            } else {
+                self.backend.link.as_raw_fd()
+            };
             let mut fds = [
                 pollfd(self.stop.as_raw_fd(), libc::POLLIN),
                 pollfd(self.rx.kick.as_raw_fd(), libc::POLLIN),
                 pollfd(self.tx.kick.as_raw_fd(), libc::POLLIN),
-                pollfd(self.backend.link.as_raw_fd(), backend_events),
+                pollfd(backend_fd, backend_events),
             ];
-            // SAFETY: polls four valid fds owned by this worker.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 4, -1) };
+            // Bus mastering comes back with no event to wake on.
+            let timeout = if mastering { -1 } else { BUS_MASTER_POLL_MS };
+            // SAFETY: polls four pollfds owned by this worker (a negative
+            // fd is skipped by the kernel).
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 4, timeout) };
             if n < 0 {
                 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                     continue;
@@ -163,7 +180,7 @@ impl NetWorker {
         let guard = self.mem.memory();
         let mem: &GuestMemoryMmap = &guard;
         if let Err(e) = self.backend.outbound.flush(&mut self.backend.link) {
-            self.backend_failed(&format!("writing to it: {e}"));
+            self.write_failed(&e);
         }
         let tx = self.transmit(mem);
         Self::signal(mem, &mut self.tx, &self.interrupt, tx, "tx");
@@ -188,6 +205,22 @@ impl NetWorker {
             }
             Ok(false) => log::trace!("{name}: no interrupt needed"),
             Err(e) => log::warn!("virtio-net {name}: {e:?}"),
+        }
+    }
+
+    /// A write the backend refused. A stream does not survive it (a frame
+    /// cut short would desynchronise it); a tap loses that one frame
+    /// (ENOMEM, or EIO while the host has it down), unless it was detached
+    /// (EBADFD).
+    fn write_failed(&mut self, e: &std::io::Error) {
+        if self.backend.link.framing() == Framing::Datagram
+            && e.raw_os_error() != Some(libc::EBADFD)
+        {
+            log::debug!("virtio-net tx: the tap refused a frame: {e}");
+            self.backend.outbound.discard();
+            self.stats.tx_dropped();
+        } else {
+            self.backend_failed(&format!("writing to it: {e}"));
         }
     }
 
@@ -232,10 +265,10 @@ impl NetWorker {
             let head = chain.head_index();
             match tx_frame(mem, chain) {
                 Ok(frame) if !self.backend.failed => {
-                    self.stats.tx_frame();
                     log::trace!("tx frame {} bytes", frame.len());
-                    if let Err(e) = self.backend.outbound.send(&frame, &mut self.backend.link) {
-                        self.backend_failed(&format!("writing to it: {e}"));
+                    match self.backend.outbound.send(&frame, &mut self.backend.link) {
+                        Ok(()) => self.stats.tx_frame(),
+                        Err(e) => self.write_failed(&e),
                     }
                 }
                 Ok(_) => self.stats.tx_dropped(),
