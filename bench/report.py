@@ -90,7 +90,7 @@ def ratio(v):
 
 def markdown(meta, rows):
     out = []
-    out.append(f"Ferry vs QEMU + virtiofsd, {meta.get('date', '?')}: {meta.get('host', '?')}; "
+    out.append(f"Ferry vs its peer (QEMU + virtiofsd; QEMU + passt for net-*), {meta.get('date', '?')}: {meta.get('host', '?')}; "
                f"KVM mode {meta.get('mode', '?')}; {meta.get('rounds', '?')} rounds, "
                f"alternating; guest {meta.get('guest', '?')}; ferry {meta.get('ferry', '?')}; "
                f"peer {meta.get('peer', '?')}.")
@@ -105,7 +105,7 @@ def markdown(meta, rows):
                "(the run workload only); the peer keeps the project kernel.")
     out.append("")
     out.append("| workload | metric | better | ferry | ferry DAX | ferry distro "
-               "| QEMU + virtiofsd | ferry/peer | DAX/peer | distro/peer |")
+               "| peer | ferry/peer | DAX/peer | distro/peer |")
     out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         out.append(f"| {r['workload']} | {r['metric']} | {r['better']} | {cell(r.get('ferry'))} "
