@@ -281,7 +281,7 @@ fn parse_net(s: &str) -> Result<NetMode, String> {
     match s.split_once('=') {
         None if s == "user" => Ok(NetMode::User),
         Some(("tap", name)) => {
-            let max = crate::tap::MAX_NAME;
+            let max = crate::netif::MAX_NAME;
             if name.is_empty() || name.len() > max {
                 Err(format!("'{name}': a tap name is 1 to {max} bytes"))
             } else if name.bytes().any(|b| b == b'/' || b <= b' ' || b == 0x7f) {

@@ -10,6 +10,7 @@ pub mod exit;
 pub mod fs_option;
 pub mod loader;
 pub mod memory;
+pub mod netif;
 pub mod passt;
 pub mod run;
 pub mod sandbox;

@@ -11,13 +11,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
 use ferry_devices::virtio::net::{Link, MAX_FRAME};
 
-/// The longest interface name (IFNAMSIZ less its NUL).
-pub const MAX_NAME: usize = libc::IFNAMSIZ - 1;
+use crate::netif::{ifreq, socket};
 
 /// Printed through anyhow's chain, so a message leaves its source out.
 #[derive(Debug, thiserror::Error)]
@@ -42,24 +41,9 @@ pub enum TapError {
     },
 }
 
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().take(MAX_NAME).zip(name.bytes()) {
-        *dst = src.cast_signed();
-    }
-    req
-}
-
 /// The MTU of interface `name`; the guest is offered the same.
 fn mtu(name: &str) -> io::Result<u16> {
-    // SAFETY: a plain socket, owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is ours.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sock = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
     let mut req = ifreq(name);
     // SAFETY: the ioctl writes the ifreq we own.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } != 0 {

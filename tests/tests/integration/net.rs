@@ -50,6 +50,15 @@ fn serve_on(address: &str, body: Arc<Vec<u8>>) -> std::io::Result<u16> {
     Ok(port)
 }
 
+/// A guest running `cmd` with `--net user`, whose kernel takes passt's
+/// DHCP lease (`ip=dhcp`).
+fn on_passt(cmd: &str) -> Guest {
+    Guest::command(cmd)
+        .arg("--net")
+        .arg("user")
+        .cmdline("ip=dhcp")
+}
+
 /// The shell words that print the guest's default gateway. (Debian's
 /// busybox wget crashes with `-T`: the tests' deadlines bound it instead.)
 const GATEWAY: &str = "$(busybox ip route | busybox awk '/^default/ {print $3}')";
@@ -64,12 +73,7 @@ fn guest_fetches_from_the_host() -> TestResult {
         "busybox ip -4 addr show eth0 | grep -q 'inet ' && echo has-address; \
          busybox wget -q -O - http://{GATEWAY}:{port}/file | sha256sum"
     );
-    let out = Guest::command(&cmd)
-        .arg("--net")
-        .arg("user")
-        .cmdline("ip=dhcp")
-        .deadline(Duration::from_secs(180))
-        .run()?;
+    let out = on_passt(&cmd).deadline(Duration::from_secs(180)).run()?;
     guest_ok(&out, 0)?;
     check(
         out.stdout.contains("has-address") && line_with(&out.stdout, &want).contains(&want),
@@ -147,17 +151,14 @@ fn published_port_reaches_the_guest() -> TestResult {
     let (ready, done) = (dir.join("ready"), dir.join("done"));
     let _ = std::fs::remove_file(&ready);
     let _ = std::fs::remove_file(&done);
-    let running = Guest::command(
+    let running = on_passt(
         "mount -t virtiofs m /mnt && mkdir -p /tmp/www && echo published-ok > /tmp/www/index.html \
          && busybox httpd -p 8080 -h /tmp/www && touch /mnt/ready \
          && while [ ! -e /mnt/done ]; do sleep 0.2; done",
     )
     .fs(&format!("tag=m,path={}", dir.display()))
-    .arg("--net")
-    .arg("user")
     .arg("--publish")
     .arg(&format!("{port}:8080"))
-    .cmdline("ip=dhcp")
     .deadline(Duration::from_secs(120))
     .spawn()?;
     let until = std::time::Instant::now() + Duration::from_secs(90);
@@ -247,11 +248,8 @@ fn passt_killed_mid_transfer() -> TestResult {
          busybox timeout 30 busybox wget -q -O /dev/null http://{GATEWAY}:{port}/; \
          echo wget-status=$?; echo carrier=$(cat /sys/class/net/eth0/carrier)"
     );
-    let running = Guest::command(&cmd)
+    let running = on_passt(&cmd)
         .fs(&format!("tag=m,path={}", dir.display()))
-        .arg("--net")
-        .arg("user")
-        .cmdline("ip=dhcp")
         .deadline(Duration::from_secs(150))
         .spawn()?;
     let until = std::time::Instant::now() + Duration::from_secs(90);
@@ -298,12 +296,9 @@ fn udp_both_ways() -> TestResult {
     let host_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
     const GUEST_PORT: u16 = 7777;
     let cmd = format!("ferry-udp ping {GATEWAY} {echo_port}; ferry-udp recv {GUEST_PORT}");
-    let running = Guest::command(&cmd)
-        .arg("--net")
-        .arg("user")
+    let running = on_passt(&cmd)
         .arg("--publish")
         .arg(&format!("{host_port}:{GUEST_PORT}/udp"))
-        .cmdline("ip=dhcp")
         .deadline(Duration::from_secs(180))
         .spawn()?;
     // The guest listens only once it has pinged: send until it is done.

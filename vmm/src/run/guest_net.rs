@@ -15,11 +15,12 @@
 use std::ffi::CString;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::dhcp::{self, ClientMessage, Kind, Reply};
+use crate::netif::{family, ifreq, socket, socklen};
 
 /// How long a kernel module's card may take to show up.
 const CARD_WAIT: Duration = Duration::from_secs(5);
@@ -33,22 +34,6 @@ const IFF_UP: libc::c_short = 1;
 const _: () = assert!(libc::IFF_UP == 1);
 const ETH_P_IP: u16 = 0x0800;
 
-/// The size of `T` as socket calls take it.
-const fn socklen<T>() -> libc::socklen_t {
-    let n = size_of::<T>();
-    assert!(n <= 1 << 16);
-    #[allow(clippy::cast_possible_truncation)] // checked just above
-    let len = n as libc::socklen_t;
-    len
-}
-
-/// An address family as socket addresses hold it (checked when compiling).
-const fn family(af: libc::c_int) -> libc::sa_family_t {
-    assert!(af >= 0 && af <= 0xffff);
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked just above
-    let f = af as libc::sa_family_t;
-    f
-}
 const ARPHRD_ETHER: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
@@ -88,37 +73,12 @@ pub struct Lease {
     pub domain: Option<String>,
 }
 
-fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: a plain socket call; the descriptor is owned right away.
-    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
     }
-}
-
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    // The last byte stays NUL: names are at most IFNAMSIZ - 1.
-    for (dst, src) in req
-        .ifr_name
-        .iter_mut()
-        .take(libc::IFNAMSIZ - 1)
-        .zip(name.bytes())
-    {
-        *dst = src.cast_signed();
-    }
-    req
 }
 
 fn sockaddr_in(a: Ipv4Addr, port: u16) -> libc::sockaddr_in {
@@ -607,12 +567,5 @@ mod tests {
         assert_eq!(parse_mac("02:46:52:59:00"), None);
         assert_eq!(parse_mac("02:46:52:59:00:01:02"), None);
         assert_eq!(parse_mac("zz:46:52:59:00:01"), None);
-    }
-
-    #[test]
-    fn interface_names_are_cut_to_fit_ifreq() {
-        let req = ifreq("a-name-longer-than-ifnamsiz");
-        assert_eq!(req.ifr_name[libc::IFNAMSIZ - 1], 0);
-        assert_eq!(req.ifr_name[0], b'a'.cast_signed());
     }
 }

@@ -35,6 +35,17 @@ impl Link {
         }
     }
 
+    /// Whether the link carries on after a write that failed with `e`. A
+    /// stream does not (a frame cut short would desynchronise it); a tap
+    /// loses that one frame (ENOMEM, or EIO while the host has it down)
+    /// unless it was detached (EBADFD).
+    pub fn survives_write_error(&self, e: &io::Error) -> bool {
+        match self {
+            Link::Stream(_) => false,
+            Link::Tap { .. } => e.raw_os_error() != Some(libc::EBADFD),
+        }
+    }
+
     /// Non-blocking: the worker waits in poll, never in a read or write.
     pub fn set_nonblocking(&self) -> io::Result<()> {
         match self {

@@ -16,7 +16,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::frames::{FrameReader, FrameWriter, Framing, MAX_FRAME, MIN_FRAME};
+use super::frames::{FrameReader, FrameWriter, MAX_FRAME, MIN_FRAME};
 use super::link::Link;
 use super::NetStats;
 use crate::virtio::{BusMaster, GuestMemoryShared, QueueVector, VirtioInterrupt};
@@ -208,14 +208,10 @@ impl NetWorker {
         }
     }
 
-    /// A write the backend refused. A stream does not survive it (a frame
-    /// cut short would desynchronise it); a tap loses that one frame
-    /// (ENOMEM, or EIO while the host has it down), unless it was detached
-    /// (EBADFD).
+    /// A write the backend refused: that frame lost, or the backend,
+    /// as its [`Link`] says.
     fn write_failed(&mut self, e: &std::io::Error) {
-        if self.backend.link.framing() == Framing::Datagram
-            && e.raw_os_error() != Some(libc::EBADFD)
-        {
+        if self.backend.link.survives_write_error(e) {
             log::debug!("virtio-net tx: the tap refused a frame: {e}");
             self.backend.outbound.discard();
             self.stats.tx_dropped();
